@@ -1,0 +1,1 @@
+"""Unlearning and fine-tuning methods, all run by the one training loop in `methods.trainer`."""

@@ -1,0 +1,1 @@
+"""Shared building blocks: data, models, metrics, evaluation, configuration and the CLI."""

@@ -1,0 +1,54 @@
+"""The `unlearn` command: one sub-command per module in `utils/commands/`.
+
+Each command module exposes `register(subparsers)`, which adds its parser and sets `func`.
+A `UserError` anywhere ends the program with one line on stderr and exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from utils.errors import UserError
+
+COMMAND_MODULES = [
+    "utils.commands.data",
+]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="unlearn", description="Parameter-efficient unlearning of LLMs on the SemEval-2025 Task 4 benchmark.")
+    subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name in COMMAND_MODULES:
+        importlib.import_module(name).register(subparsers)
+    return parser
+
+
+def add_config_arguments(parser: argparse.ArgumentParser, positional: bool = False) -> None:
+    """The config file and `--set key=value` overrides every command takes."""
+    if positional:
+        parser.add_argument("config", help="YAML config file")
+    else:
+        parser.add_argument("--config", default=None, help="YAML config file (default: the embedded default)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override any config key, e.g. --set training.learning_rate=1e-5 (repeatable)")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        result = args.func(args)
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    return int(result or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

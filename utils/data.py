@@ -1,0 +1,253 @@
+"""Reading the LUME benchmark from every layout it was released in, with strict validation.
+
+Layouts accepted for `load_lume(DIR, split)`:
+  * `DIR/data/{forget,retain}_{split}-00000-of-00001.parquet` (the Hugging Face release), or the
+    same files directly in DIR;
+  * `DIR/forget.jsonl` + `DIR/retain.jsonl` (or `.parquet`), or the same under `DIR/data/`
+    (the final evaluation's hand-out and the full LUME release).
+MIA documents: `member.jsonl` / `nonmember.jsonl` in a folder, found by `find_mia_dir`.
+
+A problem (missing file or column, unknown task, malformed id, empty split) raises `UserError`
+with one line naming the file, the row and what is wrong.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+from utils.errors import UserError
+
+TASKS = ("Task1", "Task2", "Task3")
+SPLITS = ("forget", "retain")
+REQUIRED_COLUMNS = ("id", "input", "output", "task")
+# Which QA indices a document of each task carries (SPEC: Task2 has qa0..qa4, the others qa0).
+QA_INDICES = {"Task1": {0}, "Task2": {0, 1, 2, 3, 4}, "Task3": {0}}
+
+
+@dataclass(frozen=True)
+class Item:
+    """One benchmark row: a sentence completion (`sc`) or a question (`qa`) about a document."""
+
+    id: str
+    input: str
+    output: str
+    task: str
+    split: str
+    kind: str  # "sc" or "qa"
+    index: int  # the digit after sc/qa
+    document_id: str
+
+    @property
+    def training_text(self) -> str:
+        return self.input + " " + self.output
+
+
+@dataclass
+class LumeData:
+    forget: list[Item]
+    retain: list[Item]
+    source: str
+
+    def split_items(self, split: str) -> list[Item]:
+        return self.forget if split == "forget" else self.retain
+
+
+def parse_item_id(item_id: str) -> tuple[str, int, str]:
+    """(kind, index, document_id) from an id, by the official rule `id[:-1].endswith('sc'|'qa')`."""
+    if len(item_id) < 4 or not item_id[-1].isdigit():
+        raise ValueError(f"id {item_id!r} does not end in sc<digit> or qa<digit>")
+    stem = item_id[:-1]
+    if stem.endswith("sc"):
+        kind = "sc"
+    elif stem.endswith("qa"):
+        kind = "qa"
+    else:
+        raise ValueError(f"id {item_id!r} does not end in sc<digit> or qa<digit>")
+    return kind, int(item_id[-1]), item_id[:-3]
+
+
+def _read_rows(path: Path) -> list[dict]:
+    if path.suffix == ".parquet":
+        import pyarrow.parquet as pq
+
+        try:
+            table = pq.read_table(path)
+        except Exception as exc:  # pyarrow raises several types for a corrupt file
+            raise UserError(f"{path}: not a readable parquet file ({exc.__class__.__name__})") from None
+        return table.to_pylist()
+    rows = []
+    with path.open(encoding="utf-8") as handle:
+        for line_number, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise UserError(f"{path}: line {line_number} is not valid JSON ({exc.msg})") from None
+            if not isinstance(row, dict):
+                raise UserError(f"{path}: line {line_number} is not a JSON object")
+            rows.append(row)
+    return rows
+
+
+def read_items(path: Path, split: str) -> list[Item]:
+    """Read and validate one split file."""
+    if not path.is_file():
+        raise UserError(f"data file not found: {path}")
+    rows = _read_rows(path)
+    if not rows:
+        raise UserError(f"{path}: the {split} split is empty")
+    items = []
+    for row_number, row in enumerate(rows, start=1):
+        missing = [column for column in REQUIRED_COLUMNS if column not in row]
+        if missing:
+            raise UserError(f"{path}: row {row_number} lacks column(s) {', '.join(missing)}")
+        for column in REQUIRED_COLUMNS:
+            if not isinstance(row[column], str):
+                raise UserError(f"{path}: row {row_number} column '{column}' is not a string")
+        task = row["task"]
+        if task not in TASKS:
+            raise UserError(f"{path}: row {row_number} has unknown task {task!r} (expected Task1, Task2, Task3)")
+        try:
+            kind, index, document_id = parse_item_id(row["id"])
+        except ValueError as exc:
+            raise UserError(f"{path}: row {row_number}: {exc}") from None
+        if kind == "sc" and index != 1:
+            raise UserError(f"{path}: row {row_number}: sentence completion id {row['id']!r} should end in sc1")
+        if kind == "qa" and index not in QA_INDICES[task]:
+            raise UserError(f"{path}: row {row_number}: {task} has no question qa{index} (id {row['id']!r})")
+        row_split = row.get("split")
+        if row_split is not None and row_split != split:
+            raise UserError(f"{path}: row {row_number} is marked split {row_split!r} in the {split} file")
+        items.append(Item(row["id"], row["input"], row["output"], task, split, kind, index, document_id))
+    duplicates = [item_id for item_id, n in Counter(i.id for i in items).items() if n > 1]
+    if duplicates:
+        raise UserError(f"{path}: id {duplicates[0]!r} occurs more than once")
+    return items
+
+
+def find_split_files(directory: str | Path, split: str = "validation") -> dict[str, Path]:
+    """The forget and retain files of `directory` in whichever official layout it uses."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise UserError(f"data folder not found: {directory}")
+    for base in (directory / "data", directory):
+        found = {}
+        for part in SPLITS:
+            candidates = [base / f"{part}_{split}-00000-of-00001.parquet",
+                          *sorted(base.glob(f"{part}_{split}-*.parquet"))]
+            hit = next((c for c in candidates if c.is_file()), None)
+            if hit:
+                found[part] = hit
+        if len(found) == 2:
+            return found
+        if len(found) == 1:
+            absent = next(p for p in SPLITS if p not in found)
+            raise UserError(f"{base}: found {found[next(iter(found))].name} but no {absent}_{split} parquet file")
+    for base in (directory, directory / "data"):
+        for suffix in (".jsonl", ".parquet"):
+            files = {part: base / f"{part}{suffix}" for part in SPLITS}
+            present = [p for p in files.values() if p.is_file()]
+            if len(present) == 2:
+                return files
+            if len(present) == 1:
+                absent = next(p for p in files.values() if not p.is_file())
+                raise UserError(f"data file not found: {absent} (its counterpart {present[0].name} exists)")
+    raise UserError(
+        f"{directory}: no LUME data found (expected data/forget_{split}-00000-of-00001.parquet and "
+        f"retain_{split}, or forget.jsonl and retain.jsonl)")
+
+
+def load_lume(directory: str | Path, split: str = "validation") -> LumeData:
+    files = find_split_files(directory, split)
+    forget = read_items(files["forget"], "forget")
+    retain = read_items(files["retain"], "retain")
+    return LumeData(forget=forget, retain=retain, source=str(directory))
+
+
+def find_mia_dir(directory: str | Path, split: str = "validation") -> Path | None:
+    """The folder holding member.jsonl and nonmember.jsonl for `directory`, if there is one."""
+    directory = Path(directory)
+    candidates = [directory / "mia_data" / split, directory / "mia_data", directory / split, directory]
+    for candidate in candidates:
+        if (candidate / "member.jsonl").is_file() and (candidate / "nonmember.jsonl").is_file():
+            return candidate
+    return None
+
+
+def load_mia_documents(directory: str | Path) -> dict[str, list[str]]:
+    """{"member": [...], "nonmember": [...]} document texts from a MIA folder."""
+    directory = Path(directory)
+    out = {}
+    for name in ("member", "nonmember"):
+        path = directory / f"{name}.jsonl"
+        if not path.is_file():
+            raise UserError(f"MIA file not found: {path}")
+        rows = _read_rows(path)
+        if not rows:
+            raise UserError(f"{path}: no documents")
+        documents = []
+        for row_number, row in enumerate(rows, start=1):
+            if not isinstance(row.get("document"), str):
+                raise UserError(f"{path}: row {row_number} has no 'document' text")
+            documents.append(row["document"])
+        out[name] = documents
+    return out
+
+
+def group_by_document(items: list[Item]) -> dict[str, list[Item]]:
+    """Items per document id, in file order."""
+    groups: dict[str, list[Item]] = {}
+    for item in items:
+        groups.setdefault(item.document_id, []).append(item)
+    return groups
+
+
+def summary_rows(data: LumeData) -> list[dict]:
+    """Rows of the `unlearn data` table: counts per split × task × kind."""
+    rows = []
+    for split in SPLITS:
+        items = data.split_items(split)
+        for task in TASKS:
+            task_items = [i for i in items if i.task == task]
+            rows.append({
+                "split": split,
+                "task": task,
+                "sc": sum(i.kind == "sc" for i in task_items),
+                "qa": sum(i.kind == "qa" for i in task_items),
+                "rows": len(task_items),
+                "documents": len({i.document_id for i in task_items}),
+            })
+        rows.append({
+            "split": split, "task": "all",
+            "sc": sum(i.kind == "sc" for i in items), "qa": sum(i.kind == "qa" for i in items),
+            "rows": len(items), "documents": len({i.document_id for i in items}),
+        })
+    return rows
+
+
+def format_table(rows: list[dict], columns: list[str] | None = None) -> str:
+    """A plain aligned text table (no dependency; used by several commands)."""
+    if not rows:
+        return "(empty)"
+    columns = columns or list(rows[0])
+    cells = [[_fmt(row.get(c)) for c in columns] for row in rows]
+    widths = [max(len(c), *(len(r[i]) for r in cells)) for i, c in enumerate(columns)]
+    line = "  ".join(c.ljust(w) for c, w in zip(columns, widths))
+    rule = "  ".join("-" * w for w in widths)
+    body = ["  ".join(v.rjust(w) if _is_number(v) else v.ljust(w) for v, w in zip(r, widths)) for r in cells]
+    return "\n".join([line, rule, *body])
+
+
+def _fmt(value) -> str:
+    if isinstance(value, float):
+        return f"{value:.4f}"
+    return "" if value is None else str(value)
+
+
+def _is_number(text: str) -> bool:
+    return bool(re.fullmatch(r"-?[0-9.]+(e-?[0-9]+)?", text))
