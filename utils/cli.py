@@ -14,6 +14,8 @@ from utils.errors import UserError
 
 COMMAND_MODULES = [
     "utils.commands.data",
+    "utils.commands.prepare",
+    "utils.commands.score",
 ]
 
 

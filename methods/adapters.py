@@ -1,0 +1,83 @@
+"""What part of the model an unlearning or fine-tuning run may change: LoRA, the last k layers, or all.
+
+LoRA keeps the base weights intact, which also gives the KL/NPO reference model for free: the same
+model with the adapter disabled (`reference_context`), never a copy in memory.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import torch
+
+from utils.config import AdapterConfig
+from utils.errors import UserError
+
+
+def decoder_layers(model) -> torch.nn.ModuleList:
+    """The stack of decoder blocks of an OLMo/Llama-style causal LM (also under a peft wrapper)."""
+    base = model
+    for attribute in ("base_model", "model"):
+        if hasattr(base, "get_base_model"):
+            base = base.get_base_model()
+        if hasattr(base, attribute) and hasattr(getattr(base, attribute), "layers"):
+            return getattr(base, attribute).layers
+    if hasattr(base, "layers"):
+        return base.layers
+    raise UserError(f"cannot find the decoder layers of {type(model).__name__} for last-k training")
+
+
+def apply_adapter(model, config: AdapterConfig):
+    """Return the model with only the parts `config` names left trainable."""
+    if config.kind == "full":
+        for parameter in model.parameters():
+            parameter.requires_grad_(True)
+        return model
+    if config.kind == "last_k":
+        layers = decoder_layers(model)
+        if not 0 < config.last_k <= len(layers):
+            raise UserError(f"adapter.last_k must be between 1 and {len(layers)} for this model, got {config.last_k}")
+        for parameter in model.parameters():
+            parameter.requires_grad_(False)
+        for layer in layers[-config.last_k:]:
+            for parameter in layer.parameters():
+                parameter.requires_grad_(True)
+        return model
+    from peft import LoraConfig, get_peft_model
+
+    if config.lora_rank <= 0:
+        raise UserError(f"adapter.lora_rank must be positive, got {config.lora_rank}")
+    module_names = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}
+    missing = [m for m in config.target_modules if m not in module_names]
+    if missing:
+        raise UserError(f"adapter.target_modules: the model has no module named {', '.join(missing)}")
+    lora = LoraConfig(r=config.lora_rank, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
+                      target_modules=list(config.target_modules), task_type="CAUSAL_LM")
+    return get_peft_model(model, lora)
+
+
+def is_lora(model) -> bool:
+    return hasattr(model, "disable_adapter") and hasattr(model, "peft_config")
+
+
+def reference_context(model):
+    """A context in which `model` computes the reference (pre-unlearning) outputs, when it can.
+
+    Under LoRA this disables the adapter: exactly the base model's logits, no copy. Otherwise there is
+    no free reference and the caller must provide one.
+    """
+    if is_lora(model):
+        return model.disable_adapter()
+    return contextlib.nullcontext()
+
+
+def finalise(model, config: AdapterConfig):
+    """The model to save: LoRA merged into the base weights when asked, else the peft model as is."""
+    if is_lora(model) and config.merge_at_end:
+        return model.merge_and_unload()
+    return model
+
+
+def trainable_state(model) -> dict[str, torch.Tensor]:
+    """The trainable tensors only: what a checkpoint needs to restore an adapter or last-k run."""
+    return {name: p.detach().cpu().clone() for name, p in model.named_parameters() if p.requires_grad}

@@ -1,0 +1,125 @@
+import json
+import shutil
+
+import pyarrow.parquet as pq
+import pytest
+
+from utils.cli import main
+from utils.data import load_lume, parse_item_id
+
+EXPECTED_VALIDATION = {  # SPEC.md §1: (split, task) -> (sc, qa)
+    ("forget", "Task1"): (24, 24), ("forget", "Task2"): (23, 115), ("forget", "Task3"): (34, 34),
+    ("retain", "Task1"): (27, 27), ("retain", "Task2"): (25, 125), ("retain", "Task3"): (37, 37),
+}
+
+
+def counts(data):
+    out = {}
+    for split in ("forget", "retain"):
+        for item in data.split_items(split):
+            sc, qa = out.get((split, item.task), (0, 0))
+            out[(split, item.task)] = (sc + (item.kind == "sc"), qa + (item.kind == "qa"))
+    return out
+
+
+def test_real_validation_parquet(real_data_dir):
+    data = load_lume(real_data_dir, "validation")
+    assert len(data.forget) == 254 and len(data.retain) == 278
+    assert counts(data) == EXPECTED_VALIDATION
+    first = data.forget[0]
+    assert first.id.startswith('"') and first.kind == "sc" and first.document_id.endswith('"')
+
+
+def write_jsonl_layout(real_data_dir, target, suffix="jsonl"):
+    target.mkdir(parents=True, exist_ok=True)
+    for split in ("forget", "retain"):
+        rows = pq.read_table(real_data_dir / "data" / f"{split}_validation-00000-of-00001.parquet").to_pylist()
+        if suffix == "jsonl":
+            (target / f"{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+        else:
+            pq.write_table(pq.read_table(real_data_dir / "data" / f"{split}_validation-00000-of-00001.parquet"),
+                           target / f"{split}.parquet")
+    return target
+
+
+@pytest.mark.parametrize("suffix", ["jsonl", "parquet"])
+def test_final_evaluation_layout(real_data_dir, tmp_path, suffix):
+    folder = write_jsonl_layout(real_data_dir, tmp_path / "handout", suffix)
+    data = load_lume(folder, "validation")
+    assert counts(data) == EXPECTED_VALIDATION
+
+
+def test_cli_prints_counts(real_data_dir, capsys):
+    assert main(["data", str(real_data_dir)]) == 0
+    out = capsys.readouterr().out
+    assert "254" in out and "278" in out and "34 members" in out
+
+
+def test_item_ids():
+    assert parse_item_id('"8f24c511-a319"sc1') == ("sc", 1, '"8f24c511-a319"')
+    assert parse_item_id("12762334qa0") == ("qa", 0, "12762334")
+    with pytest.raises(ValueError):
+        parse_item_id("12762334xx0")
+
+
+def broken_copy(real_data_dir, tmp_path, mutate):
+    folder = write_jsonl_layout(real_data_dir, tmp_path / "broken")
+    path = folder / "forget.jsonl"
+    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    rows = mutate(rows)
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return folder
+
+
+def expect_rejection(capsys, folder, pattern):
+    assert main(["data", str(folder)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1, err
+    assert pattern in err, err
+
+
+def test_rejects_missing_file(real_data_dir, tmp_path, capsys):
+    folder = write_jsonl_layout(real_data_dir, tmp_path / "x")
+    (folder / "retain.jsonl").unlink()
+    expect_rejection(capsys, folder, "retain.jsonl")
+
+
+def test_rejects_unknown_layout(tmp_path, capsys):
+    expect_rejection(capsys, tmp_path, "no LUME data found")
+
+
+def test_rejects_missing_column(real_data_dir, tmp_path, capsys):
+    def drop_output(rows):
+        del rows[5]["output"]
+        return rows
+    expect_rejection(capsys, broken_copy(real_data_dir, tmp_path, drop_output), "row 6 lacks column(s) output")
+
+
+def test_rejects_unknown_task(real_data_dir, tmp_path, capsys):
+    def bad_task(rows):
+        rows[2]["task"] = "Task4"
+        return rows
+    expect_rejection(capsys, broken_copy(real_data_dir, tmp_path, bad_task), "row 3 has unknown task 'Task4'")
+
+
+def test_rejects_malformed_id(real_data_dir, tmp_path, capsys):
+    def bad_id(rows):
+        rows[0]["id"] = "not-an-item-id"
+        return rows
+    expect_rejection(capsys, broken_copy(real_data_dir, tmp_path, bad_id), "row 1: id 'not-an-item-id'")
+
+
+def test_rejects_empty_split(real_data_dir, tmp_path, capsys):
+    expect_rejection(capsys, broken_copy(real_data_dir, tmp_path, lambda rows: []), "forget split is empty")
+
+
+def test_rejects_malformed_json(real_data_dir, tmp_path, capsys):
+    folder = write_jsonl_layout(real_data_dir, tmp_path / "x")
+    with (folder / "forget.jsonl").open("a") as handle:
+        handle.write("{not json\n")
+    expect_rejection(capsys, folder, "is not valid JSON")
+
+
+def test_hf_layout_copy_reads(real_data_dir, tmp_path):
+    shutil.copytree(real_data_dir / "data", tmp_path / "data")
+    assert len(load_lume(tmp_path).forget) == 254

@@ -1,0 +1,161 @@
+"""`unlearn score DIR`: the official metrics over generations that already exist.
+
+DIR holds `forget_generations.jsonl` and `retain_generations.jsonl` (one object per line with
+`id`, `task`, `expected_output`, `model_output`; other fields are ignored), optionally
+`mia_nll.json` (`{"member": [...], "nonmember": [...]}` mean token NLLs) and `mmlu_metrics.json`
+(`{"average_acc": x}`). No model is loaded, so a run scored elsewhere (or the official parity
+vectors) can be re-scored on any machine. Every input is validated before anything is written: a
+problem ends in one line naming the file, the row and what is wrong, and an existing
+`results.json` stays as it was.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+from utils.data import SPLITS, TASKS, parse_item_id
+from utils.errors import UserError
+from utils.io import atomic_write_json
+from utils.metrics import DEFAULT_MMLU_THRESHOLD, build_results, compute_terms, mia_auc, summary_text
+
+GENERATION_FIELDS = ("id", "task", "expected_output", "model_output")
+MIA_FILE = "mia_nll.json"
+MMLU_FILE = "mmlu_metrics.json"
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "score", help="compute the official SemEval-2025 Task 4 scores from saved generations")
+    parser.add_argument("directory", help="folder with forget_generations.jsonl and retain_generations.jsonl "
+                                          f"(optionally {MIA_FILE} and {MMLU_FILE})")
+    parser.add_argument("--out", default=None, help="where to write the results (default: DIR/results.json)")
+    parser.add_argument("--mmlu-threshold", type=float, default=DEFAULT_MMLU_THRESHOLD,
+                        help="warn when the MMLU average is below this (default: %(default)s, the 7B ranking bar)")
+    parser.set_defaults(func=run)
+
+
+def read_generations(path: Path, split: str) -> list[dict[str, Any]]:
+    """The records of one generations file, validated, each tagged with `split`."""
+    if not path.is_file():
+        raise UserError(f"generations file not found: {path}")
+    records: list[dict[str, Any]] = []
+    seen: dict[str, int] = {}
+    with path.open(encoding="utf-8") as handle:
+        for line_number, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise UserError(f"{path}: line {line_number} is not valid JSON ({exc.msg})") from None
+            if not isinstance(row, dict):
+                raise UserError(f"{path}: line {line_number} is not a JSON object")
+            missing = [name for name in GENERATION_FIELDS if name not in row]
+            if missing:
+                raise UserError(f"{path}: line {line_number} lacks field(s) {', '.join(missing)}")
+            for name in GENERATION_FIELDS:
+                if not isinstance(row[name], str):
+                    raise UserError(f"{path}: line {line_number} field '{name}' is not a string")
+            if row["task"] not in TASKS:
+                raise UserError(f"{path}: line {line_number} has unknown task {row['task']!r} "
+                                f"(expected Task1, Task2, Task3)")
+            try:
+                parse_item_id(row["id"])
+            except ValueError as exc:
+                raise UserError(f"{path}: line {line_number}: {exc}") from None
+            if row["id"] in seen:
+                raise UserError(f"{path}: line {line_number} repeats id {row['id']!r} "
+                                f"(first on line {seen[row['id']]})")
+            seen[row["id"]] = line_number
+            records.append({name: row[name] for name in GENERATION_FIELDS} | {"split": split})
+    if not records:
+        raise UserError(f"{path}: no generations (the file is empty)")
+    return records
+
+
+def _read_json_object(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise UserError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
+    except UnicodeDecodeError:
+        raise UserError(f"{path}: not a UTF-8 text file") from None
+    if not isinstance(data, dict):
+        raise UserError(f"{path}: expected a JSON object")
+    return data
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def read_mia_nll(path: Path) -> dict[str, list[float]]:
+    """`{"member": [...], "nonmember": [...]}`: non-empty lists of finite per-document losses."""
+    data = _read_json_object(path)
+    out = {}
+    for name in ("member", "nonmember"):
+        if name not in data:
+            raise UserError(f"{path}: lacks the '{name}' list of losses")
+        values = data[name]
+        if not isinstance(values, list) or not values:
+            raise UserError(f"{path}: '{name}' must be a non-empty list of numbers")
+        for position, value in enumerate(values):
+            if not _is_number(value):
+                raise UserError(f"{path}: '{name}'[{position}] is {value!r}, not a finite number")
+        out[name] = [float(v) for v in values]
+    return out
+
+
+def read_mmlu_average(path: Path) -> float:
+    """The `average_acc` of an MMLU metrics file, a number in [0, 1]."""
+    data = _read_json_object(path)
+    if "average_acc" not in data:
+        raise UserError(f"{path}: lacks 'average_acc'")
+    value = data["average_acc"]
+    if not _is_number(value) or not 0.0 <= value <= 1.0:
+        raise UserError(f"{path}: 'average_acc' is {value!r}, not a number between 0 and 1")
+    return float(value)
+
+
+def score_directory(directory: str | Path, mmlu_threshold: float = DEFAULT_MMLU_THRESHOLD) -> dict[str, Any]:
+    """Read and validate everything in `directory` and return the results dict (nothing written)."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise UserError(f"folder not found: {directory}")
+    records = []
+    for split in SPLITS:
+        records.extend(read_generations(directory / f"{split}_generations.jsonl", split))
+    mia_path, mmlu_path = directory / MIA_FILE, directory / MMLU_FILE
+    mia = read_mia_nll(mia_path) if mia_path.is_file() else None
+    mmlu = read_mmlu_average(mmlu_path) if mmlu_path.is_file() else None
+
+    start = time.perf_counter()
+    scores = compute_terms(records)
+    timings = {"scoring": time.perf_counter() - start}
+    auc = None if mia is None else mia_auc(mia["member"], mia["nonmember"])
+    evaluated = {
+        "source": "generations",
+        "directory": str(directory),
+        "mia_nll": str(mia_path) if mia is not None else None,
+        "utility": str(mmlu_path) if mmlu is not None else None,
+    }
+    if mia is not None:
+        evaluated["mia_documents"] = {"member": len(mia["member"]), "nonmember": len(mia["nonmember"])}
+    return build_results(
+        scores, mia_auc=auc, mia_attacks={} if auc is None else {"loss": auc},
+        utility_benchmark=None if mmlu is None else "mmlu", utility_score=mmlu,
+        mmlu_threshold=mmlu_threshold, timings=timings, evaluated=evaluated)
+
+
+def run(args) -> int:
+    results = score_directory(args.directory, args.mmlu_threshold)
+    out = Path(args.out) if args.out else Path(args.directory) / "results.json"
+    atomic_write_json(out, results)
+    print(f"Scores for {args.directory}")
+    print(summary_text(results))
+    print(f"results written to {out}")
+    return 0

@@ -1,0 +1,202 @@
+"""`unlearn prepare`: the embedded default world, built once and cached.
+
+Stages, each in its own folder under the work dir and skipped when its inputs are unchanged:
+  data/            the mini-LUME in the official layout + the general corpus and its questions
+  tokenizer/       byte-level BPE trained on retain + general text (never forget or MIA documents)
+  pretrained/      the tiny OLMo pre-trained on the general corpus
+  target/          pretrained + memorised forget and retain (what the organisers released)
+  gold_standard/   pretrained + retain only (what perfect unlearning would look like)
+Each stage's cache key is a hash of its own settings and of its inputs' keys, so changing the model
+size rebuilds the models but not the data.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+
+from utils.config import AdapterConfig, Config
+from utils.data import LumeData, load_lume
+from utils.errors import UserError
+from utils.io import AtomicDirectory, atomic_write_json
+
+STAGE_FILE = "stage.json"
+
+
+def stable_hash(*parts) -> str:
+    text = json.dumps(parts, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def stage_is_current(directory: Path, key: str) -> bool:
+    marker = directory / STAGE_FILE
+    if not marker.is_file():
+        return False
+    try:
+        return json.loads(marker.read_text()).get("key") == key
+    except json.JSONDecodeError:
+        return False
+
+
+def read_general_corpus(data_dir: Path) -> list[str]:
+    path = data_dir / "general" / "corpus.jsonl"
+    if not path.is_file():
+        raise UserError(f"general corpus not found: {path}")
+    return [json.loads(line)["text"] for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def lume_fingerprint(data: LumeData) -> str:
+    return stable_hash([(i.id, i.input, i.output) for i in data.forget], [(i.id, i.input, i.output) for i in data.retain])
+
+
+class World:
+    """Paths of a prepared world, for the commands that use it."""
+
+    def __init__(self, workdir: str | Path):
+        self.root = Path(workdir)
+        self.data = self.root / "data"
+        self.tokenizer = self.root / "tokenizer"
+        self.pretrained = self.root / "pretrained"
+        self.target = self.root / "target"
+        self.gold_standard = self.root / "gold_standard"
+        self.report = self.root / "prepare_report.json"
+        self.multiple_choice = self.data / "general" / "multiple_choice.jsonl"
+
+
+def prepare(config: Config, out: str | Path | None = None, progress: bool = True, log=print) -> dict:
+    """Build (or reuse) every stage of the world and return the prepare report."""
+    from methods.finetune import finetune
+    from utils.models import build_tiny_model, load_tokenizer, train_tokenizer
+    from utils.synthetic import generate_mini_lume
+    from utils.tokenization import encode_item, encode_text
+
+    world = World(out or config.workdir)
+    world.root.mkdir(parents=True, exist_ok=True)
+    timings: dict[str, float] = {}
+
+    data_key = stable_hash(asdict(config.synthetic))
+    if not stage_is_current(world.data, data_key):
+        log(f"[prepare] generating the mini-LUME into {world.data}")
+        started = time.perf_counter()
+        with AtomicDirectory(world.data) as tmp:
+            generate_mini_lume(tmp, config.synthetic)
+            atomic_write_json(tmp / STAGE_FILE, {"key": data_key})
+        timings["data"] = time.perf_counter() - started
+    lume = load_lume(config.data.path or world.data, config.data.split)
+    general = read_general_corpus(world.data)
+    lume_key = lume_fingerprint(lume)
+
+    tokenizer_key = stable_hash(data_key, lume_key, config.model.tiny.vocab_size)
+    if not stage_is_current(world.tokenizer, tokenizer_key):
+        log("[prepare] training the tokenizer on retain + general text")
+        started = time.perf_counter()
+        texts = [i.training_text for i in lume.retain] + general
+        tokenizer = train_tokenizer(texts, config.model.tiny.vocab_size)
+        with AtomicDirectory(world.tokenizer) as tmp:
+            tokenizer.save_pretrained(tmp)
+            atomic_write_json(tmp / STAGE_FILE, {"key": tokenizer_key})
+        timings["tokenizer"] = time.perf_counter() - started
+    tokenizer = load_tokenizer(str(world.tokenizer))
+
+    def general_examples(max_length: int):
+        return [encode_text(tokenizer, text, max_length=max_length, item_id=f"general{n}")
+                for n, text in enumerate(general)]
+
+    def item_examples(items, training):
+        return [encode_item(tokenizer, item, loss_on=training.loss_on, max_length=training.max_length, role="train")
+                for item in items]
+
+    prepare_cfg = config.prepare
+    pretrain_key = stable_hash(tokenizer_key, asdict(config.model.tiny), asdict(prepare_cfg.pretrain))
+    if not stage_is_current(world.pretrained, pretrain_key):
+        log("[prepare] pre-training the tiny OLMo on the general corpus")
+        started = time.perf_counter()
+        tiny = config.model.tiny
+        model = build_tiny_model(tokenizer, tiny.hidden_size, tiny.num_layers, tiny.num_heads,
+                                 tiny.intermediate_size, tiny.max_position_embeddings, seed=prepare_cfg.pretrain.seed)
+        model, result = finetune(model, tokenizer, general_examples(prepare_cfg.pretrain.max_length),
+                                 prepare_cfg.pretrain, AdapterConfig(kind="full"), name="pretrain",
+                                 log_path=world.root / "logs" / "pretrain.jsonl", progress=progress)
+        _save_stage(model, tokenizer, world.pretrained, pretrain_key, result)
+        timings["pretrain"] = time.perf_counter() - started
+
+    stages = (
+        ("target", world.target, lume.forget + lume.retain, prepare_cfg.target, None),
+        ("gold_standard", world.gold_standard, lume.retain, prepare_cfg.gold_standard,
+         prepare_cfg.gold_standard_adapter),
+    )
+    model_keys = {}
+    for name, directory, items, training, adapter in stages:
+        adapter = adapter or AdapterConfig(kind="full")
+        key = stable_hash(pretrain_key, lume_key, asdict(training), asdict(adapter))
+        model_keys[name] = key
+        if stage_is_current(directory, key):
+            continue
+        log(f"[prepare] training the {name.replace('_', ' ')} on {len(items)} items + the general corpus")
+        started = time.perf_counter()
+        model, _ = _load_local(world.pretrained)
+        examples = item_examples(items, training) + general_examples(training.max_length)
+        model, result = finetune(model, tokenizer, examples, training, adapter, name=name,
+                                 log_path=world.root / "logs" / f"{name}.jsonl", progress=progress)
+        _save_stage(model, tokenizer, directory, key, result)
+        timings[name] = time.perf_counter() - started
+
+    report_key = stable_hash(model_keys, asdict(config.evaluation))
+    if world.report.is_file():
+        cached = json.loads(world.report.read_text())
+        if cached.get("key") == report_key:
+            log(f"[prepare] everything is up to date in {world.root}")
+            return cached
+    started = time.perf_counter()
+    report: dict = {"key": report_key, "workdir": str(world.root), "data": str(config.data.path or world.data)}
+    for name, directory in (("target", world.target), ("gold_standard", world.gold_standard)):
+        log(f"[prepare] scoring the {name.replace('_', ' ')}")
+        model, model_tokenizer = _load_local(directory)
+        report[name] = memorisation_report(model, model_tokenizer, lume, world.multiple_choice, config, progress)
+    timings["report"] = time.perf_counter() - started
+    report["timings"] = timings
+    atomic_write_json(world.report, report)
+    return report
+
+
+def _load_local(directory: Path):
+    from utils.models import load_model_and_tokenizer
+
+    return load_model_and_tokenizer(str(directory))
+
+
+def _save_stage(model, tokenizer, directory: Path, key: str, result) -> None:
+    from utils.models import save_model
+
+    save_model(model, tokenizer, directory)
+    atomic_write_json(directory / STAGE_FILE, {"key": key, "seconds": result.seconds, "steps": result.steps,
+                                              "tokens": result.tokens, "final_loss": result.mean_loss})
+
+
+@torch.inference_mode()
+def memorisation_report(model, tokenizer, lume: LumeData, multiple_choice: Path, config: Config,
+                        progress: bool) -> dict:
+    """Mean regurgitation / knowledge per split (SPEC metrics, greedy) and utility on the synthetic set."""
+    from utils.generation import generate_greedy
+    from utils.metrics import knowledge_score, regurgitation_score
+    from utils.utility import evaluate_utility
+
+    out: dict = {}
+    for split in ("forget", "retain"):
+        items = lume.split_items(split)
+        generations = generate_greedy(model, tokenizer, [i.input for i in items],
+                                      max_new_tokens=config.evaluation.max_new_tokens,
+                                      batch_size=config.evaluation.batch_size, progress=progress)
+        regurgitation = [regurgitation_score(i.output, g) for i, g in zip(items, generations) if i.kind == "sc"]
+        knowledge = [knowledge_score(i.output, g) for i, g in zip(items, generations) if i.kind == "qa"]
+        out[split] = {"regurgitation": sum(regurgitation) / len(regurgitation),
+                      "knowledge": sum(knowledge) / len(knowledge)}
+    utility = evaluate_utility(model, tokenizer, f"synthetic:{multiple_choice}", progress=progress)
+    out["utility"] = utility["score"] if utility else None
+    out["utility_benchmark"] = utility["benchmark"] if utility else None
+    return out
