@@ -14,6 +14,7 @@ the same gradient (up to floating point).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import math
 import time
@@ -154,7 +155,7 @@ class Trainer:
         local = batch[rank::world]
         if not local:
             first = batch[0]
-            local = [Example(first.input_ids, first.labels, first.item_id, first.role, 0.0)]
+            local = [dataclasses.replace(first, weight=0.0)]
         pieces = max(1, min(self.config.gradient_accumulation_steps, len(local)))
         size = math.ceil(len(local) / pieces)
         return [local[i:i + size] for i in range(0, len(local), size)]

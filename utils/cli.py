@@ -16,6 +16,8 @@ COMMAND_MODULES = [
     "utils.commands.data",
     "utils.commands.prepare",
     "utils.commands.score",
+    "utils.commands.evaluate",
+    "utils.commands.run",
 ]
 
 

@@ -142,6 +142,10 @@ class EvaluationConfig:
     utility: str | None = None
     mmlu_shots: int = 0
     mmlu_threshold: float = 0.371
+    # After every chunk/phase of an unlearning run: a quick check on the first N documents per task
+    # (None or 0: off), with short generations, for the chunk-by-chunk plots.
+    per_phase_subset: int | None = 2
+    per_phase_max_new_tokens: int = 64
 
 
 @dataclass

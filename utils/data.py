@@ -74,9 +74,11 @@ def _read_rows(path: Path) -> list[dict]:
     if path.suffix == ".parquet":
         import pyarrow.parquet as pq
 
+        import pyarrow as pa
+
         try:
             table = pq.read_table(path)
-        except Exception as exc:  # pyarrow raises several types for a corrupt file
+        except (pa.ArrowException, OSError) as exc:
             raise UserError(f"{path}: not a readable parquet file ({exc.__class__.__name__})") from None
         return table.to_pylist()
     rows = []

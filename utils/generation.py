@@ -23,7 +23,8 @@ switched off; other entries of it (e.g. several EOS ids) are honoured, as `model
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 from tqdm.auto import tqdm

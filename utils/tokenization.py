@@ -25,6 +25,9 @@ class Example:
     item_id: str = ""
     role: str = "train"  # "forget", "retain" or "train"
     weight: float = 1.0
+    # Sequence log-likelihood of the labelled tokens under the reference (pre-unlearning) model,
+    # precomputed once for NPO when the reference is not available for free (full / last-k training).
+    reference_logp: float | None = None
 
 
 def special_token_layout(tokenizer) -> tuple[list[int], list[int]]:
@@ -79,7 +82,11 @@ def encode_item(tokenizer, item, loss_on: str = "output", max_length: int | None
 
 
 def collate(examples: list[Example], pad_token_id: int) -> dict[str, torch.Tensor]:
-    """Right-padded tensors; `weight` and `is_forget` carry each example's role into the loss."""
+    """Right-padded tensors; `weight` and `is_forget` carry each example's role into the loss.
+
+    When any example carries a precomputed `reference_logp`, the batch gets a `reference_logp` tensor
+    (NaN for the examples without one, e.g. retain examples in a mixed batch).
+    """
     width = max(len(e.input_ids) for e in examples)
     input_ids = torch.full((len(examples), width), pad_token_id, dtype=torch.long)
     labels = torch.full((len(examples), width), IGNORE_INDEX, dtype=torch.long)
@@ -89,10 +96,14 @@ def collate(examples: list[Example], pad_token_id: int) -> dict[str, torch.Tenso
         input_ids[row, :n] = torch.tensor(example.input_ids)
         labels[row, :n] = torch.tensor(example.labels)
         attention_mask[row, :n] = 1
-    return {
+    batch = {
         "input_ids": input_ids,
         "labels": labels,
         "attention_mask": attention_mask,
         "weight": torch.tensor([e.weight for e in examples], dtype=torch.float32),
         "is_forget": torch.tensor([e.role == "forget" for e in examples], dtype=torch.bool),
     }
+    if any(e.reference_logp is not None for e in examples):
+        batch["reference_logp"] = torch.tensor(
+            [float("nan") if e.reference_logp is None else e.reference_logp for e in examples], dtype=torch.float32)
+    return batch

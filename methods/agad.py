@@ -1,0 +1,86 @@
+"""AGAD, alternating gradient ascent-descent.
+
+The forget set is cut, in file order, into chunks of `method.chunk_size` (+ a remainder chunk). For
+each chunk, a gradient-ascent phase on it (shuffled each epoch); after every 1/interleaving_factor
+chunks, an annealing phase of gradient descent on `annealing_fraction` of the retain set (a seeded
+random subset, a different one for every annealing phase); after the last (remainder) chunk, when
+`final_annealing` is on, a final annealing phase on the whole retain set. Every phase trains for
+`training.epochs` epochs with a fresh optimiser and schedule (the Trainer's per-phase behaviour).
+
+Reading of the interleaving factor f > 0: after chunk number n (1-based), floor(n * f) - floor((n - 1) * f)
+annealing phases follow. f = 1 anneals after every chunk, f = 0.5 after every 2nd chunk (2, 4, ...),
+f = 1/3 after every 3rd, f = 2 twice (two different subsets) after every chunk. The rule applies to
+the last chunk too; the final annealing, when on, comes after whatever the rule put there.
+
+The ascent phases use method.forget_loss (ascent | npo); the annealing phases method.retain_loss
+(nll, i.e. gradient descent, or kl towards the reference); retain_loss "none" is refused.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from methods.common import check_chunk_size, check_common, chunks, loss_for, tagged
+from methods.trainer import LossFunction, Phase
+from utils.config import MethodConfig, TrainingConfig
+from utils.errors import UserError
+from utils.tokenization import Example
+
+NAME = "agad"
+
+
+def loss_kinds(method: MethodConfig) -> tuple[str, str]:
+    return method.forget_loss, method.retain_loss
+
+
+def anneals_after(chunk_number: int, factor: float) -> int:
+    """How many annealing phases follow chunk `chunk_number` (1-based) for interleaving factor `factor`."""
+    eps = 1e-9  # 3 * (1/3) must count as 1
+    return math.floor(chunk_number * factor + eps) - math.floor((chunk_number - 1) * factor + eps)
+
+
+def annealing_subset(retain: list[Example], fraction: float, seed: int, index: int) -> list[Example]:
+    """A seeded random subset (in file order) of round(fraction * len) retain examples, at least one."""
+    size = min(len(retain), max(1, round(fraction * len(retain))))
+    generator = torch.Generator().manual_seed(seed * 1_000_003 + 7919 * (index + 1))
+    chosen = sorted(torch.randperm(len(retain), generator=generator)[:size].tolist())
+    return [retain[i] for i in chosen]
+
+
+def build_phases(forget: list[Example], retain: list[Example], method: MethodConfig, training: TrainingConfig,
+                 seed: int) -> list[Phase]:
+    forget_loss, retain_loss = loss_kinds(method)
+    check_chunk_size(NAME, method)
+    if not 0 < method.annealing_fraction <= 1:
+        raise UserError(f"{NAME}: method.annealing_fraction must be in (0, 1], got {method.annealing_fraction}")
+    if not method.interleaving_factor > 0:
+        raise UserError(f"{NAME}: method.interleaving_factor must be positive, got {method.interleaving_factor}")
+    if retain_loss == "none":
+        raise UserError(f"{NAME}: the annealing phases need a retain loss; set method.retain_loss to nll or kl")
+    pieces = chunks(forget, method.chunk_size) if forget else []
+    anneal_count = sum(anneals_after(n, method.interleaving_factor) for n in range(1, len(pieces) + 1))
+    needs_retain = anneal_count > 0 or method.final_annealing
+    check_common(NAME, forget, retain, method, training, forget_loss, retain_loss, retain_needed=needs_retain)
+
+    phases: list[Phase] = []
+    anneal_index = 0
+    for index, chunk in enumerate(pieces):
+        phases.append(Phase(name=f"{NAME}-chunk{index}-ascent", examples=[tagged(e, "forget") for e in chunk],
+                            epochs=training.epochs, shuffle=True, info={"kind": "ascent", "chunk": index}))
+        for _ in range(anneals_after(index + 1, method.interleaving_factor)):
+            subset = annealing_subset(retain, method.annealing_fraction, seed, anneal_index)
+            phases.append(Phase(name=f"{NAME}-chunk{index}-anneal{anneal_index}",
+                                examples=[tagged(e, "retain") for e in subset], epochs=training.epochs,
+                                shuffle=True, info={"kind": "anneal", "chunk": index, "anneal": anneal_index}))
+            anneal_index += 1
+    if method.final_annealing:
+        phases.append(Phase(name=f"{NAME}-final-anneal", examples=[tagged(e, "retain") for e in retain],
+                            epochs=training.epochs, shuffle=True,
+                            info={"kind": "final_anneal", "chunk": len(pieces) - 1}))
+    return phases
+
+
+def make_loss(method: MethodConfig, reference=None) -> LossFunction:
+    return loss_for(*loss_kinds(method), method, reference)

@@ -1,0 +1,221 @@
+"""One unlearning run from config to results: load, adapt, unlearn phase by phase, evaluate, plot.
+
+The run folder holds:
+  config.yaml        the resolved config (what actually ran)
+  log.jsonl          one line per optimiser step
+  phases.jsonl       one line per finished chunk/phase: losses and a quick forget/retain check
+  checkpoint/        trainable weights + state after the last finished phase (atomic)
+  model/             the final model (LoRA merged unless adapter.merge_at_end is false)
+  results.json, *_generations.jsonl, mia_nll.json   the final evaluation (utils.evaluation)
+  *.png              plots
+A killed run restarted with `resume=True` reloads the checkpoint and continues with the next phase.
+Every phase is seeded by its index (weights at a phase boundary + the phase index determine the rest),
+so a resumed run ends with the same weights as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import torch
+
+from methods.adapters import apply_adapter, finalise, trainable_state
+from methods.trainer import Trainer, make_accelerator
+from utils.config import Config, save_config, to_dict
+from utils.data import find_mia_dir, load_lume, load_mia_documents
+from utils.errors import UserError
+from utils.io import AtomicDirectory, atomic_write_json, atomic_write_text
+
+CHECKPOINT = "checkpoint"
+STATE_FILE = "state.json"
+WEIGHTS_FILE = "trainable.safetensors"
+
+
+def resolve_paths(config: Config) -> tuple[str, str]:
+    """(model name or folder, data folder): explicit config values, else the prepared world's."""
+    workdir = Path(config.workdir)
+    model = config.model.name_or_path or str(workdir / "target")
+    data = config.data.path or str(workdir / "data")
+    return model, data
+
+
+def load_checkpoint(run_dir: Path) -> dict | None:
+    state_path = run_dir / CHECKPOINT / STATE_FILE
+    if not state_path.is_file():
+        return None
+    return json.loads(state_path.read_text())
+
+
+def save_checkpoint(model, run_dir: Path, state: dict) -> None:
+    from safetensors.torch import save_file
+
+    with AtomicDirectory(run_dir / CHECKPOINT) as tmp:
+        save_file(trainable_state(model), str(tmp / WEIGHTS_FILE))
+        atomic_write_json(tmp / STATE_FILE, state)
+
+
+def restore_weights(model, run_dir: Path) -> None:
+    from safetensors.torch import load_file
+
+    state = load_file(str(run_dir / CHECKPOINT / WEIGHTS_FILE))
+    missing = set(state) - {name for name, _ in model.named_parameters()}
+    if missing:
+        raise UserError(f"checkpoint in {run_dir} does not fit this model/adapter (e.g. {min(missing)})")
+    model.load_state_dict(state, strict=False)
+
+
+def truncate_lines(path: Path, keep: int) -> None:
+    """Drop log lines written after the checkpoint, so a resumed log reads like an uninterrupted one."""
+    if path.is_file():
+        lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
+        atomic_write_text(path, "".join(lines[:keep]))
+
+
+def count_lines(path: Path) -> int:
+    return len(path.read_text(encoding="utf-8").splitlines()) if path.is_file() else 0
+
+
+def run_unlearning(config: Config, out_dir: str | Path, resume: bool = False, progress: bool = True,
+                   evaluate: bool = True, accelerator=None, log=print, stop_after_phases: int | None = None) -> dict:
+    """Run the configured method; returns the final results dict (or the state when stopped early)."""
+    from methods.losses import Reference
+    from methods.registry import get_method
+    from utils.models import load_model_and_tokenizer
+    from utils.tokenization import encode_item
+
+    run_dir = Path(out_dir)
+    accelerator = accelerator or make_accelerator(config.training.mixed_precision)
+    state = load_checkpoint(run_dir)
+    if state is not None and not resume:
+        raise UserError(f"{run_dir} already holds a run (checkpoint after phase {state['phases_done']}); "
+                        "pass --resume to continue it or choose another --out")
+    if (run_dir / "results.json").is_file() and not resume:
+        raise UserError(f"{run_dir} already holds finished results; choose another --out")
+    method = get_method(config.method.name)
+    model_name, data_dir = resolve_paths(config)
+    lume = load_lume(data_dir, config.data.split)
+    mia_documents = _mia_documents(config, data_dir)
+    model, tokenizer = load_model_and_tokenizer(model_name, config.model.tokenizer, config.model.dtype,
+                                                config.model.trust_remote_code)
+    training = config.training
+    forget = [encode_item(tokenizer, i, "output", training.max_length, role="forget") for i in lume.forget]
+    retain = [encode_item(tokenizer, i, "output", training.max_length, role="retain") for i in lume.retain]
+    phases = method.build_phases(forget, retain, config.method, training, training.seed)
+
+    if accelerator.is_main_process:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        save_config(config, run_dir / "config.yaml")
+    model = apply_adapter(model, config.adapter)
+    reference = Reference.for_model(model, config.adapter.kind)
+    reference.prepare(phases, tokenizer, config.evaluation.nll_batch_size, accelerator.device)
+    loss_fn = method.make_loss(config.method, reference)
+    trainer = Trainer(model, tokenizer, training, loss_fn, accelerator=accelerator,
+                      log_path=run_dir / "log.jsonl", progress=progress)
+
+    phases_done = 0
+    elapsed = 0.0
+    if state is not None:
+        restore_weights(trainer.unwrapped_model, run_dir)
+        phases_done = state["phases_done"]
+        elapsed = state.get("seconds", 0.0)
+        trainer.global_step = state["global_step"]
+        if accelerator.is_main_process:
+            truncate_lines(run_dir / "log.jsonl", state["log_lines"])
+            truncate_lines(run_dir / "phases.jsonl", phases_done)
+        log(f"[run] resuming after phase {phases_done} of {len(phases)}")
+
+    bar_desc = f"{config.method.name}: phases"
+    from tqdm.auto import tqdm
+
+    for index in tqdm(range(phases_done, len(phases)), desc=bar_desc, initial=phases_done, total=len(phases),
+                      disable=not (progress and accelerator.is_main_process), dynamic_ncols=True):
+        started = time.perf_counter()
+        phase = phases[index]
+        result = trainer.train_phase(phase, index)
+        elapsed += time.perf_counter() - started
+        accelerator.wait_for_everyone()
+        if accelerator.is_main_process:
+            record = {"phase": index, "name": phase.name, **phase.info, "steps": result.steps,
+                      "seconds": result.seconds, "loss": result.mean_loss,
+                      "forget_nll": result.forget_nll, "retain_nll": result.retain_nll}
+            record.update(_quick_check(trainer.unwrapped_model, tokenizer, lume, config, progress))
+            with (run_dir / "phases.jsonl").open("a", encoding="utf-8") as handle:
+                handle.write(json.dumps(record) + "\n")
+            save_checkpoint(trainer.unwrapped_model, run_dir, {
+                "phases_done": index + 1, "phases_total": len(phases), "global_step": trainer.global_step,
+                "log_lines": count_lines(run_dir / "log.jsonl"), "seconds": elapsed,
+                "method": config.method.name})
+        accelerator.wait_for_everyone()
+        if stop_after_phases is not None and index + 1 >= stop_after_phases:
+            return {"stopped_after_phase": index + 1}
+
+    final = finalise(trainer.unwrapped_model, config.adapter)
+    results: dict = {}
+    if accelerator.is_main_process:
+        from utils.models import save_model
+
+        save_model(final, tokenizer, run_dir / "model")
+        if evaluate:
+            results = evaluate_run(final, tokenizer, lume, mia_documents, config, run_dir, elapsed, progress,
+                                   model_name, data_dir)
+        from utils.plotting import plot_run
+
+        plot_run(run_dir)
+    accelerator.wait_for_everyone()
+    return results
+
+
+def _mia_documents(config: Config, data_dir: str):
+    mia_dir = Path(config.data.mia_path) if config.data.mia_path else find_mia_dir(data_dir, config.data.split)
+    if config.data.mia_path and not mia_dir.is_dir():
+        raise UserError(f"MIA folder not found: {config.data.mia_path}")
+    return load_mia_documents(mia_dir) if mia_dir else None
+
+
+def _quick_check(model, tokenizer, lume, config: Config, progress: bool) -> dict:
+    """Mean forget/retain regurgitation and knowledge on a few documents, for the per-chunk curves."""
+    subset = config.evaluation.per_phase_subset
+    if not subset:
+        return {}
+    from utils.evaluation import subset_items
+    from utils.generation import generate_greedy
+    from utils.metrics import knowledge_score, regurgitation_score
+
+    model.eval()
+    out = {}
+    for split in ("forget", "retain"):
+        items = subset_items(lume.split_items(split), subset)
+        with torch.inference_mode():
+            outputs = generate_greedy(model, tokenizer, [i.input for i in items],
+                                      max_new_tokens=config.evaluation.per_phase_max_new_tokens,
+                                      batch_size=config.evaluation.batch_size, progress=False)
+        regurgitation = [regurgitation_score(i.output, o) for i, o in zip(items, outputs) if i.kind == "sc"]
+        knowledge = [knowledge_score(i.output, o) for i, o in zip(items, outputs) if i.kind == "qa"]
+        out[f"{split}_regurgitation"] = sum(regurgitation) / max(1, len(regurgitation))
+        out[f"{split}_knowledge"] = sum(knowledge) / max(1, len(knowledge))
+    model.train()
+    return out
+
+
+def evaluate_run(model, tokenizer, lume, mia_documents, config: Config, run_dir: Path, train_seconds: float,
+                 progress: bool, model_name: str, data_dir: str) -> dict:
+    from utils.commands.evaluate import resolve_utility_spec
+    from utils.evaluation import evaluate_model, write_evaluation
+
+    evaluation = evaluate_model(
+        model, tokenizer, lume, mia_documents=mia_documents,
+        utility_spec=resolve_utility_spec(config.evaluation.utility, config.workdir),
+        max_new_tokens=config.evaluation.max_new_tokens, batch_size=config.evaluation.batch_size,
+        nll_batch_size=config.evaluation.nll_batch_size, mmlu_shots=config.evaluation.mmlu_shots,
+        mmlu_threshold=config.evaluation.mmlu_threshold, subset=config.evaluation.subset,
+        evaluated={"model": str(run_dir / "model"), "unlearned_from": model_name, "data": data_dir,
+                   "split": config.data.split, "method": config.method.name, "config": to_dict(config)},
+        progress=progress)
+    evaluation.results["method"] = config.method.name
+    evaluation.results["timings"]["unlearning"] = train_seconds
+    if torch.cuda.is_available():
+        evaluation.results["peak_gpu_memory_bytes"] = torch.cuda.max_memory_allocated()
+    write_evaluation(evaluation, run_dir)
+    return evaluation.results

@@ -1,0 +1,59 @@
+"""SUGD, sequential unlearning with gradient difference (SemEval-2025 Task 4, first place).
+
+The forget set is cut, in file order, into chunks of `method.chunk_size` (the last chunk holds the
+remainder). Each chunk is its own phase (fresh optimiser and schedule), trained in order for
+`training.epochs` epochs, unshuffled. A chunk's sequence interleaves each forget example with
+`method.positive_ratio` retain examples taken cyclically from the retain set, the cursor carrying
+over from chunk to chunk:
+
+    [F1, R1..Rp, F2, Rp+1..R2p, ...]
+
+Forget examples have weight 1 (the ascent loss gives -1 x NLL), retain examples `positive_factor`;
+the loss is the mean over the global batch of weight x the example's loss. The forget and retain
+losses follow method.forget_loss (ascent | npo) and method.retain_loss (nll | kl | none; with none
+no retain examples are interleaved).
+"""
+
+from __future__ import annotations
+
+from methods.common import check_chunk_size, check_common, chunks, loss_for, tagged
+from methods.trainer import LossFunction, Phase
+from utils.config import MethodConfig, TrainingConfig
+from utils.errors import UserError
+from utils.tokenization import Example
+
+NAME = "sugd"
+
+
+def loss_kinds(method: MethodConfig) -> tuple[str, str]:
+    return method.forget_loss, method.retain_loss
+
+
+def build_phases(forget: list[Example], retain: list[Example], method: MethodConfig, training: TrainingConfig,
+                 seed: int) -> list[Phase]:
+    """One unshuffled phase per chunk; `seed` is unused (the schedule is fully determined by file order)."""
+    forget_loss, retain_loss = loss_kinds(method)
+    check_chunk_size(NAME, method)
+    if method.positive_ratio < 0:
+        raise UserError(f"{NAME}: method.positive_ratio must be 0 or more, got {method.positive_ratio}")
+    if method.positive_factor < 0:
+        raise UserError(f"{NAME}: method.positive_factor must be non-negative, got {method.positive_factor}")
+    ratio = method.positive_ratio if retain_loss != "none" else 0
+    check_common(NAME, forget, retain, method, training, forget_loss, retain_loss, retain_needed=ratio > 0)
+    cursor = 0
+    phases = []
+    for index, chunk in enumerate(chunks(forget, method.chunk_size)):
+        start_cursor = cursor
+        examples: list[Example] = []
+        for example in chunk:
+            examples.append(tagged(example, "forget", 1.0))
+            for _ in range(ratio):
+                examples.append(tagged(retain[cursor], "retain", method.positive_factor))
+                cursor = (cursor + 1) % len(retain)
+        phases.append(Phase(name=f"{NAME}-chunk{index}", examples=examples, epochs=training.epochs, shuffle=False,
+                            info={"kind": "chunk", "chunk": index, "retain_cursor": start_cursor}))
+    return phases
+
+
+def make_loss(method: MethodConfig, reference=None) -> LossFunction:
+    return loss_for(*loss_kinds(method), method, reference)

@@ -1,0 +1,133 @@
+"""Batched greedy generation must reproduce the official one-at-a-time decoding exactly."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+import torch
+
+from utils.errors import UserError
+from utils.generation import eos_token_ids, generate_greedy, generate_one_at_a_time
+from utils.models import build_tiny_model, train_tokenizer
+from utils.tokenization import encode_prompt
+
+WORDS = ["the", "cat", "dog", "sat", "on", "a", "mat", "red", "blue", "green", "house", "river", "tree",
+         "moon", "sun", "star", "bird", "fish", "runs", "jumps", "sleeps", "quickly", "slowly", "under",
+         "over", "near", "big", "small", "old", "young"]
+
+
+def _sentences(n: int, seed: int = 0) -> list[str]:
+    rng = random.Random(seed)
+    return [" ".join(rng.choice(WORDS) for _ in range(rng.randint(4, 12))) + "." for _ in range(n)]
+
+
+@pytest.fixture(scope="module")
+def world():
+    """A tiny Olmo2 trained for 30 steps on 8 sentences, each followed by EOS (so it learns to stop)."""
+    torch.set_num_threads(1)
+    sentences = _sentences(100)
+    tokenizer = train_tokenizer(sentences, 300)
+    model = build_tiny_model(tokenizer, hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64)
+    optimiser = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    batch = [tokenizer(s)["input_ids"] + [tokenizer.eos_token_id] for s in sentences[:8]]
+    width = max(map(len, batch))
+    input_ids = torch.tensor([b + [tokenizer.pad_token_id] * (width - len(b)) for b in batch])
+    labels = torch.tensor([b + [-100] * (width - len(b)) for b in batch])
+    for _ in range(30):
+        loss = model(input_ids=input_ids, attention_mask=(labels != -100).long(), labels=labels).loss
+        loss.backward()
+        optimiser.step()
+        optimiser.zero_grad()
+    model.eval()
+    return model, tokenizer, sentences
+
+
+def _prompts(sentences: list[str]) -> list[str]:
+    # Very different lengths: a single word up to four sentences; some are whole training sentences
+    # (the model ends them with EOS at once), others are cut mid-sentence.
+    return [sentences[0][:10], "the", sentences[1], " ".join(sentences[2:6]), "moon sun star bird",
+            sentences[3][:15], "a", sentences[5], "green river", " ".join(sentences[10:13])]
+
+
+def _manual_greedy(model, tokenizer, prompt: str, max_new_tokens: int) -> tuple[list[int], bool]:
+    """Argmax decoding by full forward passes (no cache, no generate): (new tokens, hit EOS)."""
+    ids = encode_prompt(tokenizer, prompt)
+    new: list[int] = []
+    with torch.inference_mode():
+        for _ in range(max_new_tokens):
+            logits = model(input_ids=torch.tensor([ids + new]), use_cache=False).logits[0, -1]
+            token = int(logits.argmax())
+            new.append(token)
+            if token == tokenizer.eos_token_id:
+                return new, True
+    return new, False
+
+
+def test_batched_equals_one_at_a_time(world) -> None:
+    model, tokenizer, sentences = world
+    prompts = _prompts(sentences)
+    batched = generate_greedy(model, tokenizer, prompts, max_new_tokens=20, batch_size=4, progress=False)
+    reference = generate_one_at_a_time(model, tokenizer, prompts, max_new_tokens=20)
+    assert batched == reference
+    # The model is trained enough that prompts lead to different continuations.
+    assert len(set(batched)) >= 4
+
+
+def test_batch_size_does_not_matter(world) -> None:
+    model, tokenizer, sentences = world
+    prompts = _prompts(sentences)
+    outputs = [generate_greedy(model, tokenizer, prompts, max_new_tokens=20, batch_size=size, progress=False)
+               for size in (1, 3, 32)]
+    assert outputs[0] == outputs[1] == outputs[2]
+
+
+def test_order_is_preserved(world) -> None:
+    model, tokenizer, sentences = world
+    prompts = _prompts(sentences)
+    forward = generate_greedy(model, tokenizer, prompts, max_new_tokens=20, batch_size=4, progress=False)
+    permutation = list(range(len(prompts)))
+    random.Random(1).shuffle(permutation)
+    shuffled = generate_greedy(model, tokenizer, [prompts[i] for i in permutation], max_new_tokens=20,
+                               batch_size=4, progress=False)
+    assert shuffled == [forward[i] for i in permutation]
+
+
+def test_stops_at_eos_and_matches_manual_argmax(world) -> None:
+    model, tokenizer, sentences = world
+    prompts = _prompts(sentences)
+    batched = generate_greedy(model, tokenizer, prompts, max_new_tokens=20, batch_size=4, progress=False)
+    hit = []
+    for prompt, text in zip(prompts, batched):
+        tokens, stopped = _manual_greedy(model, tokenizer, prompt, 20)
+        hit.append(stopped)
+        if stopped:
+            assert tokens[-1] == tokenizer.eos_token_id
+            tokens = tokens[:-1]
+        assert text == tokenizer.decode(tokens, skip_special_tokens=True)
+    # Both paths are exercised: some rows finish early (then receive padding that must be cut),
+    # some run to max_new_tokens.
+    assert any(hit) and not all(hit)
+
+
+def test_eos_row_in_a_batch_is_cut(world) -> None:
+    """A row that stops at once shares a batch with rows that run on: its text stays as alone."""
+    model, tokenizer, sentences = world
+    stopping = next(p for p in _prompts(sentences) if _manual_greedy(model, tokenizer, p, 20)[1])
+    running = next(p for p in _prompts(sentences) if not _manual_greedy(model, tokenizer, p, 20)[1])
+    together = generate_greedy(model, tokenizer, [stopping, running], max_new_tokens=20, batch_size=2,
+                               progress=False)
+    alone = generate_one_at_a_time(model, tokenizer, [stopping, running], max_new_tokens=20)
+    assert together == alone
+
+
+def test_edge_cases(world) -> None:
+    model, tokenizer, _ = world
+    assert generate_greedy(model, tokenizer, [], progress=False) == []
+    with pytest.raises(UserError):
+        generate_greedy(model, tokenizer, ["ok", ""], progress=False)
+    assert tokenizer.eos_token_id in eos_token_ids(model, tokenizer)
+    model.train()
+    generate_greedy(model, tokenizer, ["the"], max_new_tokens=2, progress=False)
+    assert model.training  # the caller's mode is restored
+    model.eval()
