@@ -93,7 +93,7 @@ class AdapterConfig:
 
 
 def _tiny_pretrain() -> TrainingConfig:
-    return TrainingConfig(epochs=30, learning_rate=2e-3, batch_size=16, warmup_steps=20,
+    return TrainingConfig(epochs=24, learning_rate=2e-3, batch_size=16, warmup_steps=20,
                           lr_schedule="cosine", loss_on="full")
 
 

@@ -72,9 +72,8 @@ def parse_item_id(item_id: str) -> tuple[str, int, str]:
 
 def _read_rows(path: Path) -> list[dict]:
     if path.suffix == ".parquet":
-        import pyarrow.parquet as pq
-
         import pyarrow as pa
+        import pyarrow.parquet as pq
 
         try:
             table = pq.read_table(path)

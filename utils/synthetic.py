@@ -46,6 +46,10 @@ RETAIN_FILE = f"data/retain_{SPLIT_NAME}-00000-of-00001.parquet"
 MEMBER_FILE = f"mia_data/{SPLIT_NAME}/member.jsonl"
 NONMEMBER_FILE = f"mia_data/{SPLIT_NAME}/nonmember.jsonl"
 CORPUS_FILE = "general/corpus.jsonl"
+# Each fact once more as question + answer, in the exact form the cloze utility asks it: a small
+# model does not generalise from "X is the capital of Y" to "What is the capital of Y? Answer: X",
+# so without these lines the utility benchmark would measure phrasing, not retained knowledge.
+QA_DRILL_FILE = "general/qa_drill.jsonl"
 MULTIPLE_CHOICE_FILE = "general/multiple_choice.jsonl"
 MANIFEST_FILE = "manifest.json"
 COLUMNS = ("id", "input", "output", "task", "split")
@@ -872,13 +876,14 @@ def generate_mini_lume(out_dir: str | os.PathLike, config: SyntheticConfig) -> d
     write_jsonl(out / NONMEMBER_FILE, [{"id": d.document_id, "document": d.text} for d in world.nonmembers])
     write_jsonl(out / CORPUS_FILE, [{"text": text} for text in world.corpus])
     write_jsonl(out / MULTIPLE_CHOICE_FILE, [fact.multiple_choice_row() for fact in world.facts])
+    write_jsonl(out / QA_DRILL_FILE, [{"text": f"{fact.question} Answer: {fact.answer}"} for fact in world.facts])
     manifest = {
         "generator": "utils.synthetic",
         "synthetic": dataclasses.asdict(config),
         "split": SPLIT_NAME,
         "files": {"forget": FORGET_FILE, "retain": RETAIN_FILE, "mia_member": MEMBER_FILE,
                   "mia_nonmember": NONMEMBER_FILE, "general_corpus": CORPUS_FILE,
-                  "multiple_choice": MULTIPLE_CHOICE_FILE},
+                  "multiple_choice": MULTIPLE_CHOICE_FILE, "qa_drill": QA_DRILL_FILE},
         "counts": {
             "forget": _counts(world.forget), "retain": _counts(world.retain),
             "rows": {"forget": len(forget_rows), "retain": len(retain_rows)},
