@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from types import ModuleType
 
-from methods import agad, ga, gd, kl, npo, sugd
+from methods import agad, ga, gd, gold_standard, kl, npo, sugd
 from methods.losses import Reference, needs_reference
 from methods.trainer import Phase
 from utils.config import MethodConfig
@@ -19,6 +19,7 @@ METHODS: dict[str, ModuleType] = {
     "npo": npo,
     "agad": agad,
     "sugd": sugd,
+    "gold_standard": gold_standard,
 }
 
 

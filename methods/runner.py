@@ -80,8 +80,7 @@ def count_lines(path: Path) -> int:
 def run_unlearning(config: Config, out_dir: str | Path, resume: bool = False, progress: bool = True,
                    evaluate: bool = True, accelerator=None, log=print, stop_after_phases: int | None = None) -> dict:
     """Run the configured method; returns the final results dict (or the state when stopped early)."""
-    from methods.losses import Reference
-    from methods.registry import get_method
+    from methods.registry import get_method, prepare_reference
     from utils.models import load_model_and_tokenizer
     from utils.tokenization import encode_item
 
@@ -108,8 +107,9 @@ def run_unlearning(config: Config, out_dir: str | Path, resume: bool = False, pr
         run_dir.mkdir(parents=True, exist_ok=True)
         save_config(config, run_dir / "config.yaml")
     model = apply_adapter(model, config.adapter)
-    reference = Reference.for_model(model, config.adapter.kind)
-    reference.prepare(phases, tokenizer, config.evaluation.nll_batch_size, accelerator.device)
+    # Before any training (and before a resumed run restores its weights): the reference is the start model.
+    reference = prepare_reference(config.method, model, config.adapter.kind, phases, tokenizer,
+                                  config.evaluation.nll_batch_size, accelerator.device)
     loss_fn = method.make_loss(config.method, reference)
     trainer = Trainer(model, tokenizer, training, loss_fn, accelerator=accelerator,
                       log_path=run_dir / "log.jsonl", progress=progress)

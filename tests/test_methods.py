@@ -178,7 +178,7 @@ def test_gd_batches_hold_forget_and_retain_in_equal_numbers(tiny_tokenizer):
 
 
 def test_registry():
-    assert set(METHODS) == {"ga", "gd", "kl", "npo", "agad", "sugd"}
+    assert set(METHODS) == {"ga", "gd", "kl", "npo", "agad", "sugd", "gold_standard"}
     for name, module in METHODS.items():
         assert module.NAME == name and callable(module.build_phases) and callable(module.make_loss)
     with pytest.raises(UserError, match="unknown method 'sgd' .*known: ga, gd, kl, npo, agad, sugd"):
