@@ -1,7 +1,10 @@
-"""Shared fixtures: paths to ../shared and a tiny tokenizer/model pair that builds in a second."""
+"""Shared fixtures: paths to ../shared, a tiny tokenizer/model pair that builds in a second, and the
+small prepared world (data, tokenizer, target, gold standard) the command tests share."""
 
 from __future__ import annotations
 
+import contextlib
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -43,3 +46,72 @@ def tiny_model(tiny_tokenizer):
 
     return build_tiny_model(tiny_tokenizer, hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64,
                             max_position_embeddings=128, seed=0)
+
+
+@contextlib.contextmanager
+def torch_threads(count: int):
+    """Run a block with `count` intra-op threads. The tiny models' matrices are too small to gain from
+    threads, and on a shared 2-core machine a second thread makes every step many times slower."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    with torch_threads(1):
+        yield
+
+
+# The smallest world in which unlearning still means something: 2 documents per task and split
+# (20 forget and 20 retain items), a 2-layer OLMo of width 32, one pass of pre-training and a target
+# that memorises its forget set enough for the gold standard, the MIA and unlearning to tell.
+SMALL_WORLD_OVERRIDES = [
+    "synthetic.documents_per_task=2", "synthetic.general_facts=8", "synthetic.mia_nonmembers=4",
+    "model.tiny.vocab_size=600", "model.tiny.hidden_size=32", "model.tiny.num_layers=2", "model.tiny.num_heads=2",
+    "model.tiny.intermediate_size=64", "model.tiny.max_position_embeddings=256",
+    "prepare.pretrain.epochs=1", "prepare.pretrain.learning_rate=5e-3", "prepare.pretrain.warmup_steps=3",
+    "prepare.target.epochs=30", "prepare.target.learning_rate=1e-2", "prepare.target.warmup_steps=5",
+    "prepare.gold_standard.epochs=30", "prepare.gold_standard.learning_rate=1e-2",
+    "prepare.gold_standard.warmup_steps=5",
+    "evaluation.max_new_tokens=24", "evaluation.per_phase_max_new_tokens=16", "evaluation.per_phase_subset=1",
+]
+
+
+@dataclass(frozen=True)
+class SmallWorld:
+    root: Path
+    overrides: list[str]  # what built it; add `workdir=<root>` to point a command at it
+    report: dict
+
+    @property
+    def target(self) -> Path:
+        return self.root / "target"
+
+    @property
+    def gold_standard(self) -> Path:
+        return self.root / "gold_standard"
+
+    @property
+    def data(self) -> Path:
+        return self.root / "data"
+
+    def config(self, *extra: str):
+        from utils.config import load_config
+
+        return load_config(None, [*self.overrides, f"workdir={self.root}", *extra])
+
+
+@pytest.fixture(scope="session")
+def small_world(tmp_path_factory) -> SmallWorld:
+    """`unlearn prepare` on the small config, built once per session (about 20 s on one core)."""
+    from utils.config import load_config
+    from utils.prepare import prepare
+
+    root = tmp_path_factory.mktemp("small_world")
+    with torch_threads(1):
+        report = prepare(load_config(None, SMALL_WORLD_OVERRIDES), out=root, progress=False, log=lambda _: None)
+    return SmallWorld(root=root, overrides=list(SMALL_WORLD_OVERRIDES), report=report)

@@ -18,6 +18,8 @@ COMMAND_MODULES = [
     "utils.commands.score",
     "utils.commands.evaluate",
     "utils.commands.run",
+    "utils.commands.quickstart",
+    "utils.commands.leaderboard",
 ]
 
 

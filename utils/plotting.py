@@ -9,6 +9,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
+from matplotlib.ticker import MaxNLocator
 
 
 def _read_jsonl(path: Path) -> list[dict]:
@@ -56,6 +57,8 @@ def plot_run(run_dir: str | Path) -> list[Path]:
         right.set_title("training NLL by role")
         right.legend(fontsize=8)
         right.grid(alpha=0.3)
+        for axis in (left, right):
+            axis.xaxis.set_major_locator(MaxNLocator(integer=True))
         fig.tight_layout()
         fig.savefig(run_dir / "phases.png", dpi=120)
         plt.close(fig)

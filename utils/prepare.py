@@ -50,6 +50,13 @@ def read_texts(path: Path) -> list[str]:
     return [json.loads(line)["text"] for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
+def fresh_log(path: Path) -> Path:
+    """A stage's training log, emptied first: the trainer appends, so a rebuilt (or once killed) stage
+    would otherwise continue the old curve with step numbers starting again at 1."""
+    path.unlink(missing_ok=True)
+    return path
+
+
 def lume_fingerprint(data: LumeData) -> str:
     return stable_hash([(i.id, i.input, i.output) for i in data.forget], [(i.id, i.input, i.output) for i in data.retain])
 
@@ -124,7 +131,7 @@ def prepare(config: Config, out: str | Path | None = None, progress: bool = True
                                  tiny.intermediate_size, tiny.max_position_embeddings, seed=prepare_cfg.pretrain.seed)
         model, result = finetune(model, tokenizer, text_examples(general, prepare_cfg.pretrain.max_length),
                                  prepare_cfg.pretrain, AdapterConfig(kind="full"), name="pretrain",
-                                 log_path=world.root / "logs" / "pretrain.jsonl", progress=progress)
+                                 log_path=fresh_log(world.root / "logs" / "pretrain.jsonl"), progress=progress)
         _save_stage(model, tokenizer, world.pretrained, pretrain_key, result)
         timings["pretrain"] = time.perf_counter() - started
 
@@ -145,7 +152,7 @@ def prepare(config: Config, out: str | Path | None = None, progress: bool = True
         model, _ = _load_local(world.pretrained)
         examples = item_examples(items, training) + text_examples(drill, training.max_length)
         model, result = finetune(model, tokenizer, examples, training, adapter, name=name,
-                                 log_path=world.root / "logs" / f"{name}.jsonl", progress=progress)
+                                 log_path=fresh_log(world.root / "logs" / f"{name}.jsonl"), progress=progress)
         _save_stage(model, tokenizer, directory, key, result)
         timings[name] = time.perf_counter() - started
 

@@ -129,6 +129,12 @@ def score_directory(directory: str | Path, mmlu_threshold: float = DEFAULT_MMLU_
     records = []
     for split in SPLITS:
         records.extend(read_generations(directory / f"{split}_generations.jsonl", split))
+    # A benchmark item is in one split only; an id in both files means one was pasted over the other.
+    forget_ids = {r["id"] for r in records if r["split"] == "forget"}
+    in_both = next((r["id"] for r in records if r["split"] == "retain" and r["id"] in forget_ids), None)
+    if in_both is not None:
+        raise UserError(f"{directory}: id {in_both!r} is in both forget_generations.jsonl and "
+                        "retain_generations.jsonl (each item belongs to one split)")
     mia_path, mmlu_path = directory / MIA_FILE, directory / MMLU_FILE
     mia = read_mia_nll(mia_path) if mia_path.is_file() else None
     mmlu = read_mmlu_average(mmlu_path) if mmlu_path.is_file() else None

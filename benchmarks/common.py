@@ -1,0 +1,105 @@
+"""What the benchmark scripts share: the tiny world, the data choice, and side-by-side timing.
+
+The machine these run on is often shared, so no script trusts an absolute time: contenders run
+interleaved (A, B, A, B, ...) in one process and the reports are medians and ratios.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+import torch  # noqa: E402
+
+from utils.data import find_split_files  # noqa: E402
+from utils.errors import UserError  # noqa: E402
+
+REAL_DATA = REPO.parent / "shared" / "semeval25-unlearning-data"
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
+
+
+def ensure_world(workdir: str | Path):
+    """The prepared tiny world in `workdir`, built with `unlearn prepare`'s code when it is missing."""
+    from utils.config import load_config
+    from utils.prepare import World, prepare
+
+    world = World(workdir)
+    ready = (world.target / "model.safetensors").is_file() and world.report.is_file()
+    if not ready:
+        print(f"[benchmark] no prepared world in {world.root}: building it (about 3.5 minutes on 2 cores)",
+              flush=True)
+        prepare(load_config(None, [f"workdir={workdir}"]), progress=False)
+    return world
+
+
+def choose_data(requested: str | None, world, prefer_real: bool = True) -> Path:
+    """The requested data folder; by default the real validation split (if `prefer_real` and present),
+    else the world's mini-LUME."""
+    candidates = [Path(requested)] if requested else ([REAL_DATA, world.data] if prefer_real else [world.data])
+    for candidate in candidates:
+        try:
+            find_split_files(candidate)
+            return candidate
+        except UserError:
+            if requested:
+                raise
+    raise UserError(f"no LUME data in {', '.join(str(c) for c in candidates)}")
+
+
+def interleave(contenders: dict[str, Callable[[], dict]], repeats: int, log=print) -> dict[str, list[dict]]:
+    """Run every contender once per round, in a rotating order, `repeats` rounds; results per name.
+
+    Rotating who goes first keeps a slow spell of the shared machine from always hitting the same one.
+    """
+    names = list(contenders)
+    runs: dict[str, list[dict]] = {name: [] for name in names}
+    for round_index in range(repeats):
+        shift = round_index % len(names)
+        for name in names[shift:] + names[:shift]:
+            started = time.perf_counter()
+            result = contenders[name]()
+            result.setdefault("seconds", time.perf_counter() - started)
+            runs[name].append(result)
+            log(f"  round {round_index + 1}/{repeats}  {name:<14} {result['seconds']:8.3f} s", flush=True)
+    return runs
+
+
+def median(values: list[float]) -> float:
+    return float(statistics.median(values))
+
+
+def environment() -> dict:
+    return {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "machine": platform.machine(),
+        "cpu_count": __import__("os").cpu_count(),
+    }
+
+
+def write_json(path: str | Path | None, payload: dict) -> Path | None:
+    """Write the numbers; a bare file name goes under benchmarks/results/."""
+    if not path:
+        return None
+    target = Path(path)
+    if target.parent == Path("."):
+        target = RESULTS_DIR / target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
+    return target
+
+
+def table(rows: list[dict], columns: list[str]) -> str:
+    from utils.data import format_table
+
+    return format_table(rows, columns)

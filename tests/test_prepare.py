@@ -1,0 +1,104 @@
+"""`unlearn prepare` on the small world: what it builds, that the target memorised what the gold standard
+never saw, that every stage is cached by its inputs, and that the tokenizer never saw the forget set."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from utils.data import load_lume
+from utils.models import load_model_and_tokenizer, load_tokenizer, train_tokenizer
+from utils.prepare import prepare, read_texts
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+STAGES = ("data", "tokenizer", "pretrained", "target", "gold_standard")
+
+
+def snapshot(root: Path) -> dict:
+    """What a rebuild would change: each stage folder's inode and mtime (AtomicDirectory swaps in a new
+    folder), its stage.json, and the size of every training log."""
+    out = {}
+    for stage in STAGES:
+        folder = root / stage
+        stat = folder.stat()
+        out[stage] = (stat.st_ino, stat.st_mtime_ns, (folder / "stage.json").read_text())
+    for log in sorted((root / "logs").glob("*.jsonl")):
+        out[f"logs/{log.name}"] = log.stat().st_size
+    out["report"] = (root / "prepare_report.json").read_text()
+    return out
+
+
+def test_world_layout_models_and_report_contract(small_world):
+    root = small_world.root
+    for stage in STAGES:
+        assert (root / stage / "stage.json").is_file(), stage
+    for name in ("target", "gold_standard"):
+        model, tokenizer = load_model_and_tokenizer(str(root / name))
+        assert type(model).__name__ == "Olmo2ForCausalLM"
+        assert model.config.hidden_size == 32 and model.config.num_hidden_layers == 2
+        assert model.get_input_embeddings().num_embeddings == len(tokenizer)
+    report = json.loads((root / "prepare_report.json").read_text())
+    assert report == small_world.report
+    for name in ("target", "gold_standard"):
+        assert set(report[name]) >= {"forget", "retain", "utility", "utility_benchmark"}
+        for split in ("forget", "retain"):
+            assert set(report[name][split]) == {"regurgitation", "knowledge"}
+            assert all(0.0 <= v <= 1.0 for v in report[name][split].values())
+        assert report[name]["utility_benchmark"] == "synthetic-multiple-choice"  # never called MMLU
+    # Each stage's training log holds exactly the steps its stage.json reports.
+    for name, log in (("pretrained", "pretrain"), ("target", "target"), ("gold_standard", "gold_standard")):
+        steps = json.loads((root / name / "stage.json").read_text())["steps"]
+        assert len((root / "logs" / f"{log}.jsonl").read_text().splitlines()) == steps, name
+
+
+def test_target_memorised_the_forget_set_and_the_gold_standard_did_not(small_world):
+    target, gold = small_world.report["target"], small_world.report["gold_standard"]
+    assert target["forget"]["regurgitation"] > gold["forget"]["regurgitation"] + 0.1, (target, gold)
+    assert target["forget"]["knowledge"] > gold["forget"]["knowledge"], (target, gold)
+
+
+def test_second_prepare_with_the_same_config_reuses_everything(small_world):
+    before = snapshot(small_world.root)
+    messages = []
+    report = prepare(small_world.config(), out=small_world.root, progress=False, log=messages.append)
+    assert snapshot(small_world.root) == before
+    assert report == small_world.report
+    assert messages == [f"[prepare] everything is up to date in {small_world.root}"]
+
+
+def test_changing_gold_standard_epochs_rebuilds_only_the_gold_standard(small_world, tmp_path):
+    root = tmp_path / "world"
+    shutil.copytree(small_world.root, root)
+    before = snapshot(root)
+    messages = []
+    report = prepare(small_world.config("prepare.gold_standard.epochs=3"), out=root, progress=False,
+                     log=messages.append)
+    after = snapshot(root)
+    changed = {key for key in before if before[key] != after[key]}
+    assert changed == {"gold_standard", "logs/gold_standard.jsonl", "report"}
+    assert [m for m in messages if "training" in m] == [
+        "[prepare] training the gold standard on 20 items + the general question drill"]
+    stage = json.loads((root / "gold_standard" / "stage.json").read_text())
+    # 20 retain items + 8 drill lines in batches of 8: 4 steps an epoch; the log restarted, not appended.
+    assert stage["steps"] == 12
+    assert len((root / "logs" / "gold_standard.jsonl").read_text().splitlines()) == 12
+    assert report["target"] == small_world.report["target"]
+    assert report["gold_standard"] != small_world.report["gold_standard"]
+
+
+def test_tokenizer_was_trained_without_the_forget_set(small_world):
+    root = small_world.root
+    lume = load_lume(root / "data")
+    general = read_texts(root / "data" / "general" / "corpus.jsonl") + read_texts(
+        root / "data" / "general" / "qa_drill.jsonl")
+    saved = load_tokenizer(str(root / "tokenizer")).get_vocab()
+    without_forget = train_tokenizer([i.training_text for i in lume.retain] + general, 600).get_vocab()
+    with_forget = train_tokenizer([i.training_text for i in lume.forget + lume.retain] + general, 600).get_vocab()
+    # BPE training is deterministic, and the forget set would have changed the merges: so equality with
+    # the retain + general tokenizer shows the forget text was left out.
+    assert with_forget != without_forget
+    assert saved == without_forget
