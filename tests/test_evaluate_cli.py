@@ -49,7 +49,7 @@ def test_results_contract_and_generations(small_world, evaluations):
     folder = evaluations["target"]
     results = read_json(folder / "results.json")
     assert CONTRACT_KEYS <= set(results)
-    assert set(results["utility"]) == {"benchmark", "score"}
+    assert {"benchmark", "score"} <= set(results["utility"])
     assert results["utility"]["benchmark"] == "synthetic-multiple-choice"
     assert {split: {task: set(results["terms"][split][task]) for task in TASKS} for split in ("forget", "retain")} \
         == {split: {task: set(KINDS) for task in TASKS} for split in ("forget", "retain")}
