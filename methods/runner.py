@@ -27,22 +27,35 @@ from utils.config import Config, save_config, to_dict
 from utils.data import find_mia_dir, load_lume, load_mia_documents
 from utils.errors import UserError
 from utils.io import AtomicDirectory, atomic_write_json, atomic_write_text
+from utils.memory import PeakMemory
 
 CHECKPOINT = "checkpoint"
 STATE_FILE = "state.json"
 WEIGHTS_FILE = "trainable.safetensors"
+# What decides the weights a run ends with; a resume must not change any of it.
+RESUME_SECTIONS = ("model", "data", "method", "training", "adapter")
 
 
 def resolve_paths(config: Config) -> tuple[str, str]:
     """(model name or folder, data folder): explicit config values, else the prepared world's."""
     workdir = Path(config.workdir)
-    model = config.model.name_or_path or str(workdir / "target")
+    # The gold standard starts from the model before memorisation; every unlearning method from the target.
+    default_model = "pretrained" if config.method.name == "gold_standard" else "target"
+    model = config.model.name_or_path or str(workdir / default_model)
     data = config.data.path or str(workdir / "data")
     return model, data
 
 
+def checkpoint_dir(run_dir: Path) -> Path:
+    """checkpoint/, or the previous one AtomicDirectory set aside when a kill fell between its two renames."""
+    current, previous = run_dir / CHECKPOINT, run_dir / f".{CHECKPOINT}.old"
+    if not (current / STATE_FILE).is_file() and (previous / STATE_FILE).is_file():
+        return previous
+    return current
+
+
 def load_checkpoint(run_dir: Path) -> dict | None:
-    state_path = run_dir / CHECKPOINT / STATE_FILE
+    state_path = checkpoint_dir(run_dir) / STATE_FILE
     if not state_path.is_file():
         return None
     return json.loads(state_path.read_text())
@@ -59,11 +72,33 @@ def save_checkpoint(model, run_dir: Path, state: dict) -> None:
 def restore_weights(model, run_dir: Path) -> None:
     from safetensors.torch import load_file
 
-    state = load_file(str(run_dir / CHECKPOINT / WEIGHTS_FILE))
+    state = load_file(str(checkpoint_dir(run_dir) / WEIGHTS_FILE))
     missing = set(state) - {name for name, _ in model.named_parameters()}
     if missing:
         raise UserError(f"checkpoint in {run_dir} does not fit this model/adapter (e.g. {min(missing)})")
     model.load_state_dict(state, strict=False)
+
+
+def check_resumable(config: Config, run_dir: Path) -> None:
+    """A resumed run must continue the same training: the saved config.yaml has to agree on what trains."""
+    import yaml
+
+    saved_path = run_dir / "config.yaml"
+    if not saved_path.is_file():
+        return
+    saved = yaml.safe_load(saved_path.read_text())
+    current = to_dict(config)
+    for section in RESUME_SECTIONS:
+        if saved.get(section) != current[section]:
+            key = next((f"{section}.{k}" for k in current[section]
+                        if (saved.get(section) or {}).get(k) != current[section][k]), section)
+            raise UserError(f"{run_dir} holds a run with a different {key} than this config "
+                            f"({saved_path}); resume it with the same settings or choose another --out")
+    saved_paths = resolve_paths(Config(workdir=saved.get("workdir", config.workdir),
+                                       model=config.model, data=config.data))
+    if saved_paths != resolve_paths(config):
+        raise UserError(f"{run_dir} holds a run of {saved_paths[0]} on {saved_paths[1]}; "
+                        "resume it with the same workdir or choose another --out")
 
 
 def truncate_lines(path: Path, keep: int) -> None:
@@ -92,6 +127,8 @@ def run_unlearning(config: Config, out_dir: str | Path, resume: bool = False, pr
                         "pass --resume to continue it or choose another --out")
     if (run_dir / "results.json").is_file() and not resume:
         raise UserError(f"{run_dir} already holds finished results; choose another --out")
+    if state is not None:
+        check_resumable(config, run_dir)
     method = get_method(config.method.name)
     model_name, data_dir = resolve_paths(config)
     lume = load_lume(data_dir, config.data.split)
@@ -103,13 +140,21 @@ def run_unlearning(config: Config, out_dir: str | Path, resume: bool = False, pr
     retain = [encode_item(tokenizer, i, "output", training.max_length, role="retain") for i in lume.retain]
     phases = method.build_phases(forget, retain, config.method, training, training.seed)
 
-    if accelerator.is_main_process:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        save_config(config, run_dir / "config.yaml")
+    # The LoRA matrices are initialised from the global generator: seeded, a run is reproducible and all
+    # processes of a distributed run start from the same adapter.
+    torch.manual_seed(training.seed)
     model = apply_adapter(model, config.adapter)
     # Before any training (and before a resumed run restores its weights): the reference is the start model.
     reference = prepare_reference(config.method, model, config.adapter.kind, phases, tokenizer,
                                   config.evaluation.nll_batch_size, accelerator.device)
+    # Only now, with every input checked, does the run folder get written.
+    if accelerator.is_main_process:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        save_config(config, run_dir / "config.yaml")
+        if state is None:
+            # Lines of an attempt killed before its first checkpoint would otherwise lead the new log.
+            truncate_lines(run_dir / "log.jsonl", 0)
+            truncate_lines(run_dir / "phases.jsonl", 0)
     loss_fn = method.make_loss(config.method, reference)
     trainer = Trainer(model, tokenizer, training, loss_fn, accelerator=accelerator,
                       log_path=run_dir / "log.jsonl", progress=progress)
@@ -126,30 +171,31 @@ def run_unlearning(config: Config, out_dir: str | Path, resume: bool = False, pr
             truncate_lines(run_dir / "phases.jsonl", phases_done)
         log(f"[run] resuming after phase {phases_done} of {len(phases)}")
 
-    bar_desc = f"{config.method.name}: phases"
-    from tqdm.auto import tqdm
+    with PeakMemory() as peak_memory:
+        bar_desc = f"{config.method.name}: phases"
+        from tqdm.auto import tqdm
 
-    for index in tqdm(range(phases_done, len(phases)), desc=bar_desc, initial=phases_done, total=len(phases),
-                      disable=not (progress and accelerator.is_main_process), dynamic_ncols=True):
-        started = time.perf_counter()
-        phase = phases[index]
-        result = trainer.train_phase(phase, index)
-        elapsed += time.perf_counter() - started
-        accelerator.wait_for_everyone()
-        if accelerator.is_main_process:
-            record = {"phase": index, "name": phase.name, **phase.info, "steps": result.steps,
-                      "seconds": result.seconds, "loss": result.mean_loss,
-                      "forget_nll": result.forget_nll, "retain_nll": result.retain_nll}
-            record.update(_quick_check(trainer.unwrapped_model, tokenizer, lume, config, progress))
-            with (run_dir / "phases.jsonl").open("a", encoding="utf-8") as handle:
-                handle.write(json.dumps(record) + "\n")
-            save_checkpoint(trainer.unwrapped_model, run_dir, {
-                "phases_done": index + 1, "phases_total": len(phases), "global_step": trainer.global_step,
-                "log_lines": count_lines(run_dir / "log.jsonl"), "seconds": elapsed,
-                "method": config.method.name})
-        accelerator.wait_for_everyone()
-        if stop_after_phases is not None and index + 1 >= stop_after_phases:
-            return {"stopped_after_phase": index + 1}
+        for index in tqdm(range(phases_done, len(phases)), desc=bar_desc, initial=phases_done, total=len(phases),
+                          disable=not (progress and accelerator.is_main_process), dynamic_ncols=True):
+            started = time.perf_counter()
+            phase = phases[index]
+            result = trainer.train_phase(phase, index)
+            elapsed += time.perf_counter() - started
+            accelerator.wait_for_everyone()
+            if accelerator.is_main_process:
+                record = {"phase": index, "name": phase.name, **phase.info, "steps": result.steps,
+                          "seconds": result.seconds, "loss": result.mean_loss,
+                          "forget_nll": result.forget_nll, "retain_nll": result.retain_nll}
+                record.update(_quick_check(trainer.unwrapped_model, tokenizer, lume, config, progress))
+                with (run_dir / "phases.jsonl").open("a", encoding="utf-8") as handle:
+                    handle.write(json.dumps(record) + "\n")
+                save_checkpoint(trainer.unwrapped_model, run_dir, {
+                    "phases_done": index + 1, "phases_total": len(phases), "global_step": trainer.global_step,
+                    "log_lines": count_lines(run_dir / "log.jsonl"), "seconds": elapsed,
+                    "method": config.method.name})
+            accelerator.wait_for_everyone()
+            if stop_after_phases is not None and index + 1 >= stop_after_phases:
+                return {"stopped_after_phase": index + 1}
 
     final = finalise(trainer.unwrapped_model, config.adapter)
     results: dict = {}
@@ -159,7 +205,7 @@ def run_unlearning(config: Config, out_dir: str | Path, resume: bool = False, pr
         save_model(final, tokenizer, run_dir / "model")
         if evaluate:
             results = evaluate_run(final, tokenizer, lume, mia_documents, config, run_dir, elapsed, progress,
-                                   model_name, data_dir)
+                                   model_name, data_dir, peak_memory.result())
         from utils.plotting import plot_run
 
         plot_run(run_dir)
@@ -200,7 +246,7 @@ def _quick_check(model, tokenizer, lume, config: Config, progress: bool) -> dict
 
 
 def evaluate_run(model, tokenizer, lume, mia_documents, config: Config, run_dir: Path, train_seconds: float,
-                 progress: bool, model_name: str, data_dir: str) -> dict:
+                 progress: bool, model_name: str, data_dir: str, memory: dict | None = None) -> dict:
     from utils.commands.evaluate import resolve_utility_spec
     from utils.evaluation import evaluate_model, write_evaluation
 
@@ -215,7 +261,7 @@ def evaluate_run(model, tokenizer, lume, mia_documents, config: Config, run_dir:
         progress=progress)
     evaluation.results["method"] = config.method.name
     evaluation.results["timings"]["unlearning"] = train_seconds
-    if torch.cuda.is_available():
-        evaluation.results["peak_gpu_memory_bytes"] = torch.cuda.max_memory_allocated()
+    # Measured over the unlearning phases only (not loading, not this evaluation).
+    evaluation.results["memory"] = dict(memory or {})
     write_evaluation(evaluation, run_dir)
     return evaluation.results

@@ -5,7 +5,9 @@ import pytest
 from utils.config import Config, load_config
 from utils.errors import UserError
 
-CONFIGS = sorted(p for p in (Path(__file__).resolve().parents[1] / "configs").rglob("*.yaml") if p.parent.name != "accelerate")
+CONFIG_ROOT = Path(__file__).resolve().parents[1] / "configs"
+CONFIGS = sorted(p for p in CONFIG_ROOT.rglob("*.yaml") if p.parent.name not in ("accelerate", "experiments"))
+SWEEPS = sorted((CONFIG_ROOT / "experiments").glob("*.yaml"))
 
 
 def write(tmp_path, text):
@@ -63,3 +65,31 @@ def test_missing_and_malformed_files(tmp_path):
 @pytest.mark.parametrize("path", CONFIGS, ids=[str(p.name) for p in CONFIGS])
 def test_every_shipped_config_validates(path):
     load_config(path)
+
+
+@pytest.mark.parametrize("path", SWEEPS, ids=[str(p.name) for p in SWEEPS])
+def test_every_shipped_sweep_validates(path):
+    from utils.sweep import load_sweep
+
+    spec = load_sweep(path)
+    assert len(spec.combinations()) >= 4
+
+
+def test_shipped_accelerate_configs_are_yaml():
+    import yaml
+
+    for path in (CONFIG_ROOT / "accelerate").glob("*.yaml"):
+        data = yaml.safe_load(path.read_text())
+        assert data["distributed_type"] in ("MULTI_GPU", "NO", "MULTI_CPU")
+
+
+def test_sweep_file_errors(tmp_path):
+    from utils.sweep import load_sweep
+
+    path = tmp_path / "s.yaml"
+    path.write_text(f"base: {CONFIG_ROOT / 'sugd.yaml'}\ngrid:\n  training.learnig_rate: [1, 2]\n")
+    with pytest.raises(UserError, match="unknown key 'training.learnig_rate'"):
+        load_sweep(path)
+    path.write_text(f"base: {CONFIG_ROOT / 'sugd.yaml'}\ngrid: {{}}\n")
+    with pytest.raises(UserError, match="'grid' must map"):
+        load_sweep(path)

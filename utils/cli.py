@@ -20,6 +20,7 @@ COMMAND_MODULES = [
     "utils.commands.run",
     "utils.commands.quickstart",
     "utils.commands.leaderboard",
+    "utils.commands.sweep",
 ]
 
 

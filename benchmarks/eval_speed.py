@@ -1,0 +1,202 @@
+"""The project's evaluation against an official-style one-item-at-a-time loop: same numbers, how much faster.
+
+Contenders, interleaved round by round, on the same model and the same items:
+
+  project    `utils.evaluation.evaluate_model`: length-sorted, left-padded batches of greedy
+             generation (rows cut at their first EOS), then the official metrics.
+  official   what the official scorer does, written out independently of `utils.generation`: for
+             each item, the raw prompt tokenised alone (`tokenizer(prompt, return_tensors="pt")`),
+             `model.generate(max_new_tokens=256, do_sample=False)` (one sequence, so it stops at
+             EOS), the new tokens decoded with `skip_special_tokens=True`, then a separate forward
+             pass with the loss on the item's full text, as the official script also computes one
+             per item. Its generations are scored by the same metric code.
+
+The benchmark fails (exit 1) unless both give the identical 12 split/task means and, with `--mia`,
+MIA AUCs within 1e-6 (batched and single-document forward passes differ in the last float bits).
+
+    python benchmarks/eval_speed.py --workdir /tmp/w1                  # real validation split
+    python benchmarks/eval_speed.py --workdir /tmp/w1 --limit 3        # 3 documents per split/task
+    python benchmarks/eval_speed.py --workdir /tmp/w1 --data /tmp/w1/data --repeats 5   # mini-LUME
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+from common import choose_data, ensure_world, environment, interleave, median, table, write_json
+
+import torch  # noqa: E402
+
+from utils.data import LumeData, find_mia_dir, load_lume, load_mia_documents  # noqa: E402
+from utils.evaluation import evaluate_model, subset_items  # noqa: E402
+from utils.metrics import aggregated_term_names, compute_terms, mia_auc  # noqa: E402
+from utils.models import load_model_and_tokenizer  # noqa: E402
+from utils.tokenization import encode_prompt  # noqa: E402
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--workdir", default="artifacts/default", help="prepared tiny world (built if missing)")
+    parser.add_argument("--data", default=None,
+                        help="LUME folder (default: ../shared/semeval25-unlearning-data, else the mini-LUME)")
+    parser.add_argument("--limit", type=int, default=None,
+                        help="only the first N documents per split and task (default: all)")
+    parser.add_argument("--repeats", type=int, default=3, help="interleaved rounds")
+    parser.add_argument("--batch-size", type=int, default=32, help="generation batch size of the project side")
+    parser.add_argument("--max-new-tokens", type=int, default=256)
+    parser.add_argument("--mia", action="store_true",
+                        help="include the MIA on both sides (project: batched, all attacks; official: "
+                             "loss per document, one at a time)")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch threads (default 1: on a shared 2-core machine 2 threads oversubscribe; "
+                             "0: torch's choice)")
+    parser.add_argument("--out", default=None, help="JSON file for the numbers (a bare name goes to benchmarks/results/)")
+    return parser.parse_args(argv)
+
+
+@torch.inference_mode()
+def official_style(model, tokenizer, items, max_new_tokens: int, mia_documents=None) -> dict:
+    """One item at a time, as the official scorer: generate, decode, a loss forward; then the metrics."""
+    model.eval()
+    device = next(model.parameters()).device
+    records = []
+    started = time.perf_counter()
+    for item in items:
+        prompt = tokenizer(item.input, return_tensors="pt").to(device)
+        output = model.generate(**prompt, max_new_tokens=max_new_tokens, do_sample=False)
+        new_tokens = output[0, prompt["input_ids"].shape[1]:]
+        generation = tokenizer.decode(new_tokens, skip_special_tokens=True)
+        full = tokenizer(item.input + " " + item.output, return_tensors="pt").to(device)
+        model(**full, labels=full["input_ids"]).loss.item()
+        records.append({"id": item.id, "task": item.task, "split": item.split,
+                        "expected_output": item.output, "model_output": generation})
+    generation_seconds = time.perf_counter() - started
+    scores = compute_terms(records)
+    auc = None
+    if mia_documents is not None:
+        nll = {}
+        for name in ("member", "nonmember"):
+            values = []
+            for document in mia_documents[name]:
+                ids = tokenizer(document, return_tensors="pt").to(device)
+                values.append(float(model(**ids, labels=ids["input_ids"]).loss))
+            nll[name] = values
+        auc = mia_auc(nll["member"], nll["nonmember"])
+    return {"terms": scores.terms, "outputs": [r["model_output"] for r in records], "mia_auc": auc,
+            "generation_seconds": generation_seconds}
+
+
+def project_side(model, tokenizer, lume: LumeData, limit, batch_size: int, max_new_tokens: int,
+                 mia_documents=None) -> dict:
+    evaluation = evaluate_model(model, tokenizer, lume, mia_documents=mia_documents, utility_spec="none",
+                                max_new_tokens=max_new_tokens, batch_size=batch_size, subset=limit,
+                                progress=False)
+    outputs = [row["model_output"] for split in ("forget", "retain") for row in evaluation.generations[split]]
+    return {"terms": evaluation.results["terms"], "outputs": outputs, "mia_auc": evaluation.results["mia_auc"],
+            "generation_seconds": evaluation.results["timings"]["generation"]}
+
+
+def flat_terms(terms) -> list[float]:
+    return [float(terms[split][task][kind]) for split, task, kind in
+            (name.split("/") for name in aggregated_term_names())]
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    world = ensure_world(args.workdir)
+    data_dir = choose_data(args.data, world)
+    model, tokenizer = load_model_and_tokenizer(str(world.target))
+    lume = load_lume(data_dir)
+    items = subset_items(lume.forget, args.limit) + subset_items(lume.retain, args.limit)
+    # The project strips trailing special tokens from prompts; say so if that makes the inputs differ.
+    differing = sum(encode_prompt(tokenizer, i.input) != tokenizer(i.input)["input_ids"] for i in items)
+    if differing:
+        print(f"note: {differing} prompts tokenise differently with encode_prompt (trailing special tokens)")
+    mia_documents = None
+    if args.mia:
+        mia_dir = find_mia_dir(data_dir)
+        if mia_dir is None:
+            print(f"no MIA files next to {data_dir}: running without MIA")
+        else:
+            mia_documents = load_mia_documents(mia_dir)
+    prompt_tokens = sum(len(tokenizer(i.input)["input_ids"]) for i in items)
+    print(f"data {data_dir}: {len(items)} items ({'all' if args.limit is None else args.limit} documents per "
+          f"split/task), {prompt_tokens} prompt tokens; max_new_tokens {args.max_new_tokens}; "
+          f"torch threads {torch.get_num_threads()}", flush=True)
+
+    contenders = {
+        "project": lambda: project_side(model, tokenizer, lume, args.limit, args.batch_size, args.max_new_tokens,
+                                        mia_documents),
+        "official": lambda: official_style(model, tokenizer, items, args.max_new_tokens, mia_documents),
+    }
+    runs = interleave(contenders, args.repeats)
+
+    project, official = runs["project"][0], runs["official"][0]
+    ok = True
+    names = aggregated_term_names()
+    term_rows = []
+    for name, a, b in zip(names, flat_terms(project["terms"]), flat_terms(official["terms"])):
+        term_rows.append({"term": name, "project": a, "official": b, "equal": "yes" if a == b else "NO"})
+        ok &= a == b
+    same_outputs = sum(a == b for a, b in zip(project["outputs"], official["outputs"]))
+    ok &= same_outputs == len(items)
+    # Every round must reproduce the first (greedy decoding is deterministic).
+    stable = all(r["outputs"] == project["outputs"] for r in runs["project"]) and \
+        all(r["outputs"] == official["outputs"] for r in runs["official"])
+    ok &= stable
+    mia_difference = None
+    if mia_documents is not None:
+        mia_difference = abs(project["mia_auc"] - official["mia_auc"])
+        ok &= mia_difference <= 1e-6
+
+    times = {name: [r["seconds"] for r in results] for name, results in runs.items()}
+    ratios = [o / p for p, o in zip(times["project"], times["official"])]
+    generation_ratios = [o["generation_seconds"] / p["generation_seconds"]
+                         for p, o in zip(runs["project"], runs["official"])]
+    speed_rows = [{"contender": name, "median s": median(t), "items/s": len(items) / median(t),
+                   "min s": min(t), "max s": max(t)} for name, t in times.items()]
+
+    print()
+    print(table(term_rows, ["term", "project", "official", "equal"]))
+    print(f"\nidentical generations: {same_outputs}/{len(items)}; identical across rounds: {stable}")
+    if mia_difference is not None:
+        print(f"MIA loss AUC: project {project['mia_auc']:.6f}  official {official['mia_auc']:.6f}  "
+              f"|diff| {mia_difference:.1e}")
+    print()
+    print(table(speed_rows, ["contender", "median s", "items/s", "min s", "max s"]))
+    speedup = median(ratios)
+    print(f"\nspeed-up official/project (median of {args.repeats} per-round ratios): {speedup:.2f}x "
+          f"[{min(ratios):.2f}-{max(ratios):.2f}]; generation part alone {median(generation_ratios):.2f}x "
+          f"(target >= 5x: {'met' if speedup >= 5 else 'NOT met'})")
+    print("terms identical: " + ("yes" if ok else "NO"))
+
+    path = write_json(args.out, {
+        "benchmark": "eval_speed",
+        "data": str(data_dir),
+        "workdir": str(args.workdir),
+        "items": len(items),
+        "prompt_tokens": prompt_tokens,
+        "arguments": vars(args),
+        "environment": environment(),
+        "seconds": times,
+        "generation_seconds": {name: [r["generation_seconds"] for r in results] for name, results in runs.items()},
+        "speedup_per_round": ratios,
+        "median_speedup": speedup,
+        "median_generation_speedup": median(generation_ratios),
+        "terms": {"names": names, "project": flat_terms(project["terms"]), "official": flat_terms(official["terms"])},
+        "identical_generations": same_outputs,
+        "mia_auc": {"project": project["mia_auc"], "official": official["mia_auc"]},
+        "identical": ok,
+        "target_speedup": 5.0,
+    })
+    if path:
+        print(f"wrote {path}")
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
