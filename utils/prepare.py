@@ -26,6 +26,7 @@ from utils.errors import UserError
 from utils.io import AtomicDirectory, atomic_write_json
 
 STAGE_FILE = "stage.json"
+REPORT_VERSION = 2  # bump when the report gains fields, so cached reports are recomputed
 
 
 def stable_hash(*parts) -> str:
@@ -156,7 +157,7 @@ def prepare(config: Config, out: str | Path | None = None, progress: bool = True
         _save_stage(model, tokenizer, directory, key, result)
         timings[name] = time.perf_counter() - started
 
-    report_key = stable_hash(model_keys, asdict(config.evaluation))
+    report_key = stable_hash(model_keys, asdict(config.evaluation), REPORT_VERSION)
     if world.report.is_file():
         cached = json.loads(world.report.read_text())
         if cached.get("key") == report_key:
@@ -189,6 +190,20 @@ def _save_stage(model, tokenizer, directory: Path, key: str, result) -> None:
 
 
 @torch.inference_mode()
+def mean_output_nll(model, tokenizer, items, batch_size: int) -> float:
+    """Mean over items of the mean token NLL of the answer given the prompt."""
+    from methods.trainer import nll_per_example
+    from utils.tokenization import collate, encode_item
+
+    examples = [encode_item(tokenizer, item, "output") for item in items]
+    total = 0.0
+    for start in range(0, len(examples), batch_size):
+        batch = collate(examples[start:start + batch_size], tokenizer.pad_token_id)
+        total += float(nll_per_example(model, batch).sum())
+    return total / len(examples)
+
+
+@torch.inference_mode()
 def memorisation_report(model, tokenizer, lume: LumeData, multiple_choice: Path, config: Config,
                         progress: bool) -> dict:
     """Mean regurgitation / knowledge per split (SPEC metrics, greedy) and utility on the synthetic set."""
@@ -205,7 +220,9 @@ def memorisation_report(model, tokenizer, lume: LumeData, multiple_choice: Path,
         regurgitation = [regurgitation_score(i.output, g) for i, g in zip(items, generations) if i.kind == "sc"]
         knowledge = [knowledge_score(i.output, g) for i, g in zip(items, generations) if i.kind == "qa"]
         out[split] = {"regurgitation": sum(regurgitation) / len(regurgitation),
-                      "knowledge": sum(knowledge) / len(knowledge)}
+                      "knowledge": sum(knowledge) / len(knowledge),
+                      # The gold standard's level is a natural `method.forget_loss_ceiling`.
+                      "output_nll": mean_output_nll(model, tokenizer, items, config.evaluation.nll_batch_size)}
     utility = evaluate_utility(model, tokenizer, f"synthetic:{multiple_choice}", progress=progress)
     out["utility"] = utility["score"] if utility else None
     out["utility_benchmark"] = utility["benchmark"] if utility else None
