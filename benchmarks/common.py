@@ -18,10 +18,10 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-import torch  # noqa: E402
+import torch
 
-from utils.data import find_split_files  # noqa: E402
-from utils.errors import UserError  # noqa: E402
+from utils.data import find_split_files
+from utils.errors import UserError
 
 REAL_DATA = REPO.parent / "shared" / "semeval25-unlearning-data"
 RESULTS_DIR = Path(__file__).resolve().parent / "results"

@@ -25,15 +25,14 @@ import argparse
 import sys
 import time
 
+import torch
 from common import choose_data, ensure_world, environment, interleave, median, table, write_json
 
-import torch  # noqa: E402
-
-from utils.data import LumeData, find_mia_dir, load_lume, load_mia_documents  # noqa: E402
-from utils.evaluation import evaluate_model, subset_items  # noqa: E402
-from utils.metrics import aggregated_term_names, compute_terms, mia_auc  # noqa: E402
-from utils.models import load_model_and_tokenizer  # noqa: E402
-from utils.tokenization import encode_prompt  # noqa: E402
+from utils.data import LumeData, find_mia_dir, load_lume, load_mia_documents
+from utils.evaluation import evaluate_model, subset_items
+from utils.metrics import aggregated_term_names, compute_terms, mia_auc
+from utils.models import load_model_and_tokenizer
+from utils.tokenization import encode_prompt
 
 
 def parse_args(argv=None) -> argparse.Namespace:

@@ -13,8 +13,14 @@ Contenders, interleaved round by round:
 
 Both final models are compared, so the benchmark also shows the two loops compute the same thing.
 
-    python benchmarks/train_loop_speed.py --workdir /tmp/w1 --steps 60 --repeats 5
-    python benchmarks/train_loop_speed.py --profile   # cProfile of one Trainer run
+On a busy machine a round's ratio swings by +-15%, more than the loop's own cost. So the same three
+contenders are also run on `NullLM`, a stand-in whose forward/backward/step cost almost nothing:
+the difference per step there is the Trainer's bookkeeping, measured precisely, and
+`bare step / (bare step + bookkeeping)` is a noise-robust estimate of the ratio.
+
+    python benchmarks/train_loop_speed.py --workdir /tmp/w1 --steps 60 --repeats 7
+    python benchmarks/train_loop_speed.py --data ../shared/semeval25-unlearning-data --steps 20
+    python benchmarks/train_loop_speed.py --profile   # also a cProfile of one Trainer run
 """
 
 from __future__ import annotations
@@ -30,9 +36,8 @@ import time
 from pathlib import Path
 from types import SimpleNamespace
 
-from common import choose_data, ensure_world, environment, interleave, median, table, write_json
-
 import torch
+from common import choose_data, ensure_world, environment, interleave, median, table, write_json
 
 from methods.trainer import Phase, Trainer, lr_lambda, make_accelerator, nll_loss
 from utils.config import TrainingConfig

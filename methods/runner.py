@@ -94,8 +94,8 @@ def check_resumable(config: Config, run_dir: Path) -> None:
                         if (saved.get(section) or {}).get(k) != current[section][k]), section)
             raise UserError(f"{run_dir} holds a run with a different {key} than this config "
                             f"({saved_path}); resume it with the same settings or choose another --out")
-    saved_paths = resolve_paths(Config(workdir=saved.get("workdir", config.workdir),
-                                       model=config.model, data=config.data))
+    saved_paths = resolve_paths(Config(workdir=saved.get("workdir", config.workdir), model=config.model,
+                                       data=config.data, method=config.method))
     if saved_paths != resolve_paths(config):
         raise UserError(f"{run_dir} holds a run of {saved_paths[0]} on {saved_paths[1]}; "
                         "resume it with the same workdir or choose another --out")
@@ -129,6 +129,10 @@ def run_unlearning(config: Config, out_dir: str | Path, resume: bool = False, pr
         raise UserError(f"{run_dir} already holds finished results; choose another --out")
     if state is not None:
         check_resumable(config, run_dir)
+    if evaluate:
+        from utils.commands.evaluate import check_subset
+
+        check_subset(config.evaluation.subset)  # now, not after the whole unlearning
     method = get_method(config.method.name)
     model_name, data_dir = resolve_paths(config)
     lume = load_lume(data_dir, config.data.split)

@@ -201,6 +201,10 @@ class Trainer:
                     chosen = nll[selector & (tensors["weight"] != 0)]
                     role_sums[role][0] += float(chosen.sum())
                     role_sums[role][1] += int(chosen.numel())
+            if world > 1:
+                # Each process holds its share of the global batch: the step's loss is the sum of the shares,
+                # and every process must see it (a NaN share would otherwise stop its own process only).
+                step_loss = self._sum_over_processes([step_loss])[0]
             if not math.isfinite(step_loss):
                 raise TrainingDiverged(
                     f"loss became {step_loss} in phase '{phase.name}' at step {step + 1}; "
@@ -216,6 +220,10 @@ class Trainer:
             self._log({"phase": phase_index, "phase_name": phase.name, "step": step + 1, "global_step": self.global_step,
                        "loss": step_loss, "lr": scheduler.get_last_lr()[0], **phase.info})
         bar.close()
+        if world > 1:
+            totals = self._sum_over_processes([tokens, *role_sums["forget"], *role_sums["retain"]])
+            tokens = int(totals[0])
+            role_sums = {"forget": [totals[1], int(totals[2])], "retain": [totals[3], int(totals[4])]}
         seconds = time.perf_counter() - started
         return PhaseResult(
             name=phase.name, steps=len(batches), tokens=tokens, seconds=seconds,
@@ -223,6 +231,10 @@ class Trainer:
             forget_nll=role_sums["forget"][0] / role_sums["forget"][1] if role_sums["forget"][1] else None,
             retain_nll=role_sums["retain"][0] / role_sums["retain"][1] if role_sums["retain"][1] else None,
         )
+
+    def _sum_over_processes(self, values: list[float]) -> list[float]:
+        local = torch.tensor(values, dtype=torch.float64, device=self.accelerator.device)
+        return self.accelerator.reduce(local, reduction="sum").tolist()
 
     def _log(self, record: dict) -> None:
         if self.log_path is None or not self.accelerator.is_main_process:

@@ -117,6 +117,17 @@ def test_lora_adapter_folder_is_evaluated_as_base_plus_adapter(small_world, eval
     assert min(abs(a - b) for a, b in zip(measured, unadapted)) > 1e-3
 
 
+def test_reevaluating_without_mia_leaves_no_stale_mia_losses(small_world, evaluations, tmp_path):
+    folder = tmp_path / "evaluation"
+    shutil.copytree(evaluations["target"], folder)
+    assert main(evaluate_args(small_world, small_world.gold_standard, folder, "--mia", "none")) == 0
+    assert read_json(folder / "results.json")["mia_auc"] is None
+    # The target's member losses must not be re-scored as if they were the gold standard's.
+    assert not (folder / "mia_nll.json").exists()
+    assert main(["score", str(folder), "--out", str(tmp_path / "rescored.json")]) == 0
+    assert read_json(tmp_path / "rescored.json")["mia_auc"] is None
+
+
 def test_real_validation_files_with_the_small_target(small_world, real_data_dir, tmp_path):
     out = tmp_path / "evaluation"
     assert main(["evaluate", "--model", str(small_world.target), "--data", str(real_data_dir), "--out", str(out),
@@ -163,10 +174,13 @@ def make_bad_input(kind: str, world, tmp_path: Path) -> tuple[list[str], str]:
         (mia / "member.jsonl").write_text("".join(json.dumps({"id": r["id"], "text": r["document"]}) + "\n"
                                                   for r in rows))
         return ["--mia", str(mia)], "member.jsonl: row 1 has no 'document' text"
+    if kind == "zero_subset":
+        return ["--subset", "0"], "must be at least 1 document per task"
     raise AssertionError(kind)
 
 
-@pytest.mark.parametrize("kind", ["model_without_weights", "unknown_data_layout", "mia_without_document"])
+@pytest.mark.parametrize("kind", ["model_without_weights", "unknown_data_layout", "mia_without_document",
+                                  "zero_subset"])
 def test_evaluate_rejects_bad_input_without_touching_results(kind, small_world, tmp_path, capsys):
     out = tmp_path / "out"
     out.mkdir()

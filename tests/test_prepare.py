@@ -46,8 +46,9 @@ def test_world_layout_models_and_report_contract(small_world):
     for name in ("target", "gold_standard"):
         assert set(report[name]) >= {"forget", "retain", "utility", "utility_benchmark"}
         for split in ("forget", "retain"):
-            assert set(report[name][split]) == {"regurgitation", "knowledge"}
-            assert all(0.0 <= v <= 1.0 for v in report[name][split].values())
+            scores = report[name][split]
+            assert {"regurgitation", "knowledge"} <= set(scores)
+            assert 0.0 <= scores["regurgitation"] <= 1.0 and 0.0 <= scores["knowledge"] <= 1.0
         assert report[name]["utility_benchmark"] == "synthetic-multiple-choice"  # never called MMLU
     # Each stage's training log holds exactly the steps its stage.json reports.
     for name, log in (("pretrained", "pretrain"), ("target", "target"), ("gold_standard", "gold_standard")):

@@ -7,6 +7,7 @@ A `UserError` anywhere ends the program with one line on stderr and exit code 2.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import sys
 
@@ -43,11 +44,29 @@ def add_config_arguments(parser: argparse.ArgumentParser, positional: bool = Fal
                         help="override any config key, e.g. --set training.learning_rate=1e-5 (repeatable)")
 
 
+@contextlib.contextmanager
+def library_progress_bars(enabled: bool):
+    """`--quiet` also silences the bars transformers draws on stderr while loading and saving weights."""
+    if enabled:
+        yield
+        return
+    from transformers.utils import logging as transformers_logging
+
+    was_enabled = transformers_logging.is_progress_bar_enabled()
+    transformers_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            transformers_logging.enable_progress_bar()
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        result = args.func(args)
+        with library_progress_bars(not getattr(args, "quiet", False)):
+            result = args.func(args)
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

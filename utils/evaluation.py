@@ -104,10 +104,16 @@ def write_evaluation(evaluation: Evaluation, out_dir: str | Path) -> Path:
     out_dir.mkdir(parents=True, exist_ok=True)
     write_jsonl(out_dir / "forget_generations.jsonl", evaluation.generations["forget"])
     write_jsonl(out_dir / "retain_generations.jsonl", evaluation.generations["retain"])
+    # A file this evaluation does not produce is removed: `unlearn score` would otherwise re-score these
+    # generations with the MIA or MMLU of whatever model was evaluated into the folder before.
     if evaluation.mia_nll is not None:
         atomic_write_json(out_dir / "mia_nll.json", evaluation.mia_nll)
+    else:
+        (out_dir / "mia_nll.json").unlink(missing_ok=True)
     utility = evaluation.results.get("utility")
     if utility and str(utility.get("benchmark", "")).startswith("mmlu"):
         atomic_write_json(out_dir / "mmlu_metrics.json", {"average_acc": utility["score"]})
+    else:
+        (out_dir / "mmlu_metrics.json").unlink(missing_ok=True)
     atomic_write_json(out_dir / "results.json", evaluation.results)
     return out_dir / "results.json"

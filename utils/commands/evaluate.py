@@ -45,6 +45,12 @@ def resolve_utility_spec(spec: str | None, workdir: str | Path) -> str | None:
     return f"synthetic:{default}" if default.is_file() else None
 
 
+def check_subset(subset: int | None) -> None:
+    """0 or fewer documents per task would leave the 12 terms empty, found only after all the generation."""
+    if subset is not None and subset < 1:
+        raise UserError(f"--subset / evaluation.subset must be at least 1 document per task (or unset), got {subset}")
+
+
 def run(args) -> int:
     from utils.data import find_mia_dir, load_lume, load_mia_documents
     from utils.evaluation import evaluate_model, write_evaluation
@@ -58,6 +64,8 @@ def run(args) -> int:
     model_name = args.model or config.model.name_or_path or str(workdir / "target")
     utility_spec = resolve_utility_spec(args.utility or config.evaluation.utility, workdir)
     # Validate every input before the (slow) model load and before anything is written.
+    subset = args.subset if args.subset is not None else config.evaluation.subset
+    check_subset(subset)
     lume = load_lume(data_dir, split)
     mia_documents = None
     mia_source = args.mia or config.data.mia_path
@@ -79,7 +87,7 @@ def run(args) -> int:
         batch_size=args.batch_size or config.evaluation.batch_size,
         nll_batch_size=config.evaluation.nll_batch_size, mmlu_shots=config.evaluation.mmlu_shots,
         mmlu_threshold=config.evaluation.mmlu_threshold,
-        subset=args.subset if args.subset is not None else config.evaluation.subset,
+        subset=subset,
         evaluated={"model": model_name, "data": str(data_dir), "split": split,
                    "mia": None if mia_documents is None else str(mia_dir), "utility": utility_spec},
         progress=not args.quiet,
