@@ -23,11 +23,15 @@ switched off; other entries of it (e.g. several EOS ids) are honoured, as `model
 
 from __future__ import annotations
 
+import contextlib
+import inspect
 from collections.abc import Sequence
 from typing import Any
 
 import torch
 from tqdm.auto import tqdm
+from transformers import DynamicCache
+from transformers.cache_utils import DynamicLayer
 
 from utils.errors import UserError
 from utils.tokenization import encode_prompt
@@ -98,43 +102,287 @@ def _model_device(model) -> torch.device:
     return next(model.parameters()).device
 
 
+# Generation-config entries that would make `model.generate` differ from a plain argmax (logits processors,
+# stopping rules, other caches or decoding modes), with the values that leave it plain. When one is set to
+# anything else, `generate_greedy` hands the work to `model.generate`, which honours it.
+_NEUTRAL_SETTINGS: dict[str, tuple] = {
+    "repetition_penalty": (1.0,),
+    "encoder_repetition_penalty": (1.0,),
+    "no_repeat_ngram_size": (0,),
+    "encoder_no_repeat_ngram_size": (0,),
+    "bad_words_ids": ((), []),
+    "force_words_ids": ((), []),
+    "constraints": ((), []),
+    "forced_bos_token_id": (),
+    "forced_eos_token_id": (),
+    "suppress_tokens": ((), []),
+    "begin_suppress_tokens": ((), []),
+    "sequence_bias": ({},),
+    "min_length": (0,),
+    "min_new_tokens": (0,),
+    "exponential_decay_length_penalty": (),
+    "remove_invalid_values": (False,),
+    "guidance_scale": (1.0,),
+    "watermarking_config": (),
+    "stop_strings": ((), [], ""),
+    "max_time": (),
+    "cache_implementation": ("dynamic",),
+    "prefill_chunk_size": (),
+    "prompt_lookup_num_tokens": (),
+    "assistant_early_exit": (),
+    "dola_layers": (),
+    "penalty_alpha": (),
+    "token_healing": (False,),
+    "use_mtp": (False,),
+}
+
+
+def _generation_config_blockers(model) -> list[str]:
+    """The generation-config entries that the hand-written loop does not reproduce (empty: it is exact)."""
+    config = getattr(model, "generation_config", None)
+    if config is None:
+        return []
+    blockers = []
+    for name, neutral in _NEUTRAL_SETTINGS.items():
+        value = getattr(config, name, None)
+        if value is not None and not any(value == n for n in neutral):
+            blockers.append(name)
+    return blockers
+
+
+def _forward_model(model):
+    """The transformers model whose `forward` signature says what it accepts (a peft wrapper's is generic)."""
+    get_base = getattr(model, "get_base_model", None)
+    return get_base() if callable(get_base) else model
+
+
+def _fast_path_settings(model) -> dict[str, bool] | None:
+    """How to call the model in the hand-written loop, or None when only `model.generate` is exact for it."""
+    if _generation_config_blockers(model):
+        return None
+    peft_config = getattr(model, "active_peft_config", None)
+    if peft_config is not None and getattr(peft_config, "is_prompt_learning", False):
+        return None  # virtual tokens are prepended inside forward: generate knows how, the loop does not
+    inner = _forward_model(model)
+    config = getattr(inner, "config", None)
+    if config is None or getattr(config, "is_encoder_decoder", False) or not hasattr(config, "get_text_config"):
+        return None
+    try:
+        parameters = inspect.signature(inner.forward).parameters
+    except (TypeError, ValueError):
+        return None
+    if "past_key_values" not in parameters or "attention_mask" not in parameters:
+        return None
+    # `generate` passes position ids and `logits_to_keep=1` exactly when forward names them.
+    return {"position_ids": "position_ids" in parameters, "logits_to_keep": "logits_to_keep" in parameters}
+
+
+class _PreallocatedLayer(DynamicLayer):
+    """A `DynamicLayer` that writes into a buffer sized for the whole generation instead of concatenating.
+
+    `DynamicLayer.update` concatenates the whole cache with the new token at every step: rows x length
+    values copied per layer and step, which for a batch of long prompts costs more than the step itself.
+    Here a step writes one column in place and `keys`/`values` are views `buffer[:, :, :length]`: the
+    attention reads the same numbers (bit-identical logits, checked by the tests). Past `capacity` it
+    grows like a plain `DynamicLayer`.
+    """
+
+    def __init__(self, capacity: int):
+        super().__init__()
+        self.capacity = capacity
+        self.length = 0
+
+    def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
+        self.dtype, self.device = key_states.dtype, key_states.device
+        rows = key_states.shape[0]
+        self._key_buffer = key_states.new_empty((rows, key_states.shape[1], self.capacity, key_states.shape[3]))
+        self._value_buffer = value_states.new_empty(
+            (rows, value_states.shape[1], self.capacity, value_states.shape[3]))
+        self.is_initialized = True
+
+    def _expose(self) -> None:
+        self.keys = self._key_buffer[:, :, :self.length]
+        self.values = self._value_buffer[:, :, :self.length]
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+        if not self.is_initialized:
+            self.lazy_initialization(key_states, value_states)
+        end = self.length + key_states.shape[-2]
+        if end > self._key_buffer.shape[-2]:
+            grow = end - self._key_buffer.shape[-2]
+            self._key_buffer = torch.cat([self._key_buffer, self._key_buffer.new_empty(
+                (*self._key_buffer.shape[:2], grow, self._key_buffer.shape[3]))], dim=-2)
+            self._value_buffer = torch.cat([self._value_buffer, self._value_buffer.new_empty(
+                (*self._value_buffer.shape[:2], grow, self._value_buffer.shape[3]))], dim=-2)
+        self._key_buffer[:, :, self.length:end] = key_states
+        self._value_buffer[:, :, self.length:end] = value_states
+        self.length = end
+        self._expose()
+        return self.keys, self.values
+
+    def get_seq_length(self) -> int:
+        return self.length
+
+    def batch_select_indices(self, indices: torch.Tensor) -> None:
+        if self.is_initialized:
+            self._key_buffer = self._key_buffer.index_select(0, indices)
+            self._value_buffer = self._value_buffer.index_select(0, indices)
+            self._expose()
+
+    def batch_repeat_interleave(self, repeats: int) -> None:
+        if self.is_initialized:
+            self._key_buffer = self._key_buffer.repeat_interleave(repeats, dim=0)
+            self._value_buffer = self._value_buffer.repeat_interleave(repeats, dim=0)
+            self._expose()
+
+    def crop(self, tokens_to_remove: int) -> None:
+        if tokens_to_remove > 0:
+            raise ValueError("crop takes a negative number of tokens to remove")
+        if tokens_to_remove and self.is_initialized:
+            self.length = max(0, self.length + tokens_to_remove)
+            self._expose()
+
+    def reset(self) -> None:
+        self.length = 0
+        super().reset()
+
+
+def _new_cache(model, capacity: int) -> DynamicCache:
+    """The DynamicCache `generate` would build, its full-attention layers preallocated for `capacity` tokens."""
+    cache = DynamicCache(config=_forward_model(model).config.get_text_config(decoder=True))
+    cache.layers = [_PreallocatedLayer(capacity) if type(layer) is DynamicLayer else layer for layer in cache.layers]
+    return cache
+
+
+def _is_prunable_cache(cache) -> bool:
+    """A cache whose rows `batch_select_indices` can drop: a DynamicCache of plain (or sliding) dynamic layers."""
+    if not isinstance(cache, DynamicCache):
+        return False
+    return all(isinstance(layer, DynamicLayer) for layer in getattr(cache, "layers", []))
+
+
+def _decode_context(model):
+    """What `generate` wraps its decoding loop in (MoE kernels switched for small batches on accelerators)."""
+    optimise = getattr(_forward_model(model), "_optimize_model_for_decode", None)
+    return optimise() if callable(optimise) else contextlib.nullcontext()
+
+
+def _left_pad(encoded: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    width = max(len(ids) for ids in encoded)
+    input_ids = torch.full((len(encoded), width), pad_id, dtype=torch.long)
+    attention_mask = torch.zeros((len(encoded), width), dtype=torch.long)
+    for row, ids in enumerate(encoded):
+        input_ids[row, width - len(ids):] = torch.tensor(ids, dtype=torch.long)
+        attention_mask[row, width - len(ids):] = 1
+    return input_ids, attention_mask
+
+
+def _greedy_batch_shrinking(model, settings: dict[str, bool], input_ids: torch.Tensor, prompt_mask: torch.Tensor,
+                            max_new_tokens: int, eos: torch.Tensor, pad_id: int) -> torch.Tensor | None:
+    """Greedy decoding of one left-padded batch; a row leaves the batch (and the KV cache) at its EOS.
+
+    Returns the new tokens, (rows, max_new_tokens), `pad_id` after each row's EOS; None, before any
+    decoding step, when the model's cache cannot drop rows (the caller then uses `model.generate`).
+    The model calls are those of `generate`'s greedy search: the same prefill (mask, position ids
+    `cumsum(mask) - 1`, padding at 0, `logits_to_keep=1`), then one token per row per step.
+    """
+    rows, width = input_ids.shape
+    device = input_ids.device
+    generated = torch.full((rows, max_new_tokens), pad_id, dtype=torch.long, device=device)
+    alive = torch.arange(rows, device=device)  # batch row -> row of `generated`
+    # Like `generate`, no mask at all when there is no padding (the model then needs none); otherwise one
+    # mask for prompt + every step, allocated once and sliced, shrunk only when rows leave.
+    if bool((prompt_mask == 0).any()):
+        mask = torch.ones((rows, width + max_new_tokens), dtype=torch.long, device=device)
+        mask[:, :width] = prompt_mask
+    else:
+        mask = None
+    position = (prompt_mask.cumsum(-1) - 1).masked_fill(prompt_mask == 0, 0)
+    extra: dict[str, Any] = {"use_cache": True, "return_dict": True}
+    if settings["logits_to_keep"]:
+        extra["logits_to_keep"] = 1
+    cache = _new_cache(model, width + max_new_tokens)
+
+    outputs = model(input_ids=input_ids, attention_mask=None if mask is None else mask[:, :width],
+                    past_key_values=cache, **({"position_ids": position} if settings["position_ids"] else {}),
+                    **extra)
+    cache = outputs.past_key_values
+    if not _is_prunable_cache(cache):
+        return None
+    position = position[:, -1:]
+    step = 0
+    while True:
+        next_ids = outputs.logits[:, -1].argmax(dim=-1)
+        del outputs
+        generated[alive, step] = next_ids
+        step += 1
+        if step == max_new_tokens:
+            break
+        finished = torch.isin(next_ids, eos)
+        if finished.any():  # the one host sync per step, as in generate's own stop check
+            keep = (~finished).nonzero().squeeze(1)
+            if keep.numel() == 0:
+                break
+            cache.batch_select_indices(keep)
+            alive, next_ids, position = alive[keep], next_ids[keep], position[keep]
+            if mask is not None:
+                mask = mask[keep]
+        position = position + 1
+        outputs = model(input_ids=next_ids[:, None], attention_mask=None if mask is None else mask[:, :width + step],
+                        past_key_values=cache, **({"position_ids": position} if settings["position_ids"] else {}),
+                        **extra)
+    return generated
+
+
+def _greedy_batch_generate(model, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                           kwargs: dict[str, Any]) -> torch.Tensor:
+    """The fallback: `model.generate` on the padded batch (finished rows receive padding)."""
+    output = model.generate(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
+    return output[:, input_ids.shape[1]:]
+
+
 def generate_greedy(model, tokenizer, prompts: list[str], max_new_tokens: int = 256, batch_size: int = 32,
                     progress: bool = True) -> list[str]:
     """Greedy continuations of `prompts` (new text only), identical to one-at-a-time decoding.
 
-    Returns one string per prompt, in the order given.
+    Returns one string per prompt, in the order given. Uses the hand-written shrinking loop when the
+    model allows it (see the module docstring), else `model.generate` on the same batches.
     """
     if batch_size < 1:
         raise ValueError("batch_size must be at least 1")
     if not prompts:
         return []
+    if max_new_tokens < 1:
+        return [""] * len(prompts)
     encoded = _encode_all(tokenizer, prompts)
     eos_ids = eos_token_ids(model, tokenizer)
     pad_id = _pad_id(model, tokenizer, eos_ids)
     kwargs = _greedy_kwargs(max_new_tokens, pad_id, eos_ids)
     device = _model_device(model)
+    eos = torch.tensor(eos_ids, dtype=torch.long, device=device)
+    settings = _fast_path_settings(model)
     order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]), reverse=True)
     results: list[str | None] = [None] * len(prompts)
     was_training = model.training
     model.eval()
     try:
-        with torch.inference_mode(), tqdm(total=len(prompts), desc="generating", unit="prompt",
-                                          disable=not progress) as bar:
+        with torch.inference_mode(), _decode_context(model), \
+                tqdm(total=len(prompts), desc="generating", unit="prompt", disable=not progress) as bar:
             for start in range(0, len(order), batch_size):
                 rows = order[start:start + batch_size]
-                width = max(len(encoded[i]) for i in rows)
-                input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-                attention_mask = torch.zeros((len(rows), width), dtype=torch.long)
-                for row, index in enumerate(rows):
-                    ids = encoded[index]
-                    input_ids[row, width - len(ids):] = torch.tensor(ids, dtype=torch.long)
-                    attention_mask[row, width - len(ids):] = 1
-                output = model.generate(input_ids=input_ids.to(device), attention_mask=attention_mask.to(device),
-                                        **kwargs)
-                new_tokens = output[:, width:].tolist()
-                for row, index in enumerate(rows):
-                    tokens = _cut_at_eos(new_tokens[row], eos_ids)
-                    results[index] = tokenizer.decode(tokens, skip_special_tokens=True)
+                input_ids, attention_mask = _left_pad([encoded[i] for i in rows], pad_id)
+                input_ids, attention_mask = input_ids.to(device), attention_mask.to(device)
+                new_tokens = None
+                if settings is not None:
+                    new_tokens = _greedy_batch_shrinking(model, settings, input_ids, attention_mask,
+                                                         max_new_tokens, eos, pad_id)
+                    if new_tokens is None:
+                        settings = None  # the model's cache cannot drop rows: generate from now on
+                if new_tokens is None:
+                    new_tokens = _greedy_batch_generate(model, input_ids, attention_mask, kwargs)
+                for row, tokens in zip(rows, new_tokens.tolist()):
+                    results[row] = tokenizer.decode(_cut_at_eos(tokens, eos_ids), skip_special_tokens=True)
                 bar.update(len(rows))
     finally:
         model.train(was_training)
