@@ -15,6 +15,7 @@ so a resumed run ends with the same weights as an uninterrupted one.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from pathlib import Path
@@ -52,6 +53,23 @@ def checkpoint_dir(run_dir: Path) -> Path:
     if not (current / STATE_FILE).is_file() and (previous / STATE_FILE).is_file():
         return previous
     return current
+
+
+def resolve_forget_loss_ceiling(config: Config) -> Config:
+    """Turn `forget_loss_ceiling: gold_standard` into the number `unlearn prepare` measured.
+
+    The gold standard never saw the forget set, so its NLL on the forget answers is the level an
+    unlearned model should reach; ascending past it is what drives MIA AUC below 0.5 (over-forgetting).
+    """
+    if config.method.forget_loss_ceiling != "gold_standard":
+        return config
+    report_path = Path(config.workdir) / "prepare_report.json"
+    try:
+        level = json.loads(report_path.read_text())["gold_standard"]["forget"]["output_nll"]
+    except (OSError, KeyError, json.JSONDecodeError):
+        raise UserError(f"method.forget_loss_ceiling=gold_standard needs {report_path} with the gold standard's "
+                        "forget output_nll (run `unlearn prepare`), or give a number") from None
+    return dataclasses.replace(config, method=dataclasses.replace(config.method, forget_loss_ceiling=float(level)))
 
 
 def load_checkpoint(run_dir: Path) -> dict | None:
@@ -133,6 +151,7 @@ def run_unlearning(config: Config, out_dir: str | Path, resume: bool = False, pr
         from utils.commands.evaluate import check_subset
 
         check_subset(config.evaluation.subset)  # now, not after the whole unlearning
+    config = resolve_forget_loss_ceiling(config)
     method = get_method(config.method.name)
     model_name, data_dir = resolve_paths(config)
     lume = load_lume(data_dir, config.data.split)

@@ -129,7 +129,8 @@ class MethodConfig:
     annealing_fraction: float = 0.25
     final_annealing: bool = True
     # Stop ascending an example once its mean token NLL passes this level (None: no ceiling).
-    forget_loss_ceiling: float | None = None
+    # "gold_standard": the gold standard's mean forget-answer NLL from <workdir>/prepare_report.json.
+    forget_loss_ceiling: float | Literal["gold_standard"] | None = None
 
 
 @dataclass

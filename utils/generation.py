@@ -224,11 +224,26 @@ class _PreallocatedLayer(DynamicLayer):
     def get_seq_length(self) -> int:
         return self.length
 
+    def select(self, indices: torch.Tensor, drop_leading: int = 0) -> None:
+        """Keep the rows `indices` and drop the first `drop_leading` columns (padding no kept row attends to).
+
+        Only the filled part is copied, into a new buffer of the same remaining capacity.
+        """
+        if not self.is_initialized:
+            return
+        kept = self.length - drop_leading
+
+        def pick(buffer: torch.Tensor) -> torch.Tensor:
+            out = buffer.new_empty((indices.numel(), buffer.shape[1], buffer.shape[2] - drop_leading, buffer.shape[3]))
+            out[:, :, :kept] = buffer[:, :, drop_leading:self.length].index_select(0, indices)
+            return out
+
+        self._key_buffer, self._value_buffer = pick(self._key_buffer), pick(self._value_buffer)
+        self.length = kept
+        self._expose()
+
     def batch_select_indices(self, indices: torch.Tensor) -> None:
-        if self.is_initialized:
-            self._key_buffer = self._key_buffer.index_select(0, indices)
-            self._value_buffer = self._value_buffer.index_select(0, indices)
-            self._expose()
+        self.select(indices)
 
     def batch_repeat_interleave(self, repeats: int) -> None:
         if self.is_initialized:
@@ -279,21 +294,26 @@ def _left_pad(encoded: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torc
 
 
 def _greedy_batch_shrinking(model, settings: dict[str, bool], input_ids: torch.Tensor, prompt_mask: torch.Tensor,
-                            max_new_tokens: int, eos: torch.Tensor, pad_id: int) -> torch.Tensor | None:
+                            lengths: list[int], max_new_tokens: int, eos: torch.Tensor,
+                            pad_id: int) -> torch.Tensor | None:
     """Greedy decoding of one left-padded batch; a row leaves the batch (and the KV cache) at its EOS.
 
+    `lengths` are the prompts' token counts (each row has `width - length` pad columns on the left).
     Returns the new tokens, (rows, max_new_tokens), `pad_id` after each row's EOS; None, before any
     decoding step, when the model's cache cannot drop rows (the caller then uses `model.generate`).
-    The model calls are those of `generate`'s greedy search: the same prefill (mask, position ids
-    `cumsum(mask) - 1`, padding at 0, `logits_to_keep=1`), then one token per row per step.
+    The prefill is `generate`'s (mask, position ids `cumsum(mask) - 1` with padding at 0,
+    `logits_to_keep=1`); then one token per row per step, each row at its own position.
     """
     rows, width = input_ids.shape
     device = input_ids.device
     generated = torch.full((rows, max_new_tokens), pad_id, dtype=torch.long, device=device)
     alive = torch.arange(rows, device=device)  # batch row -> row of `generated`
+    alive_rows = list(range(rows))  # the same, on the host
+    pads = [width - length for length in lengths]
+    trimmed = 0  # leading cache columns dropped (padding of every row still decoding)
     # Like `generate`, no mask at all when there is no padding (the model then needs none); otherwise one
-    # mask for prompt + every step, allocated once and sliced, shrunk only when rows leave.
-    if bool((prompt_mask == 0).any()):
+    # mask for prompt + every step, allocated once and sliced, copied only when rows leave.
+    if max(pads) > 0:
         mask = torch.ones((rows, width + max_new_tokens), dtype=torch.long, device=device)
         mask[:, :width] = prompt_mask
     else:
@@ -302,14 +322,18 @@ def _greedy_batch_shrinking(model, settings: dict[str, bool], input_ids: torch.T
     extra: dict[str, Any] = {"use_cache": True, "return_dict": True}
     if settings["logits_to_keep"]:
         extra["logits_to_keep"] = 1
+    if settings["position_ids"]:
+        extra["position_ids"] = position
     cache = _new_cache(model, width + max_new_tokens)
 
     outputs = model(input_ids=input_ids, attention_mask=None if mask is None else mask[:, :width],
-                    past_key_values=cache, **({"position_ids": position} if settings["position_ids"] else {}),
-                    **extra)
+                    past_key_values=cache, **extra)
     cache = outputs.past_key_values
     if not _is_prunable_cache(cache):
         return None
+    # Dropping leading columns is only sound when positions are passed explicitly (not derived from the
+    # cache length) and every layer is one of ours.
+    can_trim = settings["position_ids"] and all(isinstance(layer, _PreallocatedLayer) for layer in cache.layers)
     position = position[:, -1:]
     step = 0
     while True:
@@ -322,16 +346,27 @@ def _greedy_batch_shrinking(model, settings: dict[str, bool], input_ids: torch.T
         finished = torch.isin(next_ids, eos)
         if finished.any():  # the one host sync per step, as in generate's own stop check
             keep = (~finished).nonzero().squeeze(1)
-            if keep.numel() == 0:
+            keep_list = keep.tolist()
+            if not keep_list:
                 break
-            cache.batch_select_indices(keep)
+            alive_rows = [alive_rows[i] for i in keep_list]
+            drop = min(pads[r] for r in alive_rows) - trimmed if can_trim else 0
+            if can_trim:
+                for layer in cache.layers:
+                    layer.select(keep, drop)
+            else:
+                cache.batch_select_indices(keep)
+            trimmed += drop
             alive, next_ids, position = alive[keep], next_ids[keep], position[keep]
             if mask is not None:
-                mask = mask[keep]
+                # No padding left among the rows still decoding: no mask, as for an unpadded prompt.
+                mask = None if max(pads[r] for r in alive_rows) <= trimmed else mask[keep, drop:]
         position = position + 1
-        outputs = model(input_ids=next_ids[:, None], attention_mask=None if mask is None else mask[:, :width + step],
-                        past_key_values=cache, **({"position_ids": position} if settings["position_ids"] else {}),
-                        **extra)
+        if settings["position_ids"]:
+            extra["position_ids"] = position
+        outputs = model(input_ids=next_ids[:, None],
+                        attention_mask=None if mask is None else mask[:, :width - trimmed + step],
+                        past_key_values=cache, **extra)
     return generated
 
 
@@ -376,7 +411,8 @@ def generate_greedy(model, tokenizer, prompts: list[str], max_new_tokens: int = 
                 new_tokens = None
                 if settings is not None:
                     new_tokens = _greedy_batch_shrinking(model, settings, input_ids, attention_mask,
-                                                         max_new_tokens, eos, pad_id)
+                                                         [len(encoded[i]) for i in rows], max_new_tokens, eos,
+                                                         pad_id)
                     if new_tokens is None:
                         settings = None  # the model's cache cannot drop rows: generate from now on
                 if new_tokens is None:

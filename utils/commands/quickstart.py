@@ -14,7 +14,7 @@ from utils.cli import add_config_arguments
 from utils.config import load_config
 
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
-DEFAULT_METHODS = ["ga", "gd", "kl", "npo", "agad", "sugd"]
+DEFAULT_METHODS = ["ga", "gd", "kl", "npo", "agad", "sugd", "sugd_ceiling"]
 
 
 def register(subparsers) -> None:
