@@ -2,8 +2,9 @@
 
 Contenders, interleaved round by round, on the same model and the same items:
 
-  project    `utils.evaluation.evaluate_model`: length-sorted, left-padded batches of greedy
-             generation (rows cut at their first EOS), then the official metrics.
+  project    `utils.evaluation.evaluate_model`: `utils.generation.generate_greedy` (length-sorted,
+             left-padded batches of 64, a hand-written greedy loop over the KV cache in which a row
+             leaves the batch at its EOS), then the official metrics.
   official   what the official scorer does, written out independently of `utils.generation`: for
              each item, the raw prompt tokenised alone (`tokenizer(prompt, return_tensors="pt")`),
              `model.generate(max_new_tokens=256, do_sample=False)` (one sequence, so it stops at
@@ -11,8 +12,9 @@ Contenders, interleaved round by round, on the same model and the same items:
              pass with the loss on the item's full text, as the official script also computes one
              per item. Its generations are scored by the same metric code.
 
-The benchmark fails (exit 1) unless both give the identical 12 split/task means and, with `--mia`,
-MIA AUCs within 1e-6 (batched and single-document forward passes differ in the last float bits).
+The benchmark fails (exit 1) unless both give identical generations, the identical 12 split/task
+means and, with `--mia`, MIA AUCs within 1e-6 (batched and single-document forward passes differ in
+the last float bits).
 
     python benchmarks/eval_speed.py --workdir /tmp/w1                  # real validation split
     python benchmarks/eval_speed.py --workdir /tmp/w1 --limit 3        # 3 documents per split/task
@@ -43,7 +45,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--limit", type=int, default=None,
                         help="only the first N documents per split and task (default: all)")
     parser.add_argument("--repeats", type=int, default=3, help="interleaved rounds")
-    parser.add_argument("--batch-size", type=int, default=32, help="generation batch size of the project side")
+    parser.add_argument("--batch-size", type=int, default=64, help="generation batch size of the project side")
     parser.add_argument("--max-new-tokens", type=int, default=256)
     parser.add_argument("--mia", action="store_true",
                         help="include the MIA on both sides (project: batched, all attacks; official: "

@@ -6,7 +6,10 @@ import random
 
 import pytest
 import torch
+from transformers import DynamicCache
+from transformers.cache_utils import DynamicLayer
 
+from utils import generation
 from utils.errors import UserError
 from utils.generation import eos_token_ids, generate_greedy, generate_one_at_a_time
 from utils.models import build_tiny_model, train_tokenizer
@@ -105,8 +108,7 @@ def test_stops_at_eos_and_matches_manual_argmax(world) -> None:
             assert tokens[-1] == tokenizer.eos_token_id
             tokens = tokens[:-1]
         assert text == tokenizer.decode(tokens, skip_special_tokens=True)
-    # Both paths are exercised: some rows finish early (then receive padding that must be cut),
-    # some run to max_new_tokens.
+    # Both paths are exercised: some rows finish early (then leave the batch), some run to max_new_tokens.
     assert any(hit) and not all(hit)
 
 
@@ -131,3 +133,187 @@ def test_edge_cases(world) -> None:
     generate_greedy(model, tokenizer, ["the"], max_new_tokens=2, progress=False)
     assert model.training  # the caller's mode is restored
     model.eval()
+
+
+def _staggered_prompts(sentences: list[str]) -> list[str]:
+    """Prompts whose greedy continuations stop at very different steps: whole training sentences stop at
+    the first token (EOS), cut sentences after a few tokens, "the" never within 40."""
+    return ([sentences[1], "a", sentences[5]] + [s[:20] for s in sentences[:8]]
+            + ["green river", "green sat under", "moon sun star bird", "the"])
+
+
+def test_rows_finishing_at_very_different_steps(world) -> None:
+    """In one batch, rows stop at the first token, after a few, after many, or never: each row's text is
+    what it is alone, whichever rows leave the batch (and the cache) before it."""
+    model, tokenizer, sentences = world
+    prompts = _staggered_prompts(sentences)
+    runs = [_manual_greedy(model, tokenizer, prompt, 40) for prompt in prompts]
+    steps = sorted(len(tokens) for tokens, _ in runs)
+    assert steps[0] == 1 and steps[-1] == 40 and len(set(steps)) >= 6  # the premise
+    reference = generate_one_at_a_time(model, tokenizer, prompts, max_new_tokens=40)
+    for batch_size in (len(prompts), 5, 2):
+        assert generate_greedy(model, tokenizer, prompts, max_new_tokens=40, batch_size=batch_size,
+                               progress=False) == reference
+    for (tokens, stopped), text in zip(runs, reference):
+        assert text == tokenizer.decode(tokens[:-1] if stopped else tokens, skip_special_tokens=True)
+
+
+def test_rows_handed_on_to_the_next_batch(world, monkeypatch) -> None:
+    """Rows still decoding when their batch is nearly done continue in the next batch: same text."""
+    model, tokenizer, sentences = world
+    prompts = _staggered_prompts(sentences) + _prompts(sentences)
+    reference = generate_one_at_a_time(model, tokenizer, prompts, max_new_tokens=40)
+    handed_on = []
+    decode_batch = generation._decode_batch
+
+    def spy(*args, **kwargs):
+        tail = decode_batch(*args, **kwargs)
+        handed_on.append(0 if tail is None else len(tail.items))
+        return tail
+
+    monkeypatch.setattr(generation, "_decode_batch", spy)
+    # Hand on as soon as at most half a batch is left, however much wider the cache gets.
+    monkeypatch.setattr(generation, "TAIL_FRACTION", 2)
+    monkeypatch.setattr(generation, "TAIL_EXTRA_COLUMNS", 10_000)
+    for batch_size in (4, 6):
+        handed_on.clear()
+        assert generate_greedy(model, tokenizer, prompts, max_new_tokens=40, batch_size=batch_size,
+                               progress=False) == reference
+        assert sum(handed_on) > 0 and handed_on[-1] == 0
+
+
+def test_one_prefill_chunk_per_row(world, monkeypatch) -> None:
+    """Prefill chunks of one row (the cache assembled from many calls) give the same text."""
+    model, tokenizer, sentences = world
+    prompts = _staggered_prompts(sentences)
+    monkeypatch.setattr(generation, "PREFILL_TOKENS", 1)
+    assert generate_greedy(model, tokenizer, prompts, max_new_tokens=40, batch_size=8, progress=False) == \
+        generate_one_at_a_time(model, tokenizer, prompts, max_new_tokens=40)
+
+
+def _count_generate_calls(model, monkeypatch) -> list[int]:
+    calls = []
+    original = model.generate
+
+    def counting(*args, **kwargs):
+        calls.append(kwargs["input_ids"].shape[0])
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(model, "generate", counting)
+    return calls
+
+
+def test_fallback_to_generate_when_the_cache_cannot_drop_rows(world, monkeypatch) -> None:
+    """A model whose cache is not a DynamicCache of dynamic layers is decoded by `model.generate`."""
+    model, tokenizer, sentences = world
+    prompts = _staggered_prompts(sentences)
+    reference = generate_one_at_a_time(model, tokenizer, prompts, max_new_tokens=40)
+    calls = _count_generate_calls(model, monkeypatch)
+    assert generate_greedy(model, tokenizer, prompts, max_new_tokens=40, batch_size=4, progress=False) == reference
+    assert calls == []  # the hand-written loop, no generate
+    monkeypatch.setattr(generation, "_is_prunable_cache", lambda cache: False)
+    assert generate_greedy(model, tokenizer, prompts, max_new_tokens=40, batch_size=4, progress=False) == reference
+    assert calls == [4, 4, 4, 3]  # every batch through generate, the first one included
+
+
+def test_fallback_to_generate_for_generation_config_entries(world, monkeypatch) -> None:
+    """Settings the loop does not reproduce (here a repetition penalty) leave the work to generate."""
+    model, tokenizer, sentences = world
+    prompts = _staggered_prompts(sentences)
+    monkeypatch.setattr(model.generation_config, "repetition_penalty", 1.5)
+    assert generation._fast_path_settings(model) is None
+    calls = _count_generate_calls(model, monkeypatch)
+    penalised = generate_greedy(model, tokenizer, prompts, max_new_tokens=40, batch_size=8, progress=False)
+    assert len(calls) == 2
+    assert penalised == generate_one_at_a_time(model, tokenizer, prompts, max_new_tokens=40)
+
+
+def test_library_cache_layers(world, monkeypatch) -> None:
+    """Cache layers other than the plain full-attention one (e.g. sliding window) stay the library's:
+    one prefill per batch, rows dropped with `batch_select_indices`, nothing handed on; same text."""
+    model, tokenizer, sentences = world
+    prompts = _staggered_prompts(sentences)
+    reference = generate_one_at_a_time(model, tokenizer, prompts, max_new_tokens=40)
+
+    class OtherLayer(DynamicLayer):
+        pass
+
+    class Cache(DynamicCache):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.layers = [OtherLayer() for _ in self.layers]
+
+    monkeypatch.setattr(generation, "DynamicCache", Cache)
+    monkeypatch.setattr(generation, "TAIL_FRACTION", 1)
+    assert generate_greedy(model, tokenizer, prompts, max_new_tokens=40, batch_size=5, progress=False) == reference
+
+
+def test_preallocated_layers_give_bit_identical_logits(world) -> None:
+    """The preallocated cache feeds attention the same numbers as the library's DynamicCache, also after
+    rows leave (by compaction, or by moving the last rows into the holes as `_decode_batch` does)."""
+    model, tokenizer, sentences = world
+    encoded = [encode_prompt(tokenizer, p) for p in _staggered_prompts(sentences)[:6]]
+    width = max(map(len, encoded))
+    input_ids = torch.tensor([[tokenizer.pad_token_id] * (width - len(e)) + e for e in encoded])
+    mask = torch.tensor([[0] * (width - len(e)) + [1] * (len(e) + 10) for e in encoded])
+    position = (mask.cumsum(-1) - 1).masked_fill(mask == 0, 0)
+
+    def run(cache, select) -> list[dict[int, torch.Tensor]]:
+        """Per step, each original row's last logits; `select(cache, kept)` returns the new row order."""
+        logits = []
+        rows = list(range(len(encoded)))
+        with torch.inference_mode():
+            out = model(input_ids=input_ids, attention_mask=mask[:, :width], position_ids=position[:, :width],
+                        past_key_values=cache, logits_to_keep=1)
+            for step in range(8):
+                logits.append({row: out.logits[i, -1] for i, row in enumerate(rows)})
+                tokens = out.logits[:, -1].argmax(-1)
+                if step in (2, 5):  # row 0 leaves, then rows 1, 4 and 5
+                    staying = {1, 2, 3, 4, 5} if step == 2 else {2, 3}
+                    order = select(cache, [i for i, row in enumerate(rows) if row in staying])
+                    rows, tokens = [rows[i] for i in order], tokens[torch.tensor(order)]
+                columns = width + step + 1
+                out = model(input_ids=tokens[:, None], attention_mask=mask[rows, :columns],
+                            position_ids=position[rows, columns - 1:columns], past_key_values=cache,
+                            logits_to_keep=1)
+        return logits
+
+    def library(cache, kept):
+        cache.batch_select_indices(torch.tensor(kept))
+        return kept
+
+    def preallocated(capacity):
+        cache = DynamicCache(config=model.config)
+        cache.layers = [generation._PreallocatedLayer(capacity) for _ in cache.layers]
+        return cache
+
+    def compact(cache, kept):
+        for layer in cache.layers:
+            layer.keep_rows(torch.tensor(kept))
+        return kept
+
+    def holes(cache, kept):
+        count = len(kept)
+        dropped = [row for row in range(count) if row not in kept]
+        sources = [row for row in kept if row >= count]
+        order = list(range(count))
+        for hole, source in zip(dropped, sources):
+            order[hole] = source
+        for layer in cache.layers:
+            layer.fill_holes(torch.tensor(dropped, dtype=torch.long), torch.tensor(sources, dtype=torch.long),
+                             count)
+        return order
+
+    reference = run(DynamicCache(config=model.config), library)
+    # A capacity of width + 2 makes the buffers grow on the way.
+    for logits in (run(preallocated(width + 10), compact), run(preallocated(width + 2), compact),
+                   run(preallocated(width + 10), holes)):
+        assert [sorted(step) for step in logits] == [sorted(step) for step in reference]
+        assert all(torch.equal(step[row], expected[row]) for step, expected in zip(logits, reference)
+                   for row in step)
+
+
+def test_encode_all_matches_encode_prompt(world) -> None:
+    _, tokenizer, sentences = world
+    prompts = _prompts(sentences)
+    assert generation._encode_all(tokenizer, prompts) == [encode_prompt(tokenizer, p) for p in prompts]

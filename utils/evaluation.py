@@ -43,7 +43,7 @@ def subset_items(items: list[Item], documents_per_task: int | None) -> list[Item
 
 @torch.inference_mode()
 def evaluate_model(model, tokenizer, lume: LumeData, *, mia_documents: dict[str, list[str]] | None = None,
-                   utility_spec: str | None = None, max_new_tokens: int = 256, batch_size: int = 32,
+                   utility_spec: str | None = None, max_new_tokens: int = 256, batch_size: int = 64,
                    nll_batch_size: int = 16, mmlu_shots: int = 0, mmlu_threshold: float = 0.371,
                    subset: int | None = None, evaluated: dict | None = None, progress: bool = True) -> Evaluation:
     from utils.generation import generate_greedy

@@ -4,21 +4,35 @@ The official scorer generates one item at a time: the raw prompt tokenised with 
 default special tokens (no chat template), greedy decoding, `max_new_tokens=256`, and only the new
 tokens decoded with `skip_special_tokens=True`. `generate_one_at_a_time` is that loop, kept as the
 reference the tests and the benchmark compare against. `generate_greedy` produces the same text
-faster:
+faster, with a hand-written greedy loop over the model's KV cache (`_decode_batch`):
 
 * prompts are sorted by token length, longest first, and batched, so each batch carries little
   padding and an out-of-memory error shows up on the first batch rather than after an hour;
-* batches are LEFT padded, so every row's next token is predicted at the last column and the KV
-  cache stays aligned; the attention mask hides the padding, and `generate` (transformers 5)
-  derives `position_ids` from that mask (`cumsum - 1`), so a padded row sees the same rotary
-  positions 0..n-1 as the unpadded prompt: no extra handling is needed for Olmo2 or Llama;
-* a row that emits EOS keeps receiving pad tokens until the whole batch is done (or
-  `max_new_tokens` is reached); those are cut at the first EOS, exactly where one-at-a-time
-  decoding would have stopped;
-* results are returned in the caller's order.
+* batches are LEFT padded, so every row's next token is predicted at the last column; the attention
+  mask hides the padding and the position ids are `cumsum(mask) - 1` (what `generate` passes), so a
+  padded row sees the same rotary positions 0..n-1 as the unpadded prompt;
+* the prefill runs in chunks of at most `PREFILL_TOKENS` padded tokens (attention over a padded
+  prompt costs the square of its width), `logits_to_keep=1`; the chunks' keys and values go,
+  right-aligned, into one cache whose layers are preallocated for the whole generation
+  (`_PreallocatedLayer`: a step writes one column instead of concatenating the whole cache);
+* then one token per row per step, the argmax of the last logits; a row that emits EOS (or reaches
+  `max_new_tokens`) leaves the batch and the cache at once, with its mask and position rows, so a
+  long generation does not keep finished rows computing; leading cache columns that are padding
+  for every row left are dropped when that pays;
+* when only a few rows of a batch are still decoding, they are handed on to the next batch and
+  continue there (`_Tail`), instead of costing a full model call per token on their own;
+* one host synchronisation per step (does any row stop?), as in `generate`; the tokens stay on the
+  device until the end; results are returned in the caller's order.
 
 Sampling-related settings of the model's own `generation_config` (temperature, top-p, ...) are
 switched off; other entries of it (e.g. several EOS ids) are honoured, as `model.generate` would.
+When the model's generation config asks for anything the loop does not do (a repetition penalty,
+forced tokens, another cache implementation, ...; see `_NEUTRAL_SETTINGS`), when its forward takes
+no KV cache, or when its cache is not a `DynamicCache` whose rows can be dropped, the batches go to
+`model.generate` instead (rows that stopped receive padding, cut at their first EOS): slower, the
+same text. The hand-written loop uses its own cache layers only for plain full-attention models
+with explicit position ids (Olmo2, Llama, ...); for others (e.g. sliding-window layers) it keeps
+the library's layers, prefills each batch at once and hands no rows on.
 """
 
 from __future__ import annotations
@@ -26,6 +40,7 @@ from __future__ import annotations
 import contextlib
 import inspect
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -34,7 +49,7 @@ from transformers import DynamicCache
 from transformers.cache_utils import DynamicLayer
 
 from utils.errors import UserError
-from utils.tokenization import encode_prompt
+from utils.tokenization import special_token_layout
 
 
 def eos_token_ids(model, tokenizer) -> list[int]:
@@ -80,9 +95,11 @@ def _greedy_kwargs(max_new_tokens: int, pad_id: int, eos_ids: list[int]) -> dict
 
 
 def _encode_all(tokenizer, prompts: Sequence[str]) -> list[list[int]]:
+    """`encode_prompt` of every prompt, in one tokenizer call."""
+    _, trailing = special_token_layout(tokenizer)
     encoded = []
-    for index, prompt in enumerate(prompts):
-        ids = encode_prompt(tokenizer, prompt)
+    for index, ids in enumerate(tokenizer(list(prompts), add_special_tokens=True)["input_ids"]):
+        ids = ids[:len(ids) - len(trailing)] if trailing else ids
         if not ids:
             raise UserError(f"prompt {index} is empty after tokenisation: there is nothing to generate from")
         encoded.append(ids)
@@ -101,6 +118,14 @@ def _cut_at_eos(tokens: list[int], eos_ids: Sequence[int]) -> list[int]:
 def _model_device(model) -> torch.device:
     return next(model.parameters()).device
 
+
+# Padded prompt tokens per prefill call (see `_decode_batch`): a few long prompts or many short ones.
+PREFILL_TOKENS = 2048
+# A batch hands its rows still decoding on to the next batch once at most `batch_size // TAIL_FRACTION`
+# are left, provided that this widens the next batch's cache by at most its own width or
+# `TAIL_EXTRA_COLUMNS` columns (rows attend over the masked columns too).
+TAIL_FRACTION = 8
+TAIL_EXTRA_COLUMNS = 128
 
 # Generation-config entries that would make `model.generate` differ from a plain argmax (logits processors,
 # stopping rules, other caches or decoding modes), with the values that leave it plain. When one is set to
@@ -189,61 +214,93 @@ class _PreallocatedLayer(DynamicLayer):
 
     def __init__(self, capacity: int):
         super().__init__()
-        self.capacity = capacity
-        self.length = 0
+        self._capacity = capacity
+        self._filled = 0
 
-    def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
+    def _allocate(self, rows: int, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
         self.dtype, self.device = key_states.dtype, key_states.device
-        rows = key_states.shape[0]
-        self._key_buffer = key_states.new_empty((rows, key_states.shape[1], self.capacity, key_states.shape[3]))
+        self._key_buffer = key_states.new_empty((rows, key_states.shape[1], self._capacity, key_states.shape[3]))
         self._value_buffer = value_states.new_empty(
-            (rows, value_states.shape[1], self.capacity, value_states.shape[3]))
+            (rows, value_states.shape[1], self._capacity, value_states.shape[3]))
         self.is_initialized = True
 
+    def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
+        self._allocate(key_states.shape[0], key_states, value_states)
+
     def _expose(self) -> None:
-        self.keys = self._key_buffer[:, :, :self.length]
-        self.values = self._value_buffer[:, :, :self.length]
+        self.keys = self._key_buffer[:, :, :self._filled]
+        self.values = self._value_buffer[:, :, :self._filled]
 
     def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs
                ) -> tuple[torch.Tensor, torch.Tensor]:
         if not self.is_initialized:
             self.lazy_initialization(key_states, value_states)
-        end = self.length + key_states.shape[-2]
+        end = self._filled + key_states.shape[-2]
         if end > self._key_buffer.shape[-2]:
             grow = end - self._key_buffer.shape[-2]
             self._key_buffer = torch.cat([self._key_buffer, self._key_buffer.new_empty(
                 (*self._key_buffer.shape[:2], grow, self._key_buffer.shape[3]))], dim=-2)
             self._value_buffer = torch.cat([self._value_buffer, self._value_buffer.new_empty(
                 (*self._value_buffer.shape[:2], grow, self._value_buffer.shape[3]))], dim=-2)
-        self._key_buffer[:, :, self.length:end] = key_states
-        self._value_buffer[:, :, self.length:end] = value_states
-        self.length = end
+        self._key_buffer[:, :, self._filled:end] = key_states
+        self._value_buffer[:, :, self._filled:end] = value_states
+        self._filled = end
         self._expose()
         return self.keys, self.values
 
-    def get_seq_length(self) -> int:
-        return self.length
+    def place(self, rows: slice, total_rows: int, width: int, key_states: torch.Tensor,
+              value_states: torch.Tensor) -> None:
+        """Put the prefilled states of `rows` (a chunk of the batch), right-aligned to `width` columns.
 
-    def select(self, indices: torch.Tensor, drop_leading: int = 0) -> None:
-        """Keep the rows `indices` and drop the first `drop_leading` columns (padding no kept row attends to).
-
-        Only the filled part is copied, into a new buffer of the same remaining capacity.
+        The columns left of them are padding for these rows (masked); they are zeroed so that no
+        uninitialised value (possibly NaN) meets the mask.
         """
         if not self.is_initialized:
+            self._allocate(total_rows, key_states, value_states)
+        start = width - key_states.shape[-2]
+        for buffer, states in ((self._key_buffer, key_states), (self._value_buffer, value_states)):
+            if start:
+                buffer[rows, :, :start].zero_()
+            buffer[rows, :, start:width] = states
+        self._filled = width
+        self._expose()
+
+    def get_seq_length(self) -> int:
+        return self._filled
+
+    def keep_rows(self, indices: torch.Tensor, drop_leading: int = 0) -> None:
+        """Keep the rows `indices` (in that order) and drop the first `drop_leading` columns (padding that
+        no kept row attends to). The filled part is compacted in place: no new buffer."""
+        if not self.is_initialized:
             return
-        kept = self.length - drop_leading
+        kept = self._filled - drop_leading
+        rows = indices.numel()
+        for name in ("_key_buffer", "_value_buffer"):
+            buffer = getattr(self, name)
+            moved = buffer[:, :, drop_leading:self._filled].index_select(0, indices)
+            buffer[:rows, :, :kept] = moved
+            setattr(self, name, buffer[:rows])
+        self._filled = kept
+        self._expose()
 
-        def pick(buffer: torch.Tensor) -> torch.Tensor:
-            out = buffer.new_empty((indices.numel(), buffer.shape[1], buffer.shape[2] - drop_leading, buffer.shape[3]))
-            out[:, :, :kept] = buffer[:, :, drop_leading:self.length].index_select(0, indices)
-            return out
-
-        self._key_buffer, self._value_buffer = pick(self._key_buffer), pick(self._value_buffer)
-        self.length = kept
+    def fill_holes(self, holes: torch.Tensor, sources: torch.Tensor, rows: int) -> None:
+        """Keep the first `rows` rows, after copying the rows `sources` (all >= rows) over the rows `holes`
+        (all < rows): only the moved rows are copied."""
+        if not self.is_initialized:
+            return
+        for name in ("_key_buffer", "_value_buffer"):
+            buffer = getattr(self, name)
+            if holes.numel():
+                used = buffer[:, :, :self._filled]
+                used.index_copy_(0, holes, used.index_select(0, sources))
+            setattr(self, name, buffer[:rows])
         self._expose()
 
     def batch_select_indices(self, indices: torch.Tensor) -> None:
-        self.select(indices)
+        if self.is_initialized:
+            self._key_buffer = self._key_buffer.index_select(0, indices)
+            self._value_buffer = self._value_buffer.index_select(0, indices)
+            self._expose()
 
     def batch_repeat_interleave(self, repeats: int) -> None:
         if self.is_initialized:
@@ -255,19 +312,16 @@ class _PreallocatedLayer(DynamicLayer):
         if tokens_to_remove > 0:
             raise ValueError("crop takes a negative number of tokens to remove")
         if tokens_to_remove and self.is_initialized:
-            self.length = max(0, self.length + tokens_to_remove)
+            self._filled = max(0, self._filled + tokens_to_remove)
             self._expose()
 
     def reset(self) -> None:
-        self.length = 0
+        self._filled = 0
         super().reset()
 
 
-def _new_cache(model, capacity: int) -> DynamicCache:
-    """The DynamicCache `generate` would build, its full-attention layers preallocated for `capacity` tokens."""
-    cache = DynamicCache(config=_forward_model(model).config.get_text_config(decoder=True))
-    cache.layers = [_PreallocatedLayer(capacity) if type(layer) is DynamicLayer else layer for layer in cache.layers]
-    return cache
+def _text_config(model):
+    return _forward_model(model).config.get_text_config(decoder=True)
 
 
 def _is_prunable_cache(cache) -> bool:
@@ -293,81 +347,188 @@ def _left_pad(encoded: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torc
     return input_ids, attention_mask
 
 
-def _greedy_batch_shrinking(model, settings: dict[str, bool], input_ids: torch.Tensor, prompt_mask: torch.Tensor,
-                            lengths: list[int], max_new_tokens: int, eos: torch.Tensor,
-                            pad_id: int) -> torch.Tensor | None:
-    """Greedy decoding of one left-padded batch; a row leaves the batch (and the KV cache) at its EOS.
+def _prefill_chunks(lengths: list[int], token_budget: int) -> list[tuple[int, int]]:
+    """Consecutive row ranges of a batch (lengths in decreasing order), each at most `token_budget` padded
+    prompt tokens (at least one row)."""
+    chunks, start = [], 0
+    while start < len(lengths):
+        end = min(len(lengths), start + max(1, token_budget // lengths[start]))
+        chunks.append((start, end))
+        start = end
+    return chunks
 
-    `lengths` are the prompts' token counts (each row has `width - length` pad columns on the left).
-    Returns the new tokens, (rows, max_new_tokens), `pad_id` after each row's EOS; None, before any
-    decoding step, when the model's cache cannot drop rows (the caller then uses `model.generate`).
-    The prefill is `generate`'s (mask, position ids `cumsum(mask) - 1` with padding at 0,
-    `logits_to_keep=1`); then one token per row per step, each row at its own position.
+
+@dataclass
+class _Tail:
+    """Rows of a batch still decoding when it handed them on to the next batch (see `_decode_batch`)."""
+
+    keys: list[torch.Tensor]  # per layer, (rows, heads, columns, head_dim), leading all-padding columns dropped
+    values: list[torch.Tensor]
+    starts: list[int]  # per row: its leading padding columns
+    items: list[int]  # per row: the prompt's index
+    next_ids: torch.Tensor  # (rows,) the last tokens, recorded, not yet fed
+    position: torch.Tensor  # (rows, 1) their positions
+    steps: torch.Tensor  # (rows,) tokens recorded so far
+
+    @property
+    def columns(self) -> int:
+        return self.keys[0].shape[-2]
+
+
+class _Unprunable(Exception):
+    """The model returned a cache whose rows cannot be dropped: only `model.generate` is exact for it."""
+
+
+def _decode_batch(model, settings: dict[str, bool], encoded: list[list[int]], items: list[int],
+                  generated: torch.Tensor, max_new_tokens: int, eos: torch.Tensor, pad_id: int,
+                  tail: _Tail | None = None, hand_on: tuple[int, int] | None = None) -> _Tail | None:
+    """Greedy decoding of one batch of prompts (token lengths in decreasing order), plus the rows of the
+    previous batch's `tail`; each row's new tokens go to `generated[item]`, `pad_id` after its EOS.
+
+    The prompts are left-padded to a common width (the tail's rows to the same, their cache moved
+    right). Prefill: `generate`'s model call (mask, position ids `cumsum(mask) - 1` with padding at 0,
+    `logits_to_keep=1`), in chunks of at most `PREFILL_TOKENS` padded tokens whose states are placed,
+    right-aligned, in one preallocated cache: a chunk of long prompts carries less padding (attention
+    over a padded prompt is quadratic in its width). Then one token per row per step, each row at its
+    own position; a row leaves the batch and the cache at its EOS (or after `max_new_tokens`), and
+    leading cache columns that are padding for every row left are dropped.
+
+    `hand_on = (rows, width)`: once at most `rows` rows are left and their cache is not much wider than
+    `width` (the next batch's), they are returned as a `_Tail` for the next batch to take along, instead
+    of keeping a nearly empty batch decoding (one long generation would otherwise cost a full step per
+    token). Returns None when every row is done. Raises `_Unprunable` (before any decoding) when the
+    model's cache cannot drop rows.
     """
-    rows, width = input_ids.shape
-    device = input_ids.device
-    generated = torch.full((rows, max_new_tokens), pad_id, dtype=torch.long, device=device)
-    alive = torch.arange(rows, device=device)  # batch row -> row of `generated`
-    alive_rows = list(range(rows))  # the same, on the host
-    pads = [width - length for length in lengths]
-    trimmed = 0  # leading cache columns dropped (padding of every row still decoding)
-    # Like `generate`, no mask at all when there is no padding (the model then needs none); otherwise one
-    # mask for prompt + every step, allocated once and sliced, copied only when rows leave.
-    if max(pads) > 0:
-        mask = torch.ones((rows, width + max_new_tokens), dtype=torch.long, device=device)
-        mask[:, :width] = prompt_mask
-    else:
-        mask = None
-    position = (prompt_mask.cumsum(-1) - 1).masked_fill(prompt_mask == 0, 0)
+    device = generated.device
+    lengths = [len(ids) for ids in encoded]
+    text_config = _text_config(model)
+    cache = DynamicCache(config=text_config)
+    # Our own layers (with chunked prefill, dropped columns and tails) only for plain full-attention layers
+    # and explicit positions; otherwise the library's layers, one prefill for the batch.
+    ours = settings["position_ids"] and bool(cache.layers) and all(type(layer) is DynamicLayer
+                                                                   for layer in cache.layers)
+    n_tail = len(tail.items) if tail is not None else 0
+    width = max(lengths[0], tail.columns if tail is not None else 0)
+    rows = n_tail + len(encoded)
+    row_items = (tail.items if tail is not None else []) + list(items)  # per row, on the host
+    starts = ([start + width - tail.columns for start in tail.starts] if tail is not None else []) + \
+        [width - length for length in lengths]
+    input_ids, prompt_mask = _left_pad(encoded, pad_id)
+    input_ids, prompt_mask = input_ids.to(device), prompt_mask.to(device)
+    prompt_position = (prompt_mask.cumsum(-1) - 1).masked_fill(prompt_mask == 0, 0)
     extra: dict[str, Any] = {"use_cache": True, "return_dict": True}
     if settings["logits_to_keep"]:
         extra["logits_to_keep"] = 1
-    if settings["position_ids"]:
-        extra["position_ids"] = position
-    cache = _new_cache(model, width + max_new_tokens)
 
-    outputs = model(input_ids=input_ids, attention_mask=None if mask is None else mask[:, :width],
-                    past_key_values=cache, **extra)
-    cache = outputs.past_key_values
-    if not _is_prunable_cache(cache):
-        return None
-    # Dropping leading columns is only sound when positions are passed explicitly (not derived from the
-    # cache length) and every layer is one of ours.
-    can_trim = settings["position_ids"] and all(isinstance(layer, _PreallocatedLayer) for layer in cache.layers)
-    position = position[:, -1:]
-    step = 0
-    while True:
+    if ours:
+        cache.layers = [_PreallocatedLayer(width + max_new_tokens) for _ in cache.layers]
+        if tail is not None:
+            for layer, keys, values in zip(cache.layers, tail.keys, tail.values):
+                layer.place(slice(0, n_tail), rows, width, keys, values)
+        first = []
+        for start, end in _prefill_chunks(lengths, PREFILL_TOKENS):
+            columns = slice(lengths[0] - lengths[start], lengths[0])
+            outputs = model(input_ids=input_ids[start:end, columns],
+                            attention_mask=prompt_mask[start:end, columns] if lengths[end - 1] < lengths[start]
+                            else None,
+                            position_ids=prompt_position[start:end, columns],
+                            past_key_values=DynamicCache(config=text_config), **extra)
+            part = outputs.past_key_values
+            if not _is_prunable_cache(part) or len(part.layers) != len(cache.layers):
+                raise _Unprunable
+            for layer, source in zip(cache.layers, part.layers):
+                layer.place(slice(n_tail + start, n_tail + end), rows, width, source.keys, source.values)
+            first.append(outputs.logits[:, -1].argmax(dim=-1))
+            del outputs, part
+        next_ids = torch.cat(first)
+    else:
+        if settings["position_ids"]:
+            extra["position_ids"] = prompt_position
+        outputs = model(input_ids=input_ids, attention_mask=prompt_mask if max(starts) > 0 else None,
+                        past_key_values=cache, **extra)
+        cache = outputs.past_key_values
+        if not _is_prunable_cache(cache):
+            raise _Unprunable
         next_ids = outputs.logits[:, -1].argmax(dim=-1)
         del outputs
-        generated[alive, step] = next_ids
-        step += 1
-        if step == max_new_tokens:
-            break
-        finished = torch.isin(next_ids, eos)
+    columns = width  # cache length, the same for every row
+    # Like `generate`, no mask at all when there is no padding (the model then needs none); otherwise one
+    # mask for every step, allocated once and sliced, copied only when rows leave.
+    if max(starts) > 0:
+        mask = (torch.arange(width + max_new_tokens, device=device)[None, :]
+                >= torch.tensor(starts, device=device)[:, None]).long()
+    else:
+        mask = None
+    # The new rows' first tokens (the tail's last ones are recorded already).
+    new_items = torch.tensor(list(items), dtype=torch.long, device=device)
+    generated[new_items, 0] = next_ids
+    finished = torch.isin(next_ids, eos) | (max_new_tokens <= 1)
+    position = prompt_position[:, -1:] + 1
+    steps = torch.ones(len(encoded), dtype=torch.long, device=device)
+    row_items_t = new_items
+    if tail is not None:
+        next_ids = torch.cat([tail.next_ids, next_ids])
+        position = torch.cat([tail.position, position])
+        steps = torch.cat([tail.steps, steps])
+        row_items_t = torch.cat([torch.tensor(tail.items, dtype=torch.long, device=device), new_items])
+        finished = torch.cat([torch.zeros(n_tail, dtype=torch.bool, device=device), finished])
+
+    while True:
         if finished.any():  # the one host sync per step, as in generate's own stop check
-            keep = (~finished).nonzero().squeeze(1)
-            keep_list = keep.tolist()
-            if not keep_list:
-                break
-            alive_rows = [alive_rows[i] for i in keep_list]
-            drop = min(pads[r] for r in alive_rows) - trimmed if can_trim else 0
-            if can_trim:
+            done = finished.tolist()
+            kept = [row for row, stop in enumerate(done) if not stop]
+            if not kept:
+                return None
+            # The rows still decoding keep their places, except that the last ones move into the
+            # holes: only the moved rows' states are copied, not the whole cache.
+            count = len(kept)
+            holes = [row for row in range(count) if done[row]]
+            sources = [row for row in kept if row >= count]
+            order = list(range(count))
+            for hole, source in zip(holes, sources):
+                order[hole] = source
+            row_items = [row_items[row] for row in order]
+            starts = [starts[row] for row in order]
+            drop = min(starts) if ours else 0
+            # Dropping leading columns (padding of every row left) moves every row: only when it pays.
+            if drop and not (8 * drop >= columns or count <= 8):
+                drop = 0
+            index = torch.tensor(order, device=device)
+            if not ours:
+                cache.batch_select_indices(index)
+            elif drop:
                 for layer in cache.layers:
-                    layer.select(keep, drop)
+                    layer.keep_rows(index, drop)
             else:
-                cache.batch_select_indices(keep)
-            trimmed += drop
-            alive, next_ids, position = alive[keep], next_ids[keep], position[keep]
+                holes_t = torch.tensor(holes, dtype=torch.long, device=device)
+                sources_t = torch.tensor(sources, dtype=torch.long, device=device)
+                for layer in cache.layers:
+                    layer.fill_holes(holes_t, sources_t, count)
+            columns -= drop
+            starts = [start - drop for start in starts]
+            next_ids, position, steps, row_items_t = next_ids[index], position[index], steps[index], row_items_t[index]
             if mask is not None:
                 # No padding left among the rows still decoding: no mask, as for an unpadded prompt.
-                mask = None if max(pads[r] for r in alive_rows) <= trimmed else mask[keep, drop:]
-        position = position + 1
+                mask = None if max(starts) == 0 else mask[index, drop:]
+        if ours and hand_on is not None and len(row_items) <= hand_on[0]:
+            lead = min(starts)
+            if columns - lead - hand_on[1] <= max(hand_on[1], TAIL_EXTRA_COLUMNS):
+                return _Tail(keys=[layer.keys[:, :, lead:] for layer in cache.layers],
+                             values=[layer.values[:, :, lead:] for layer in cache.layers],
+                             starts=[start - lead for start in starts], items=row_items, next_ids=next_ids,
+                             position=position, steps=steps)
         if settings["position_ids"]:
             extra["position_ids"] = position
         outputs = model(input_ids=next_ids[:, None],
-                        attention_mask=None if mask is None else mask[:, :width - trimmed + step],
+                        attention_mask=None if mask is None else mask[:, :columns + 1],
                         past_key_values=cache, **extra)
-    return generated
+        columns += 1
+        next_ids = outputs.logits[:, -1].argmax(dim=-1)
+        del outputs
+        generated[row_items_t, steps] = next_ids
+        steps = steps + 1
+        position = position + 1
+        finished = torch.isin(next_ids, eos) | (steps >= max_new_tokens)
 
 
 def _greedy_batch_generate(model, input_ids: torch.Tensor, attention_mask: torch.Tensor,
@@ -377,12 +538,12 @@ def _greedy_batch_generate(model, input_ids: torch.Tensor, attention_mask: torch
     return output[:, input_ids.shape[1]:]
 
 
-def generate_greedy(model, tokenizer, prompts: list[str], max_new_tokens: int = 256, batch_size: int = 32,
+def generate_greedy(model, tokenizer, prompts: list[str], max_new_tokens: int = 256, batch_size: int = 64,
                     progress: bool = True) -> list[str]:
     """Greedy continuations of `prompts` (new text only), identical to one-at-a-time decoding.
 
-    Returns one string per prompt, in the order given. Uses the hand-written shrinking loop when the
-    model allows it (see the module docstring), else `model.generate` on the same batches.
+    Returns one string per prompt, in the order given. Uses the hand-written loop (`_decode_batch`)
+    when the model allows it (see the module docstring), else `model.generate` on the same batches.
     """
     if batch_size < 1:
         raise ValueError("batch_size must be at least 1")
@@ -393,36 +554,42 @@ def generate_greedy(model, tokenizer, prompts: list[str], max_new_tokens: int = 
     encoded = _encode_all(tokenizer, prompts)
     eos_ids = eos_token_ids(model, tokenizer)
     pad_id = _pad_id(model, tokenizer, eos_ids)
-    kwargs = _greedy_kwargs(max_new_tokens, pad_id, eos_ids)
     device = _model_device(model)
     eos = torch.tensor(eos_ids, dtype=torch.long, device=device)
     settings = _fast_path_settings(model)
     order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]), reverse=True)
-    results: list[str | None] = [None] * len(prompts)
+    batches = [order[start:start + batch_size] for start in range(0, len(order), batch_size)]
+    # Every prompt's new tokens, `pad_id` after EOS: filled on the device, read back once.
+    generated = torch.full((len(prompts), max_new_tokens), pad_id, dtype=torch.long, device=device)
     was_training = model.training
     model.eval()
     try:
         with torch.inference_mode(), _decode_context(model), \
                 tqdm(total=len(prompts), desc="generating", unit="prompt", disable=not progress) as bar:
-            for start in range(0, len(order), batch_size):
-                rows = order[start:start + batch_size]
-                input_ids, attention_mask = _left_pad([encoded[i] for i in rows], pad_id)
-                input_ids, attention_mask = input_ids.to(device), attention_mask.to(device)
-                new_tokens = None
+            tail = None
+            for number, rows in enumerate(batches):
                 if settings is not None:
-                    new_tokens = _greedy_batch_shrinking(model, settings, input_ids, attention_mask,
-                                                         [len(encoded[i]) for i in rows], max_new_tokens, eos,
-                                                         pad_id)
-                    if new_tokens is None:
+                    hand_on = None
+                    if number + 1 < len(batches):
+                        hand_on = (max(1, batch_size // TAIL_FRACTION), len(encoded[batches[number + 1][0]]))
+                    try:
+                        tail = _decode_batch(model, settings, [encoded[i] for i in rows], rows, generated,
+                                             max_new_tokens, eos, pad_id, tail, hand_on)
+                    except _Unprunable:
+                        if tail is not None:
+                            raise RuntimeError("the model's cache changed type between batches") from None
                         settings = None  # the model's cache cannot drop rows: generate from now on
-                if new_tokens is None:
-                    new_tokens = _greedy_batch_generate(model, input_ids, attention_mask, kwargs)
-                for row, tokens in zip(rows, new_tokens.tolist()):
-                    results[row] = tokenizer.decode(_cut_at_eos(tokens, eos_ids), skip_special_tokens=True)
+                if settings is None:
+                    input_ids, attention_mask = _left_pad([encoded[i] for i in rows], pad_id)
+                    new_tokens = _greedy_batch_generate(model, input_ids.to(device), attention_mask.to(device),
+                                                        _greedy_kwargs(max_new_tokens, pad_id, eos_ids))
+                    generated[torch.tensor(rows, device=device), :new_tokens.shape[1]] = new_tokens
                 bar.update(len(rows))
+            assert tail is None
+            new_tokens = generated.tolist()
     finally:
         model.train(was_training)
-    return [text if text is not None else "" for text in results]
+    return [tokenizer.decode(_cut_at_eos(tokens, eos_ids), skip_special_tokens=True) for tokens in new_tokens]
 
 
 def generate_one_at_a_time(model, tokenizer, prompts: list[str], max_new_tokens: int = 256,
