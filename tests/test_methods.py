@@ -451,3 +451,22 @@ def test_methods_with_a_retain_term_forget_more_than_they_damage(model, tiny_tok
                                              training, adapter_config)
     assert forget_rise > 1.0, (forget_rise, retain_rise)
     assert retain_rise < forget_rise / 2, (forget_rise, retain_rise)
+
+
+def test_gathered_kl_equals_the_dense_masked_mean():
+    """kl_per_example gathers answer positions first; it must equal the dense masked computation."""
+    import torch.nn.functional as F
+
+    from methods.losses import kl_per_example
+
+    generator = torch.Generator().manual_seed(0)
+    logits = torch.randn(3, 7, 11, generator=generator)
+    ref_logits = torch.randn(3, 7, 11, generator=generator)
+    labels = torch.tensor([[-100, -100, 4, 5, 6, -100, -100], [-100, 1, 2, 3, 4, 5, 6],
+                           [-100, -100, -100, -100, -100, -100, -100]])
+    dense = F.kl_div(F.log_softmax(logits[:, :-1], -1), F.log_softmax(ref_logits[:, :-1], -1), reduction="none",
+                     log_target=True).sum(-1)
+    mask = labels[:, 1:] != -100
+    expected = (dense * mask).sum(1) / mask.sum(1).clamp(min=1)
+    assert torch.allclose(kl_per_example(logits, ref_logits, labels), expected, atol=1e-6)
+    assert kl_per_example(logits, ref_logits, labels)[2] == 0.0
