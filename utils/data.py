@@ -80,6 +80,11 @@ def _read_rows(path: Path) -> list[dict]:
         except (pa.ArrowException, OSError) as exc:
             raise UserError(f"{path}: not a readable parquet file ({exc.__class__.__name__})") from None
         return table.to_pylist()
+    return [row for _, row in read_jsonl(path)]
+
+
+def read_jsonl(path: Path) -> list[tuple[int, dict]]:
+    """(line number, object) for every non-blank line; a malformed line is a one-line `UserError`."""
     rows = []
     with path.open(encoding="utf-8") as handle:
         for line_number, line in enumerate(handle, start=1):
@@ -91,7 +96,7 @@ def _read_rows(path: Path) -> list[dict]:
                 raise UserError(f"{path}: line {line_number} is not valid JSON ({exc.msg})") from None
             if not isinstance(row, dict):
                 raise UserError(f"{path}: line {line_number} is not a JSON object")
-            rows.append(row)
+            rows.append((line_number, row))
     return rows
 
 

@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from utils.data import SPLITS, TASKS, parse_item_id
+from utils.data import SPLITS, TASKS, parse_item_id, read_jsonl
 from utils.errors import UserError
 from utils.io import atomic_write_json
 from utils.metrics import DEFAULT_MMLU_THRESHOLD, build_results, compute_terms, mia_auc, summary_text
@@ -44,34 +44,25 @@ def read_generations(path: Path, split: str) -> list[dict[str, Any]]:
         raise UserError(f"generations file not found: {path}")
     records: list[dict[str, Any]] = []
     seen: dict[str, int] = {}
-    with path.open(encoding="utf-8") as handle:
-        for line_number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise UserError(f"{path}: line {line_number} is not valid JSON ({exc.msg})") from None
-            if not isinstance(row, dict):
-                raise UserError(f"{path}: line {line_number} is not a JSON object")
-            missing = [name for name in GENERATION_FIELDS if name not in row]
-            if missing:
-                raise UserError(f"{path}: line {line_number} lacks field(s) {', '.join(missing)}")
-            for name in GENERATION_FIELDS:
-                if not isinstance(row[name], str):
-                    raise UserError(f"{path}: line {line_number} field '{name}' is not a string")
-            if row["task"] not in TASKS:
-                raise UserError(f"{path}: line {line_number} has unknown task {row['task']!r} "
-                                f"(expected Task1, Task2, Task3)")
-            try:
-                parse_item_id(row["id"])
-            except ValueError as exc:
-                raise UserError(f"{path}: line {line_number}: {exc}") from None
-            if row["id"] in seen:
-                raise UserError(f"{path}: line {line_number} repeats id {row['id']!r} "
-                                f"(first on line {seen[row['id']]})")
-            seen[row["id"]] = line_number
-            records.append({name: row[name] for name in GENERATION_FIELDS} | {"split": split})
+    for line_number, row in read_jsonl(path):
+        missing = [name for name in GENERATION_FIELDS if name not in row]
+        if missing:
+            raise UserError(f"{path}: line {line_number} lacks field(s) {', '.join(missing)}")
+        for name in GENERATION_FIELDS:
+            if not isinstance(row[name], str):
+                raise UserError(f"{path}: line {line_number} field '{name}' is not a string")
+        if row["task"] not in TASKS:
+            raise UserError(f"{path}: line {line_number} has unknown task {row['task']!r} "
+                            f"(expected Task1, Task2, Task3)")
+        try:
+            parse_item_id(row["id"])
+        except ValueError as exc:
+            raise UserError(f"{path}: line {line_number}: {exc}") from None
+        if row["id"] in seen:
+            raise UserError(f"{path}: line {line_number} repeats id {row['id']!r} "
+                            f"(first on line {seen[row['id']]})")
+        seen[row["id"]] = line_number
+        records.append({name: row[name] for name in GENERATION_FIELDS} | {"split": split})
     if not records:
         raise UserError(f"{path}: no generations (the file is empty)")
     return records
