@@ -110,6 +110,19 @@ def token_nll_from_logits(logits: torch.Tensor, labels: torch.Tensor) -> tuple[t
     return summed / counts.clamp(min=1), summed, counts
 
 
+def split_by_padded_tokens(examples: list[Example], budget: int) -> list[list[Example]]:
+    """Examples sorted by length, cut greedily into micro-batches whose padded size (rows x longest
+    row) stays within `budget` tokens; an example longer than the budget goes alone."""
+    ranked = sorted(examples, key=lambda e: len(e.input_ids))
+    pieces: list[list[Example]] = []
+    for example in ranked:
+        if pieces and (len(pieces[-1]) + 1) * len(example.input_ids) <= budget:
+            pieces[-1].append(example)
+        else:
+            pieces.append([example])
+    return pieces
+
+
 class Trainer:
     """Runs phases on a model prepared once with accelerate; optimiser and schedule are per phase."""
 
@@ -140,10 +153,24 @@ class Trainer:
             if phase.shuffle:
                 generator = torch.Generator().manual_seed(self.config.seed * 1_000_003 + phase_index * 1009 + epoch)
                 order = torch.randperm(len(order), generator=generator).tolist()
-            for start in range(0, len(order), size):
-                batches.append([phase.examples[i] for i in order[start:start + size]])
+            if phase.shuffle and self.config.group_by_length:
+                epoch_batches = self._length_grouped(order, phase.examples, size, generator)
+            else:
+                epoch_batches = [[phase.examples[i] for i in order[s:s + size]] for s in range(0, len(order), size)]
+            batches.extend(epoch_batches)
             epoch += 1
         return batches[:total]
+
+    @staticmethod
+    def _length_grouped(order: list[int], examples: list[Example], size: int, generator) -> list[list[Example]]:
+        """Batches of similar length: the shuffled order is cut into groups of 16 batches, each group
+        sorted by length and cut into batches, then the batches are shuffled (long ones not always first)."""
+        group = size * 16
+        batches = []
+        for start in range(0, len(order), group):
+            ranked = sorted(order[start:start + group], key=lambda i: len(examples[i].input_ids))
+            batches += [[examples[i] for i in ranked[s:s + size]] for s in range(0, len(ranked), size)]
+        return [batches[i] for i in torch.randperm(len(batches), generator=generator).tolist()]
 
     def _local_micro_batches(self, batch: list[Example]) -> list[list[Example]]:
         """This process's share of a global batch, split for gradient accumulation.
@@ -156,6 +183,15 @@ class Trainer:
         if not local:
             first = batch[0]
             local = [dataclasses.replace(first, weight=0.0)]
+        budget = self.config.max_micro_batch_tokens
+        if budget:
+            pieces = split_by_padded_tokens(local, budget)
+            if world > 1:
+                # DDP syncs on the last micro-batch: every process must run as many as the busiest one.
+                # The extra ones are zero-weight copies of a short example (no gradient, not logged).
+                most = max(len(split_by_padded_tokens(batch[r::world] or batch[:1], budget)) for r in range(world))
+                pieces += [[dataclasses.replace(pieces[0][0], weight=0.0)]] * (most - len(pieces))
+            return pieces
         pieces = max(1, min(self.config.gradient_accumulation_steps, len(local)))
         size = math.ceil(len(local) / pieces)
         return [local[i:i + size] for i in range(0, len(local), size)]

@@ -103,3 +103,14 @@ def test_tokenizer_was_trained_without_the_forget_set(small_world):
     # the retain + general tokenizer shows the forget text was left out.
     assert with_forget != without_forget
     assert saved == without_forget
+
+
+def test_training_options_added_later_leave_existing_cache_keys_alone():
+    from utils.config import TrainingConfig
+    from utils.prepare import LATER_TRAINING_SETTINGS, stable_hash, training_key
+
+    plain = training_key(TrainingConfig())
+    assert not set(LATER_TRAINING_SETTINGS) & set(plain)  # at their neutral values: not in the key
+    grouped = training_key(TrainingConfig(group_by_length=True))
+    assert grouped["group_by_length"] is True and stable_hash(grouped) != stable_hash(plain)
+    assert stable_hash(training_key(TrainingConfig(max_micro_batch_tokens=512))) != stable_hash(plain)

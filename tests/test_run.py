@@ -169,8 +169,11 @@ def free_port() -> int:
 
 def test_two_process_ddp_matches_one_process(small_world, tmp_path):
     ddp, single = tmp_path / "ddp", tmp_path / "single"
-    # A global batch of 4: each of the 2 processes takes 2 examples of every step.
-    args = run_args(small_world, ddp, "training.batch_size=4", flags=("--no-eval",))
+    # A global batch of 4: each of the 2 processes takes 2 examples of every step. The DDP run also cuts
+    # them into micro-batches by padded tokens (a budget below two rows of the longer examples), so the
+    # processes run different numbers of micro-batches unless padded with zero-weight ones: same result.
+    args = run_args(small_world, ddp, "training.batch_size=4", "training.max_micro_batch_tokens=40",
+                    flags=("--no-eval",))
     completed = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
          "--master_port", str(free_port()), "-m", "utils.cli", *args],

@@ -74,3 +74,47 @@ def test_lora_trains_adapter_only_and_rejects_unknown_modules(tiny_model, tiny_t
     model = apply_adapter(tiny_model, AdapterConfig(kind="lora", lora_rank=4, lora_alpha=8))
     trainable = [n for n, p in model.named_parameters() if p.requires_grad]
     assert trainable and all("lora_" in n for n in trainable)
+
+
+def test_group_by_length_batches_similar_lengths_and_keeps_every_example(tiny_model, tiny_tokenizer):
+    from utils.tokenization import Example
+
+    # Lengths 1..96 in a scrambled order: random batches mix short and long items.
+    lengths = [(n * 37) % 96 + 1 for n in range(96)]
+    items = [Example(input_ids=[5] * n, labels=[5] * n, item_id=f"x{i}") for i, n in enumerate(lengths)]
+    phase = Phase("p", items, epochs=2, shuffle=True)
+
+    def padded_tokens(group: bool):
+        config = TrainingConfig(batch_size=4, group_by_length=group, seed=3)
+        trainer = Trainer(copy.deepcopy(tiny_model), tiny_tokenizer, config, nll_loss, progress=False)
+        batches = trainer.batches_for(phase, 0)
+        assert len(batches) == 2 * 24
+        for epoch in range(2):  # every example exactly once per epoch
+            seen = sorted(e.item_id for b in batches[epoch * 24:(epoch + 1) * 24] for e in b)
+            assert seen == sorted(e.item_id for e in items)
+        assert trainer.batches_for(phase, 0) == batches  # seeded: the same batches again
+        return sum(max(len(e.input_ids) for e in b) * len(b) for b in batches)
+
+    real = 2 * sum(lengths)
+    assert padded_tokens(True) < 1.1 * real < padded_tokens(False)
+
+
+def test_micro_batches_by_padded_tokens_give_the_same_weights_with_less_padding(tiny_model, tiny_tokenizer):
+    from methods.trainer import split_by_padded_tokens
+
+    data = examples(tiny_tokenizer)
+    budget = 2 * max(len(e.input_ids) for e in data)
+    pieces = split_by_padded_tokens(data, budget)
+    assert sorted(id(e) for piece in pieces for e in piece) == sorted(id(e) for e in data)
+    assert all(len(p) * max(len(e.input_ids) for e in p) <= budget or len(p) == 1 for p in pieces)
+    assert len(pieces) > 1
+
+    twin = copy.deepcopy(tiny_model)
+    results = []
+    for model, limit in ((tiny_model, None), (twin, budget)):
+        config = TrainingConfig(epochs=2, learning_rate=1e-3, batch_size=6, max_micro_batch_tokens=limit)
+        trainer = Trainer(model, tiny_tokenizer, config, nll_loss, progress=False)
+        trainer.train_phase(Phase("micro", data, epochs=2, shuffle=True))
+        results.append(trainer.unwrapped_model.state_dict())
+    for name, tensor in results[0].items():
+        assert torch.allclose(tensor, results[1][name], atol=1e-5), name

@@ -26,7 +26,7 @@ from utils.errors import UserError
 from utils.io import AtomicDirectory, atomic_write_json
 
 STAGE_FILE = "stage.json"
-REPORT_VERSION = 2  # bump when the report gains fields, so cached reports are recomputed
+REPORT_VERSION = 3  # bump when the report gains fields, so cached reports are recomputed
 
 
 def stable_hash(*parts) -> str:
@@ -56,6 +56,20 @@ def fresh_log(path: Path) -> Path:
     would otherwise continue the old curve with step numbers starting again at 1."""
     path.unlink(missing_ok=True)
     return path
+
+
+# Training settings added after worlds were first built, with the value that means "as before": left
+# out of the cache key at that value, so a new option does not rebuild every existing world.
+LATER_TRAINING_SETTINGS = {"group_by_length": False, "max_micro_batch_tokens": None}
+
+
+def training_key(training) -> dict:
+    """The training settings as a cache key (see LATER_TRAINING_SETTINGS)."""
+    settings = asdict(training)
+    for name, neutral in LATER_TRAINING_SETTINGS.items():
+        if settings.get(name) == neutral:
+            settings.pop(name, None)
+    return settings
 
 
 def lume_fingerprint(data: LumeData) -> str:
@@ -123,7 +137,7 @@ def prepare(config: Config, out: str | Path | None = None, progress: bool = True
                 for item in items]
 
     prepare_cfg = config.prepare
-    pretrain_key = stable_hash(tokenizer_key, asdict(config.model.tiny), asdict(prepare_cfg.pretrain))
+    pretrain_key = stable_hash(tokenizer_key, asdict(config.model.tiny), training_key(prepare_cfg.pretrain))
     if not stage_is_current(world.pretrained, pretrain_key):
         log("[prepare] pre-training the tiny OLMo on the general corpus")
         started = time.perf_counter()
@@ -144,7 +158,7 @@ def prepare(config: Config, out: str | Path | None = None, progress: bool = True
     model_keys = {}
     for name, directory, items, training, adapter in stages:
         adapter = adapter or AdapterConfig(kind="full")
-        key = stable_hash(pretrain_key, lume_key, asdict(training), asdict(adapter))
+        key = stable_hash(pretrain_key, lume_key, training_key(training), asdict(adapter))
         model_keys[name] = key
         if stage_is_current(directory, key):
             continue
@@ -190,15 +204,18 @@ def _save_stage(model, tokenizer, directory: Path, key: str, result) -> None:
 
 
 @torch.inference_mode()
-def mean_output_nll(model, tokenizer, items, batch_size: int) -> float:
-    """Mean over items of the mean token NLL of the answer given the prompt."""
+def mean_output_nll(model, tokenizer, items, batch_size: int, loss_on: str = "output") -> float:
+    """Mean over items of the mean token NLL of the answer given the prompt (`loss_on="full"`: of the
+    whole text, prompt included)."""
     from methods.trainer import nll_per_example
     from utils.tokenization import collate, encode_item
 
-    examples = [encode_item(tokenizer, item, "output") for item in items]
+    examples = [encode_item(tokenizer, item, loss_on) for item in items]
+    device = next(model.parameters()).device
     total = 0.0
     for start in range(0, len(examples), batch_size):
         batch = collate(examples[start:start + batch_size], tokenizer.pad_token_id)
+        batch = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
         total += float(nll_per_example(model, batch).sum())
     return total / len(examples)
 
@@ -222,7 +239,9 @@ def memorisation_report(model, tokenizer, lume: LumeData, multiple_choice: Path,
         out[split] = {"regurgitation": sum(regurgitation) / len(regurgitation),
                       "knowledge": sum(knowledge) / len(knowledge),
                       # The gold standard's level is a natural `method.forget_loss_ceiling`.
-                      "output_nll": mean_output_nll(model, tokenizer, items, config.evaluation.nll_batch_size)}
+                      "output_nll": mean_output_nll(model, tokenizer, items, config.evaluation.nll_batch_size),
+                      # ... and of `method.forget_loss_ceiling_scope: document`.
+                      "text_nll": mean_output_nll(model, tokenizer, items, config.evaluation.nll_batch_size, "full")}
     utility = evaluate_utility(model, tokenizer, f"synthetic:{multiple_choice}", progress=progress)
     out["utility"] = utility["score"] if utility else None
     out["utility_benchmark"] = utility["benchmark"] if utility else None
