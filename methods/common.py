@@ -91,4 +91,5 @@ def mixed_phase(name: str, forget: list[Example], retain: list[Example], retain_
 
 def loss_for(forget_loss: str, retain_loss: str, method: MethodConfig, reference) -> LossFunction:
     return make_unlearning_loss(forget_loss=forget_loss, retain_loss=retain_loss, npo_beta=method.npo_beta,
-                                forget_loss_ceiling=method.forget_loss_ceiling, reference=reference)
+                                forget_loss_ceiling=method.forget_loss_ceiling, reference=reference,
+                                ceiling_scope=method.forget_loss_ceiling_scope)

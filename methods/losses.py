@@ -12,7 +12,9 @@ A batch holds forget and/or retain examples (`batch["is_forget"]`), each with a 
 
 times the example's weight. With `forget_loss_ceiling` set, a forget example whose mean token NLL
 already reaches the ceiling contributes 0 (and no gradient): ascent stops there instead of
-driving the model into gibberish.
+driving the model into gibberish. With `ceiling_scope="document"` the ceiling is a level of the
+whole text's mean token NLL (prompt + answer, what the MIA loss attack measures), read from the same
+forward pass: ascent on the answer stops once the whole text looks as unlikely as the ceiling says.
 
 The reference (pre-unlearning) model, needed by NPO and KL, comes from `Reference`:
   * LoRA: the same model with the adapter disabled (`methods.adapters.reference_context`), exact
@@ -217,7 +219,8 @@ def needs_reference(forget_loss: str, retain_loss: str) -> bool:
 
 
 def make_unlearning_loss(forget_loss: str = "ascent", retain_loss: str = "nll", npo_beta: float = 0.1,
-                         forget_loss_ceiling: float | None = None, reference: Reference | None = None) -> LossFunction:
+                         forget_loss_ceiling: float | None = None, reference: Reference | None = None,
+                         ceiling_scope: str = "answer") -> LossFunction:
     """The loss function (model, batch) -> LossOutput for one combination of forget and retain losses."""
     if forget_loss not in FORGET_LOSSES:
         raise UserError(f"forget loss must be one of {', '.join(FORGET_LOSSES)}, got {forget_loss!r}")
@@ -252,7 +255,12 @@ def make_unlearning_loss(forget_loss: str = "ascent", retain_loss: str = "nll", 
                 value = npo_loss(-summed_nll, ref, npo_beta)
             keep = forget_rows
             if forget_loss_ceiling is not None:
-                keep = keep & (mean_nll.detach() < forget_loss_ceiling)
+                level = mean_nll.detach()
+                if ceiling_scope == "document":
+                    with torch.no_grad():  # every real token of the text, prompt included, as its label
+                        text_labels = batch["input_ids"].masked_fill(batch["attention_mask"] == 0, -100)
+                        level = token_nll_from_logits(logits.detach(), text_labels)[0]
+                keep = keep & (level < forget_loss_ceiling)
             per_example = per_example + torch.where(keep, value, zeros)
 
         retain_rows = ~is_forget & active

@@ -64,11 +64,13 @@ def resolve_forget_loss_ceiling(config: Config) -> Config:
     if config.method.forget_loss_ceiling != "gold_standard":
         return config
     report_path = Path(config.workdir) / "prepare_report.json"
+    # The answer-level ceiling reads the gold standard's answer NLL; the document-level one its whole-text NLL.
+    key = "text_nll" if config.method.forget_loss_ceiling_scope == "document" else "output_nll"
     try:
-        level = json.loads(report_path.read_text())["gold_standard"]["forget"]["output_nll"]
+        level = json.loads(report_path.read_text())["gold_standard"]["forget"][key]
     except (OSError, KeyError, json.JSONDecodeError):
         raise UserError(f"method.forget_loss_ceiling=gold_standard needs {report_path} with the gold standard's "
-                        "forget output_nll (run `unlearn prepare`), or give a number") from None
+                        f"forget {key} (run `unlearn prepare`), or give a number") from None
     return dataclasses.replace(config, method=dataclasses.replace(config.method, forget_loss_ceiling=float(level)))
 
 

@@ -20,3 +20,11 @@ def test_numbers_pass_through_and_a_missing_report_is_a_clear_error(small_world,
     with pytest.raises(UserError, match="prepare_report.json"):
         resolve_forget_loss_ceiling(small_world.config("method.forget_loss_ceiling=gold_standard",
                                                        f"workdir={tmp_path}"))
+
+
+def test_document_scope_reads_the_gold_standards_whole_text_nll(small_world):
+    config = resolve_forget_loss_ceiling(small_world.config("method.forget_loss_ceiling=gold_standard",
+                                                            "method.forget_loss_ceiling_scope=document"))
+    gold, target = small_world.report["gold_standard"]["forget"], small_world.report["target"]["forget"]
+    assert config.method.forget_loss_ceiling == pytest.approx(gold["text_nll"])
+    assert gold["text_nll"] > target["text_nll"]

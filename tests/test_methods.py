@@ -470,3 +470,28 @@ def test_gathered_kl_equals_the_dense_masked_mean():
     expected = (dense * mask).sum(1) / mask.sum(1).clamp(min=1)
     assert torch.allclose(kl_per_example(logits, ref_logits, labels), expected, atol=1e-6)
     assert kl_per_example(logits, ref_logits, labels)[2] == 0.0
+
+
+def test_document_scope_compares_the_ceiling_with_the_whole_texts_nll(model, tiny_tokenizer, data):
+    """Answer scope reads the answer tokens' NLL, document scope the whole text's (prompt included, the
+    MIA attack's quantity): a ceiling between the two stops the example under exactly one of them."""
+    from methods.trainer import token_nll_from_logits
+
+    forget, _ = data
+    batch = collate([forget[0]], tiny_tokenizer.pad_token_id)
+    model.train()
+    with torch.no_grad():
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    answer_nll = float(token_nll_from_logits(logits, batch["labels"])[0][0])
+    text_nll = float(token_nll_from_logits(logits, batch["input_ids"])[0][0])
+    assert abs(answer_nll - text_nll) > 0.05
+    between = (answer_nll + text_nll) / 2
+
+    def loss(scope):
+        loss_fn = make_unlearning_loss("ascent", "none", forget_loss_ceiling=between, ceiling_scope=scope)
+        return float(loss_fn(model, batch).per_example[0])
+
+    stopped_by = "answer" if answer_nll > text_nll else "document"
+    running = "document" if stopped_by == "answer" else "answer"
+    assert loss(stopped_by) == 0.0
+    assert loss(running) == pytest.approx(-answer_nll, rel=1e-5)
