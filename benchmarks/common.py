@@ -7,8 +7,11 @@ interleaved (A, B, A, B, ...) in one process and the reports are medians and rat
 from __future__ import annotations
 
 import json
+import os
 import platform
+import shutil
 import statistics
+import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -103,3 +106,33 @@ def table(rows: list[dict], columns: list[str]) -> str:
     from utils.data import format_table
 
     return format_table(rows, columns)
+
+
+def unlearn_subprocess(config: str | Path, run_dir: Path, overrides: list[str], threads: int | None = None,
+                       log_path: Path | None = None, flags: tuple[str, ...] = ()) -> dict:
+    """`unlearn run CONFIG --out RUN_DIR --set ...` in a child process (a fresh run folder).
+
+    Returns {"ok", "wall_seconds", "peak_rss_mb", "results" (results.json or None), "state"
+    (checkpoint/state.json: the training seconds), "log"}. The peak RSS is the child's own
+    (wait4, not the maximum over every child so far). `threads` sets OMP/MKL threads of the child.
+    """
+    if run_dir.exists():
+        shutil.rmtree(run_dir)
+    run_dir.parent.mkdir(parents=True, exist_ok=True)
+    command = [sys.executable, "-m", "utils.cli", "run", str(config), "--out", str(run_dir), "--quiet", *flags]
+    for item in overrides:
+        command += ["--set", item]
+    env = dict(os.environ)
+    if threads:
+        env.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
+    log_path = log_path or run_dir.with_name(run_dir.name + ".log")
+    started = time.perf_counter()
+    with log_path.open("w") as log_file:
+        process = subprocess.Popen(command, cwd=REPO, stdout=log_file, stderr=subprocess.STDOUT, env=env)
+        _, status, usage = os.wait4(process.pid, 0)
+    record = {"ok": os.waitstatus_to_exitcode(status) == 0, "wall_seconds": time.perf_counter() - started,
+              "peak_rss_mb": usage.ru_maxrss / 1024.0, "log": str(log_path)}  # Linux: kilobytes
+    results_path, state_path = run_dir / "results.json", run_dir / "checkpoint" / "state.json"
+    record["results"] = json.loads(results_path.read_text()) if results_path.is_file() else None
+    record["state"] = json.loads(state_path.read_text()) if state_path.is_file() else None
+    return record

@@ -78,8 +78,13 @@ def to_text(rows: list[dict]) -> str:
     return format_table([{c: row.get(c) for c in COLUMNS[:7]} for row in rows])
 
 
-def plot_leaderboard(rows: list[dict], path: str | Path, title: str = "Leaderboard") -> Path:
-    """Grouped bars: final score and its three components per method (the official scale, 0 to 1)."""
+def plot_leaderboard(rows: list[dict], path: str | Path, title: str = "Leaderboard",
+                     reference: dict | None = None) -> Path:
+    """Grouped bars: final score and its three components per method (the official scale, 0 to 1).
+
+    Rows that carry `<metric>_min` / `<metric>_max` (a summary over seeds) get range bars;
+    `reference` (a row, e.g. the gold standard) draws its final score as a dashed line.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
@@ -91,7 +96,14 @@ def plot_leaderboard(rows: list[dict], path: str | Path, title: str = "Leaderboa
     fig, ax = plt.subplots(figsize=(max(6, 1.3 * len(rows) + 2), 4.2))
     for offset, (key, label) in enumerate(metrics):
         xs = [i + (offset - 1.5) * width for i in range(len(rows))]
-        ax.bar(xs, [row.get(key) or 0.0 for row in rows], width, label=label)
+        values = [row.get(key) or 0.0 for row in rows]
+        low = [v - (row.get(f"{key}_min") if row.get(f"{key}_min") is not None else v) for v, row in zip(values, rows)]
+        high = [(row.get(f"{key}_max") if row.get(f"{key}_max") is not None else v) - v for v, row in zip(values, rows)]
+        ax.bar(xs, values, width, label=label, yerr=[low, high] if any(low) or any(high) else None,
+               error_kw={"elinewidth": 1, "capsize": 2})
+    if reference is not None and reference.get("final_score") is not None:
+        ax.axhline(reference["final_score"], color="black", linestyle="--", linewidth=1,
+                   label=f"{reference['method']} final ({reference['final_score']:.3f})")
     ax.set_xticks(range(len(rows)))
     ax.set_xticklabels([row["method"] for row in rows])
     ax.set_ylim(0, 1.05)

@@ -1,0 +1,81 @@
+"""The benchmark scripts' own logic: the quality leaderboard end to end on the small world, the
+scaling script's data fractions and linearity verdict."""
+
+from __future__ import annotations
+
+import csv
+import json
+import statistics
+
+import pytest
+
+from benchmarks import quality, scaling
+from utils.data import load_lume
+
+
+def test_linear_fit_recognises_linear_and_superlinear_growth():
+    linear = scaling.linear_fit([10, 20, 40], [1.0 + 0.5 * x for x in (10, 20, 40)])
+    assert linear["linear"] and linear["r2"] == pytest.approx(1.0)
+    assert linear["slope"] == pytest.approx(0.5) and linear["intercept"] == pytest.approx(1.0)
+    quadratic = scaling.linear_fit([10, 20, 40], [x * x / 10 for x in (10, 20, 40)])
+    assert not quadratic["linear"]
+    assert quadratic["doubling_ratios"] == pytest.approx([4.0, 4.0])
+
+
+def test_fraction_keeps_whole_documents_of_every_task(real_data_dir, tmp_path):
+    lume = load_lume(real_data_dir)
+    half = scaling.fraction_of(lume, 0.5)
+    for split in ("forget", "retain"):
+        items, part = lume.split_items(split), half.split_items(split)
+        for task in ("Task1", "Task2", "Task3"):
+            documents = [d for d in dict.fromkeys(i.document_id for i in items if i.task == task)]
+            kept = [d for d in dict.fromkeys(i.document_id for i in part if i.task == task)]
+            assert kept == documents[:round(len(documents) / 2)]  # the first half, in file order
+            # every item of a kept document is kept (the sc item and all its questions)
+            assert sum(i.task == task for i in part) == sum(i.document_id in kept for i in items)
+    written = load_lume(scaling.write_lume(half, tmp_path / "half"))
+    assert [i.id for i in written.forget] == [i.id for i in half.forget]
+    assert [(i.input, i.output) for i in written.retain] == [(i.input, i.output) for i in half.retain]
+
+
+def test_best_lr_takes_the_best_median_and_counts_failures_as_zero():
+    def record(lr, seed, final=None):
+        if final is None:
+            return {"method": "gd", "lr": lr, "seed": seed, "failed": True}
+        return {"method": "gd", "lr": lr, "seed": seed, "results": {"final_score": final}}
+
+    records = [record(1e-4, 0, 0.5), record(1e-4, 1, 0.6), record(1e-3, 0, 0.9), record(1e-3, 1),
+               record(1e-3, 2)]
+    assert quality.best_lr(records) == {"gd": 1e-4}  # 1e-3: median of (0.9, 0, 0) = 0
+
+
+def test_quality_end_to_end_on_the_small_world(small_world, tmp_path):
+    """Two methods, one lr, two seeds (the second at the best lr), two runs at once: the table holds the
+    gold standard, both methods (medians of their runs' own results.json) and the target."""
+    out = tmp_path / "quality"
+    evaluation = ["evaluation.max_new_tokens=24", "evaluation.per_phase_subset=0", "training.epochs=1"]
+    argv = ["--data", "mini", "--workdir", str(small_world.root), "--methods", "gd,sugd", "--lrs", "1e-2",
+            "--seeds", "0,1", "--jobs", "2", "--threads", "1", "--out", str(out)]
+    argv += [x for item in small_world.overrides for x in ("--world-set", item)]
+    argv += [x for item in evaluation for x in ("--set", item)]
+    assert quality.main(argv) == 0
+
+    with (out / "quality.csv").open() as handle:
+        rows = {row["method"]: row for row in csv.DictReader(handle)}
+    assert list(rows) == ["gold_standard", "gd", "sugd", "target"]
+    gold = json.loads((out / "work" / "gold_standard" / "results.json").read_text())
+    for method in ("gd", "sugd"):
+        finals = [json.loads((out / "work" / "runs" / f"{method}_lr0.01_seed{seed}" / "results.json").read_text())["final_score"]
+                  for seed in (0, 1)]
+        assert float(rows[method]["final_score"]) == pytest.approx(statistics.median(finals))
+        assert float(rows[method]["final_score_min"]) == pytest.approx(min(finals))
+        assert rows[method]["seeds"] == "2"
+        assert float(rows[method]["gold_mia_auc"]) == pytest.approx(gold["mia_auc"])
+    # Unlearning moved the model: the target's forget regurgitation is above the methods'.
+    assert float(rows["target"]["forget_regurgitation"]) > float(rows["gd"]["forget_regurgitation"])
+    assert (out / "quality.png").stat().st_size > 0 and "| gd | 0.01 | 2 |" in (out / "quality.md").read_text()
+
+    # A second call resumes: every run is reused, nothing recomputed.
+    stamps = {p: p.stat().st_mtime_ns for p in (out / "work" / "runs").glob("*/results.json")}
+    assert quality.main(argv) == 0
+    assert {p: p.stat().st_mtime_ns for p in (out / "work" / "runs").glob("*/results.json")} == stamps
