@@ -79,3 +79,34 @@ def test_quality_end_to_end_on_the_small_world(small_world, tmp_path):
     stamps = {p: p.stat().st_mtime_ns for p in (out / "work" / "runs").glob("*/results.json")}
     assert quality.main(argv) == 0
     assert {p: p.stat().st_mtime_ns for p in (out / "work" / "runs").glob("*/results.json")} == stamps
+
+
+def test_quality_checkpoint_mode_takes_models_from_the_configs_and_measures_the_ceiling(small_world, tmp_path):
+    """The GPU plan's path (`--configs DIR --gold MODEL`): no world is prepared; the configs name the target
+    and the data, and a config with `forget_loss_ceiling: gold_standard` gets the gold standard's forget NLL."""
+    import yaml
+
+    configs = tmp_path / "configs"
+    configs.mkdir()
+    for method in ("gd", "sugd_ceiling"):
+        config = yaml.safe_load((quality.REPO / "configs" / f"{method}.yaml").read_text())
+        config.update(workdir=str(small_world.root), model={"name_or_path": str(small_world.target)},
+                      data={"path": str(small_world.data)})
+        (configs / f"{method}.yaml").write_text(yaml.safe_dump(config))
+    out = tmp_path / "quality"
+    argv = ["--configs", str(configs), "--gold", str(small_world.gold_standard), "--methods", "gd,sugd_ceiling",
+            "--lrs", "1e-2", "--seeds", "0", "--jobs", "2", "--threads", "1", "--out", str(out)]
+    for item in ("evaluation.max_new_tokens=24", "evaluation.per_phase_subset=0", "training.epochs=1"):
+        argv += ["--set", item]
+    assert quality.main(argv) == 0
+
+    with (out / "quality.csv").open() as handle:
+        rows = {row["method"]: row for row in csv.DictReader(handle)}
+    assert list(rows) == ["gold_standard", "gd", "sugd_ceiling", "target"]
+    target = json.loads((out / "work" / "target" / "results.json").read_text())
+    assert target["evaluated"]["model"] == str(small_world.target)
+    ran = yaml.safe_load((out / "work" / "runs" / "sugd_ceiling_lr0.01_seed0" / "config.yaml").read_text())
+    expected = small_world.report["gold_standard"]["forget"]["output_nll"]
+    assert ran["method"]["forget_loss_ceiling"] == pytest.approx(expected, rel=1e-5)
+    gd = yaml.safe_load((out / "work" / "runs" / "gd_lr0.01_seed0" / "config.yaml").read_text())
+    assert gd["method"]["forget_loss_ceiling"] is None
