@@ -44,6 +44,29 @@ def ensure_world(workdir: str | Path):
     return world
 
 
+REAL_WORLD = REPO / "artifacts" / "real"  # benchmarks/quality.py's world on the real split
+
+
+def add_world_arguments(parser) -> None:
+    """--workdir and --data for the scripts that measure on a prepared world (speed.py, scaling.py)."""
+    parser.add_argument("--workdir", default=None, help="prepared world (default: artifacts/real when prepared, "
+                                                        "else artifacts/default)")
+    parser.add_argument("--data", default=None, help="LUME folder or 'mini' (default: the real split with "
+                                                     "artifacts/real, else the world's mini-LUME)")
+
+
+def resolve_world(workdir: str | None, data: str | None) -> tuple[Path, Path | None]:
+    """(world folder, data folder or None for the world's own mini-LUME) from --workdir / --data."""
+    if workdir is None:
+        workdir = REAL_WORLD if (REAL_WORLD / "prepare_report.json").is_file() else REPO / "artifacts" / "default"
+    world = Path(workdir).resolve()
+    if data == "mini":
+        return world, None
+    if data:
+        return world, Path(data).resolve()
+    return world, (REAL_DATA.resolve() if world == REAL_WORLD.resolve() else None)
+
+
 def choose_data(requested: str | None, world, prefer_real: bool = True) -> Path:
     """The requested data folder; by default the real validation split (if `prefer_real` and present),
     else the world's mini-LUME."""

@@ -38,7 +38,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from benchmarks.common import REAL_DATA, RESULTS_DIR, unlearn_subprocess
+from benchmarks.common import REAL_DATA, REAL_WORLD, RESULTS_DIR, unlearn_subprocess
 from utils.io import atomic_write_json, atomic_write_text
 from utils.leaderboard import COLUMNS, plot_leaderboard, row_from_results
 
@@ -180,15 +180,15 @@ def gold_forget_nll(gold: Path, config: Path, base: list[str]) -> float:
     from utils.config import load_config
     from utils.data import load_lume
     from utils.models import load_model_and_tokenizer
-    from utils.prepare import mean_output_nll
+    from utils.prepare import mean_nlls
 
     settings = load_config(config, base)
     model, tokenizer = load_model_and_tokenizer(str(gold), tokenizer=settings.model.tokenizer,
                                                 dtype=settings.model.dtype,
                                                 device="cuda" if torch.cuda.is_available() else None)
     lume = load_lume(settings.data.path, settings.data.split)
-    loss_on = "full" if settings.method.forget_loss_ceiling_scope == "document" else "output"
-    return mean_output_nll(model, tokenizer, lume.forget, settings.evaluation.nll_batch_size, loss_on)
+    levels = mean_nlls(model, tokenizer, lume.forget, settings.evaluation.nll_batch_size)
+    return levels["text_nll" if settings.method.forget_loss_ceiling_scope == "document" else "output_nll"]
 
 
 # --------------------------------------------------------------------------------------------
@@ -368,7 +368,7 @@ def main(argv: list[str] | None = None) -> int:
                                         for m in methods[:1])
     else:
         data, label = resolve_data(args.data)
-        workdir = Path(args.workdir or ("artifacts/real" if label != "mini" else "artifacts/default")).resolve()
+        workdir = Path(args.workdir or (REAL_WORLD if label != "mini" else REPO / "artifacts" / "default")).resolve()
         world_config = Path(args.world_config) if args.world_config else (
             REAL_WORLD_CONFIG if label != "mini" else None)
         report = prepare_world(workdir, data, world_config, args.world_extra, log)

@@ -33,7 +33,7 @@ if str(REPO) not in sys.path:
 
 import torch
 
-from benchmarks.common import REAL_DATA, RESULTS_DIR, environment, unlearn_subprocess
+from benchmarks.common import RESULTS_DIR, add_world_arguments, environment, resolve_world, unlearn_subprocess
 from utils.data import LumeData, load_lume
 from utils.io import atomic_write_json, atomic_write_text, write_jsonl
 
@@ -104,10 +104,7 @@ def linear_fit(xs: list[float], ys: list[float]) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--workdir", default=None, help="prepared world (default: artifacts/real when prepared, "
-                                                        "else artifacts/default)")
-    parser.add_argument("--data", default=None, help="LUME folder or 'mini' (default: the real split with "
-                                                     "artifacts/real, else the world's mini-LUME)")
+    add_world_arguments(parser)
     parser.add_argument("--fractions", default="0.25,0.5,1")
     parser.add_argument("--chunk-sizes", default="8,16,32,64")
     parser.add_argument("--chunk-fraction", type=float, default=0.25, help="data fraction for the chunk-size part")
@@ -117,14 +114,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default=str(RESULTS_DIR / "scaling"), help="output folder")
     args = parser.parse_args(argv)
 
-    real_world = REPO / "artifacts" / "real"
-    if args.workdir is None:
-        args.workdir = str(real_world if (real_world / "prepare_report.json").is_file() else REPO / "artifacts/default")
-    workdir = Path(args.workdir).resolve()
-    if args.data == "mini" or (args.data is None and workdir != real_world.resolve()):
-        data_dir = workdir / "data"
-    else:
-        data_dir = Path(args.data).resolve() if args.data else REAL_DATA.resolve()
+    workdir, data = resolve_world(args.workdir, args.data)
+    data_dir = data or workdir / "data"
     torch.set_num_threads(args.threads)
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)

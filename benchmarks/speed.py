@@ -33,7 +33,7 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from benchmarks import eval_speed, train_loop_speed
-from benchmarks.common import REAL_DATA, RESULTS_DIR, environment, unlearn_subprocess
+from benchmarks.common import RESULTS_DIR, add_world_arguments, environment, resolve_world, unlearn_subprocess
 from utils.io import atomic_write_json, atomic_write_text
 
 TIMED_METHODS = ["sugd", "agad", "gd"]
@@ -87,10 +87,7 @@ def lora_memory(workdir: Path, data: Path | None, epochs: float, threads: int, s
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--workdir", default=None, help="prepared world (default: artifacts/real when prepared, "
-                                                        "else artifacts/default)")
-    parser.add_argument("--data", default=None, help="LUME folder or 'mini' (default: the real split with "
-                                                     "artifacts/real, else the world's mini-LUME)")
+    add_world_arguments(parser)
     parser.add_argument("--eval-repeats", type=int, default=3)
     parser.add_argument("--loop-steps", type=int, default=15)
     parser.add_argument("--loop-repeats", type=int, default=3)
@@ -100,16 +97,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default=str(RESULTS_DIR / "speed"), help="output folder")
     args = parser.parse_args(argv)
 
-    real_world = REPO / "artifacts" / "real"
-    if args.workdir is None:
-        args.workdir = str(real_world if (real_world / "prepare_report.json").is_file() else REPO / "artifacts/default")
-    workdir = Path(args.workdir).resolve()
-    if args.data == "mini":
-        data = None
-    elif args.data:
-        data = Path(args.data).resolve()
-    else:
-        data = REAL_DATA.resolve() if workdir == real_world.resolve() else None
+    workdir, data = resolve_world(args.workdir, args.data)
     data_dir = data or workdir / "data"
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)

@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 
 from methods.adapters import is_lora, reference_context
-from methods.trainer import LossFunction, LossOutput, Phase, token_nll_from_logits
+from methods.trainer import LossFunction, LossOutput, Phase, text_labels, token_nll_from_logits
 from utils.errors import UserError
 from utils.tokenization import Example, collate
 
@@ -257,9 +257,8 @@ def make_unlearning_loss(forget_loss: str = "ascent", retain_loss: str = "nll", 
             if forget_loss_ceiling is not None:
                 level = mean_nll.detach()
                 if ceiling_scope == "document":
-                    with torch.no_grad():  # every real token of the text, prompt included, as its label
-                        text_labels = batch["input_ids"].masked_fill(batch["attention_mask"] == 0, -100)
-                        level = token_nll_from_logits(logits.detach(), text_labels)[0]
+                    with torch.no_grad():
+                        level = token_nll_from_logits(logits.detach(), text_labels(batch))[0]
                 keep = keep & (level < forget_loss_ceiling)
             per_example = per_example + torch.where(keep, value, zeros)
 

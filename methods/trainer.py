@@ -110,6 +110,12 @@ def token_nll_from_logits(logits: torch.Tensor, labels: torch.Tensor) -> tuple[t
     return summed / counts.clamp(min=1), summed, counts
 
 
+def text_labels(batch: dict) -> torch.Tensor:
+    """Labels that score every real token of the text, prompt included (padding ignored): the whole-text
+    NLL the MIA loss attack reads."""
+    return batch["input_ids"].masked_fill(batch["attention_mask"] == 0, -100)
+
+
 def split_by_padded_tokens(examples: list[Example], budget: int) -> list[list[Example]]:
     """Examples sorted by length, cut greedily into micro-batches whose padded size (rows x longest
     row) stays within `budget` tokens; an example longer than the budget goes alone."""

@@ -56,6 +56,19 @@ class LumeData:
         return self.forget if split == "forget" else self.retain
 
 
+def check_row_fields(path: Path, where: str, row: dict, fields, field_word: str = "column") -> None:
+    """A one-line UserError naming `where` ("row 3", "line 3") when the row lacks one of `fields`, one is
+    not a string, or its task is unknown: shared by the data files and the generations files."""
+    missing = [name for name in fields if name not in row]
+    if missing:
+        raise UserError(f"{path}: {where} lacks {field_word}(s) {', '.join(missing)}")
+    for name in fields:
+        if not isinstance(row[name], str):
+            raise UserError(f"{path}: {where} {field_word} '{name}' is not a string")
+    if row["task"] not in TASKS:
+        raise UserError(f"{path}: {where} has unknown task {row['task']!r} (expected Task1, Task2, Task3)")
+
+
 def parse_item_id(item_id: str) -> tuple[str, int, str]:
     """(kind, index, document_id) from an id, by the official rule `id[:-1].endswith('sc'|'qa')`."""
     if len(item_id) < 4 or not item_id[-1].isdigit():
@@ -109,15 +122,8 @@ def read_items(path: Path, split: str) -> list[Item]:
         raise UserError(f"{path}: the {split} split is empty")
     items = []
     for row_number, row in enumerate(rows, start=1):
-        missing = [column for column in REQUIRED_COLUMNS if column not in row]
-        if missing:
-            raise UserError(f"{path}: row {row_number} lacks column(s) {', '.join(missing)}")
-        for column in REQUIRED_COLUMNS:
-            if not isinstance(row[column], str):
-                raise UserError(f"{path}: row {row_number} column '{column}' is not a string")
+        check_row_fields(path, f"row {row_number}", row, REQUIRED_COLUMNS)
         task = row["task"]
-        if task not in TASKS:
-            raise UserError(f"{path}: row {row_number} has unknown task {task!r} (expected Task1, Task2, Task3)")
         try:
             kind, index, document_id = parse_item_id(row["id"])
         except ValueError as exc:

@@ -204,20 +204,23 @@ def _save_stage(model, tokenizer, directory: Path, key: str, result) -> None:
 
 
 @torch.inference_mode()
-def mean_output_nll(model, tokenizer, items, batch_size: int, loss_on: str = "output") -> float:
-    """Mean over items of the mean token NLL of the answer given the prompt (`loss_on="full"`: of the
-    whole text, prompt included)."""
-    from methods.trainer import nll_per_example
+def mean_nlls(model, tokenizer, items, batch_size: int) -> dict[str, float]:
+    """Means over items, from one forward pass each: `output_nll`, the mean token NLL of the answer
+    given the prompt, and `text_nll`, that of the whole text (the two levels `method.forget_loss_ceiling:
+    gold_standard` reads, for the answer and the document scope)."""
+    from methods.trainer import text_labels, token_nll_from_logits
     from utils.tokenization import collate, encode_item
 
-    examples = [encode_item(tokenizer, item, loss_on) for item in items]
+    examples = [encode_item(tokenizer, item, "output") for item in items]
     device = next(model.parameters()).device
-    total = 0.0
+    totals = {"output_nll": 0.0, "text_nll": 0.0}
     for start in range(0, len(examples), batch_size):
         batch = collate(examples[start:start + batch_size], tokenizer.pad_token_id)
-        batch = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
-        total += float(nll_per_example(model, batch).sum())
-    return total / len(examples)
+        batch = {k: v.to(device) for k, v in batch.items()}
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        totals["output_nll"] += float(token_nll_from_logits(logits, batch["labels"])[0].sum())
+        totals["text_nll"] += float(token_nll_from_logits(logits, text_labels(batch))[0].sum())
+    return {name: total / len(examples) for name, total in totals.items()}
 
 
 @torch.inference_mode()
@@ -238,10 +241,8 @@ def memorisation_report(model, tokenizer, lume: LumeData, multiple_choice: Path,
         knowledge = [knowledge_score(i.output, g) for i, g in zip(items, generations) if i.kind == "qa"]
         out[split] = {"regurgitation": sum(regurgitation) / len(regurgitation),
                       "knowledge": sum(knowledge) / len(knowledge),
-                      # The gold standard's level is a natural `method.forget_loss_ceiling`.
-                      "output_nll": mean_output_nll(model, tokenizer, items, config.evaluation.nll_batch_size),
-                      # ... and of `method.forget_loss_ceiling_scope: document`.
-                      "text_nll": mean_output_nll(model, tokenizer, items, config.evaluation.nll_batch_size, "full")}
+                      # The gold standard's levels are natural `method.forget_loss_ceiling`s.
+                      **mean_nlls(model, tokenizer, items, config.evaluation.nll_batch_size)}
     utility = evaluate_utility(model, tokenizer, f"synthetic:{multiple_choice}", progress=progress)
     out["utility"] = utility["score"] if utility else None
     out["utility_benchmark"] = utility["benchmark"] if utility else None

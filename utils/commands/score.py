@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from utils.data import SPLITS, TASKS, parse_item_id, read_jsonl
+from utils.data import SPLITS, check_row_fields, parse_item_id, read_jsonl
 from utils.errors import UserError
 from utils.io import atomic_write_json
 from utils.metrics import DEFAULT_MMLU_THRESHOLD, build_results, compute_terms, mia_auc, summary_text
@@ -45,15 +45,7 @@ def read_generations(path: Path, split: str) -> list[dict[str, Any]]:
     records: list[dict[str, Any]] = []
     seen: dict[str, int] = {}
     for line_number, row in read_jsonl(path):
-        missing = [name for name in GENERATION_FIELDS if name not in row]
-        if missing:
-            raise UserError(f"{path}: line {line_number} lacks field(s) {', '.join(missing)}")
-        for name in GENERATION_FIELDS:
-            if not isinstance(row[name], str):
-                raise UserError(f"{path}: line {line_number} field '{name}' is not a string")
-        if row["task"] not in TASKS:
-            raise UserError(f"{path}: line {line_number} has unknown task {row['task']!r} "
-                            f"(expected Task1, Task2, Task3)")
+        check_row_fields(path, f"line {line_number}", row, GENERATION_FIELDS, "field")
         try:
             parse_item_id(row["id"])
         except ValueError as exc:
