@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import shutil
 import statistics
 import subprocess
@@ -21,9 +20,9 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-import torch
 
 from utils.data import find_split_files
+from utils.environment import describe_environment
 from utils.errors import UserError
 
 REAL_DATA = REPO.parent / "shared" / "semeval25-unlearning-data"
@@ -103,14 +102,9 @@ def median(values: list[float]) -> float:
     return float(statistics.median(values))
 
 
-def environment() -> dict:
-    return {
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "threads": torch.get_num_threads(),
-        "machine": platform.machine(),
-        "cpu_count": __import__("os").cpu_count(),
-    }
+def environment(model=None) -> dict:
+    """The project's environment block (utils.environment), plus the machine's core count."""
+    return {**describe_environment(model, device=None if model is not None else "cpu"), "cpu_count": os.cpu_count()}
 
 
 def write_json(path: str | Path | None, payload: dict) -> Path | None:

@@ -38,7 +38,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from benchmarks.common import REAL_DATA, REAL_WORLD, RESULTS_DIR, unlearn_subprocess
+from benchmarks.common import REAL_DATA, REAL_WORLD, RESULTS_DIR, environment, unlearn_subprocess
 from utils.io import atomic_write_json, atomic_write_text
 from utils.leaderboard import COLUMNS, plot_leaderboard, row_from_results
 
@@ -450,6 +450,7 @@ def main(argv: list[str] | None = None) -> int:
     atomic_write_text(out / "quality.csv", csv_text(rows, gold_auc))
     atomic_write_json(out / "quality.json", {"rows": rows, "gold_mia_auc": gold_auc, "notes": notes,
                                              "prepare_report": report, "lrs": lrs, "seeds": seeds,
+                                             "environment": environment(),
                                              "records": [{k: v for k, v in r.items() if k != "results"}
                                                          for r in records]})
     title = {"real": "the real LUME validation split", "mini": "the mini-LUME"}.get(label, str(data))

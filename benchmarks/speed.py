@@ -14,8 +14,9 @@ Default world: the real validation split's (artifacts/real, from benchmarks/qual
 prepared, else the embedded default's. Every contender runs with one torch thread (`--threads`), so
 a second job on a 2-core machine does not oversubscribe the cores.
 
-    python benchmarks/speed.py                      # about 8 minutes on the real split, 2 cores
+    python benchmarks/speed.py                      # about 30 minutes on the real split, 2 cores
     python benchmarks/speed.py --workdir artifacts/default --data mini
+    python benchmarks/speed.py --parts evaluation   # only part 1
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from benchmarks import eval_speed, train_loop_speed
 from benchmarks.common import RESULTS_DIR, add_world_arguments, environment, resolve_world, unlearn_subprocess
 from utils.io import atomic_write_json, atomic_write_text
 
+PARTS = ("evaluation", "loop", "methods", "memory")
 TIMED_METHODS = ["sugd", "agad", "gd"]
 MEMORY_METHODS = ["gd", "kl", "npo"]
 
@@ -95,7 +97,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--method-repeats", type=int, default=2)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", default=str(RESULTS_DIR / "speed"), help="output folder")
+    parser.add_argument("--parts", default=",".join(PARTS),
+                        help=f"comma-separated parts to measure, of {','.join(PARTS)} (default: all)")
     args = parser.parse_args(argv)
+    parts = [part.strip() for part in args.parts.split(",") if part.strip()]
+    unknown = sorted(set(parts) - set(PARTS))
+    if unknown or not parts:
+        parser.error(f"--parts: unknown part(s) {', '.join(unknown) or '(none given)'}; choose from {', '.join(PARTS)}")
 
     workdir, data = resolve_world(args.workdir, args.data)
     data_dir = data or workdir / "data"
@@ -105,48 +113,51 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     print(f"[speed] world {workdir}, data {data_dir}, {args.threads} torch thread(s)")
 
-    print("[speed] 1/4 evaluation vs the official-style loop")
-    eval_json = out / "eval.json"
-    eval_status = eval_speed.main(["--workdir", str(workdir), "--data", str(data_dir), "--repeats",
-                                   str(args.eval_repeats), "--threads", str(args.threads), "--out", str(eval_json)])
-    evaluation = json.loads(eval_json.read_text())
-
-    print("[speed] 2/4 training loop vs a bare PyTorch loop")
-    loop_json = out / "train_loop.json"
-    train_loop_speed.main(["--workdir", str(workdir), "--data", str(data_dir), "--steps", str(args.loop_steps),
-                           "--repeats", str(args.loop_repeats), "--overhead-repeats", "7",
-                           "--threads", str(args.threads), "--out", str(loop_json)])
-    loop = json.loads(loop_json.read_text())
-
-    print(f"[speed] 3/4 SUGD vs AGAD vs GD, {args.method_epochs:g} epoch(s), {args.method_repeats} rounds")
-    methods = time_methods(workdir, data, args.method_epochs, args.method_repeats, args.threads, scratch)
-    print("[speed] 4/4 memory under LoRA: KL and NPO vs GD")
-    memory = lora_memory(workdir, data, args.method_epochs, args.threads, scratch)
+    rows = []
+    evaluation = loop = methods = memory = None
+    eval_status = 0
 
     def spread(values):
         return f"{min(values):.2f}-{max(values):.2f}"
 
-    rows = [
-        ("evaluation: project / official-style loop (speed-up)", evaluation["median_speedup"],
-         spread(evaluation["speedup_per_round"]),
-         f"{evaluation['items']} items; identical generations and terms: {evaluation['identical']}"),
-        ("training loop / bare PyTorch (tokens/s)", loop["ratio_loop_vs_bare"],
-         spread(loop["target_model"]["loop"]["ratio_per_round"]),
-         f"noise-robust estimate {loop['expected_ratio_from_overhead']:.3f}; {loop['steps']} steps"),
-    ]
-    gd_seconds = statistics.median(methods["seconds"]["gd"])
-    for method in ("sugd", "agad"):
-        ratios = methods["ratio_vs_gd"][method]
-        rows.append((f"{method.upper()} / GD training time", statistics.median(ratios), spread(ratios),
-                     (f"{statistics.median(methods['seconds'][method]):.1f} s vs {gd_seconds:.1f} s; steps "
-                     f"{methods['steps'][method]} vs {methods['steps']['gd']}")))
-    for method in ("kl", "npo"):
-        ratio = memory[method]["peak_rss_mb"] / memory["gd"]["peak_rss_mb"]
-        growth = memory[method]["training_growth_mb"] / max(memory["gd"]["training_growth_mb"], 1e-9)
-        rows.append((f"{method.upper()} / GD peak memory, LoRA", ratio, "-",
-                     (f"{memory[method]['peak_rss_mb']:.0f} vs {memory['gd']['peak_rss_mb']:.0f} MB peak RSS; "
-                     f"training growth {memory[method]['training_growth_mb']:.1f} vs "
-                     f"{memory['gd']['training_growth_mb']:.1f} MB ({growth:.2f}x)")))
+    if "evaluation" in parts:
+        print("[speed] evaluation vs the official-style loop")
+        eval_json = out / "eval.json"
+        eval_status = eval_speed.main(["--workdir", str(workdir), "--data", str(data_dir), "--repeats",
+                                       str(args.eval_repeats), "--threads", str(args.threads), "--out", str(eval_json)])
+        evaluation = json.loads(eval_json.read_text())
+        rows.append(("evaluation: project / official-style loop (speed-up)", evaluation["median_speedup"],
+                     spread(evaluation["speedup_per_round"]),
+                     f"{evaluation['items']} items; identical generations and terms: {evaluation['identical']}"))
+    if "loop" in parts:
+        print("[speed] training loop vs a bare PyTorch loop")
+        loop_json = out / "train_loop.json"
+        train_loop_speed.main(["--workdir", str(workdir), "--data", str(data_dir), "--steps", str(args.loop_steps),
+                               "--repeats", str(args.loop_repeats), "--overhead-repeats", "7",
+                               "--threads", str(args.threads), "--out", str(loop_json)])
+        loop = json.loads(loop_json.read_text())
+        rows.append(("training loop / bare PyTorch (tokens/s)", loop["ratio_loop_vs_bare"],
+                     spread(loop["target_model"]["loop"]["ratio_per_round"]),
+                     f"noise-robust estimate {loop['expected_ratio_from_overhead']:.3f}; {loop['steps']} steps"))
+    if "methods" in parts:
+        print(f"[speed] SUGD vs AGAD vs GD, {args.method_epochs:g} epoch(s), {args.method_repeats} rounds")
+        methods = time_methods(workdir, data, args.method_epochs, args.method_repeats, args.threads, scratch)
+        gd_seconds = statistics.median(methods["seconds"]["gd"])
+        for method in ("sugd", "agad"):
+            ratios = methods["ratio_vs_gd"][method]
+            rows.append((f"{method.upper()} / GD training time", statistics.median(ratios), spread(ratios),
+                         (f"{statistics.median(methods['seconds'][method]):.1f} s vs {gd_seconds:.1f} s; steps "
+                          f"{methods['steps'][method]} vs {methods['steps']['gd']}")))
+    if "memory" in parts:
+        print("[speed] memory under LoRA: KL and NPO vs GD")
+        memory = lora_memory(workdir, data, args.method_epochs, args.threads, scratch)
+        for method in ("kl", "npo"):
+            ratio = memory[method]["peak_rss_mb"] / memory["gd"]["peak_rss_mb"]
+            growth = memory[method]["training_growth_mb"] / max(memory["gd"]["training_growth_mb"], 1e-9)
+            rows.append((f"{method.upper()} / GD peak memory, LoRA", ratio, "-",
+                         (f"{memory[method]['peak_rss_mb']:.0f} vs {memory['gd']['peak_rss_mb']:.0f} MB peak RSS; "
+                          f"training growth {memory[method]['training_growth_mb']:.1f} vs "
+                          f"{memory['gd']['training_growth_mb']:.1f} MB ({growth:.2f}x)")))
     lines = ["| comparison | ratio (median) | range over rounds | detail |", "|---|---|---|---|"]
     lines += [f"| {name} | {value:.2f}x | {rng} | {detail} |" for name, value, rng, detail in rows]
     table = "\n".join(lines) + "\n"
@@ -158,7 +169,8 @@ def main(argv: list[str] | None = None) -> int:
                                                 f"thread(s); total {total / 60:.1f} min\n")
     atomic_write_json(out / "speed.json", {"rows": [dict(zip(("comparison", "ratio", "range", "detail"), r))
                                                     for r in rows],
-                                           "methods": methods, "lora_memory": memory, "environment": environment(),
+                                           "evaluation": evaluation, "loop": loop, "methods": methods,
+                                           "lora_memory": memory, "environment": environment(),
                                            "arguments": vars(args)})
     return eval_status
 

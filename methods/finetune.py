@@ -8,6 +8,7 @@ from pathlib import Path
 from methods.adapters import apply_adapter, finalise
 from methods.trainer import Phase, PhaseResult, Trainer, nll_loss
 from utils.config import AdapterConfig, TrainingConfig
+from utils.seeding import seed_everything
 from utils.tokenization import Example
 
 
@@ -15,9 +16,7 @@ def finetune(model, tokenizer, examples: list[Example], training: TrainingConfig
              name: str = "finetune", log_path: str | Path | None = None, progress: bool = True,
              accelerator=None) -> tuple[object, PhaseResult]:
     """Train on `examples` (shuffled each epoch) with NLL; returns the final (merged) model and stats."""
-    import torch
-
-    torch.manual_seed(training.seed)  # LoRA's initial matrices come from the global generator
+    seed_everything(training.seed)  # LoRA's initial matrices come from the global generator
     model = apply_adapter(model, adapter)
     trainer = Trainer(model, tokenizer, training, nll_loss, accelerator=accelerator, log_path=log_path,
                       progress=progress)

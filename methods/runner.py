@@ -29,6 +29,7 @@ from utils.data import find_mia_dir, load_lume, load_mia_documents
 from utils.errors import UserError
 from utils.io import AtomicDirectory, atomic_write_json, atomic_write_text
 from utils.memory import PeakMemory
+from utils.seeding import seed_everything
 
 CHECKPOINT = "checkpoint"
 STATE_FILE = "state.json"
@@ -167,7 +168,7 @@ def run_unlearning(config: Config, out_dir: str | Path, resume: bool = False, pr
 
     # The LoRA matrices are initialised from the global generator: seeded, a run is reproducible and all
     # processes of a distributed run start from the same adapter.
-    torch.manual_seed(training.seed)
+    seed_everything(training.seed)
     model = apply_adapter(model, config.adapter)
     # Before any training (and before a resumed run restores its weights): the reference is the start model.
     reference = prepare_reference(config.method, model, config.adapter.kind, phases, tokenizer,

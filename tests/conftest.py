@@ -67,17 +67,20 @@ def one_thread():
 
 
 # The smallest world in which unlearning still means something: 2 documents per task and split
-# (20 forget and 20 retain items), a 2-layer OLMo of width 32, one pass of pre-training and a target
-# that memorises its forget set enough for the gold standard, the MIA and unlearning to tell.
+# (20 forget and 20 retain items), a 2-layer OLMo of width 64, one pass of pre-training and a target
+# trained until it has memorised its forget set with a wide margin (regurgitation and QA 1.0, answer NLL
+# ~0.01), so tests never hang on a training run landing just so on one stack's numerics. Generations run
+# to 80 tokens: the longest sentence-completion answer is 69 tokens, and a shorter cap would bound
+# ROUGE-L recall below 1 for a perfect memoriser.
 SMALL_WORLD_OVERRIDES = [
     "synthetic.documents_per_task=2", "synthetic.general_facts=8", "synthetic.mia_nonmembers=4",
-    "model.tiny.vocab_size=600", "model.tiny.hidden_size=32", "model.tiny.num_layers=2", "model.tiny.num_heads=2",
-    "model.tiny.intermediate_size=64", "model.tiny.max_position_embeddings=256",
+    "model.tiny.vocab_size=600", "model.tiny.hidden_size=64", "model.tiny.num_layers=2", "model.tiny.num_heads=2",
+    "model.tiny.intermediate_size=256", "model.tiny.max_position_embeddings=256",
     "prepare.pretrain.epochs=1", "prepare.pretrain.learning_rate=5e-3", "prepare.pretrain.warmup_steps=3",
-    "prepare.target.epochs=30", "prepare.target.learning_rate=1e-2", "prepare.target.warmup_steps=5",
-    "prepare.gold_standard.epochs=30", "prepare.gold_standard.learning_rate=1e-2",
+    "prepare.target.epochs=60", "prepare.target.learning_rate=5e-3", "prepare.target.warmup_steps=5",
+    "prepare.gold_standard.epochs=60", "prepare.gold_standard.learning_rate=5e-3",
     "prepare.gold_standard.warmup_steps=5",
-    "evaluation.max_new_tokens=24", "evaluation.per_phase_max_new_tokens=16", "evaluation.per_phase_subset=1",
+    "evaluation.max_new_tokens=80", "evaluation.per_phase_max_new_tokens=16", "evaluation.per_phase_subset=1",
 ]
 
 

@@ -26,6 +26,19 @@ def evaluate_args(world, model, out, *extra: str) -> list[str]:
             "--max-new-tokens", "24", "--quiet", *extra]
 
 
+def assert_environment(environment: dict, device: str | None, dtype: str | None) -> None:
+    """The block says what made the numbers: this interpreter's library versions, device, dtype, threads."""
+    import platform
+    from importlib import metadata
+
+    for name in ("torch", "transformers", "peft", "accelerate", "tokenizers", "numpy"):
+        assert environment[name] == metadata.version(name), name
+    assert environment["python"] == platform.python_version()
+    assert environment["device"] == device and environment["dtype"] == dtype
+    assert environment["torch_threads"] >= 1
+    assert environment["project_version"] == metadata.version("lume-unlearning")
+
+
 def read_json(path: Path) -> dict:
     return json.loads(path.read_text())
 
@@ -58,6 +71,7 @@ def test_results_contract_and_generations(small_world, evaluations):
     assert {"generation", "mia", "utility", "total"} <= set(results["timings"])
     assert results["evaluated"]["model"] == str(small_world.target)
     assert results["evaluated"]["mia"].endswith("mia_data/validation")
+    assert_environment(results["environment"], device="cpu", dtype="float32")
     # Every benchmark item was generated for, once, with its expected output.
     lume = load_lume(small_world.data)
     for split in ("forget", "retain"):
@@ -74,6 +88,7 @@ def test_score_rescores_saved_generations_to_the_same_terms(evaluations, tmp_pat
     original, rescored = read_json(folder / "results.json"), read_json(tmp_path / "rescored.json")
     for key in ("terms", "overall", "aggregated_terms", "counts", "task_aggregate", "mia_auc", "mia_score"):
         assert rescored[key] == original[key], key
+    assert_environment(rescored["environment"], device=None, dtype=None)  # no model ran for a re-score
 
 
 def test_scores_tell_the_target_from_the_gold_standard(evaluations):

@@ -6,8 +6,6 @@ import random
 
 import pytest
 import torch
-from transformers import DynamicCache
-from transformers.cache_utils import DynamicLayer
 
 from utils import generation
 from utils.errors import UserError
@@ -158,159 +156,51 @@ def test_rows_finishing_at_very_different_steps(world) -> None:
         assert text == tokenizer.decode(tokens[:-1] if stopped else tokens, skip_special_tokens=True)
 
 
-def test_rows_handed_on_to_the_next_batch(world, monkeypatch) -> None:
-    """Rows still decoding when their batch is nearly done continue in the next batch: same text."""
-    model, tokenizer, sentences = world
-    prompts = _staggered_prompts(sentences) + _prompts(sentences)
-    reference = generate_one_at_a_time(model, tokenizer, prompts, max_new_tokens=40)
-    handed_on = []
-    decode_batch = generation._decode_batch
-
-    def spy(*args, **kwargs):
-        tail = decode_batch(*args, **kwargs)
-        handed_on.append(0 if tail is None else len(tail.items))
-        return tail
-
-    monkeypatch.setattr(generation, "_decode_batch", spy)
-    # Hand on as soon as at most half a batch is left, however much wider the cache gets.
-    monkeypatch.setattr(generation, "TAIL_FRACTION", 2)
-    monkeypatch.setattr(generation, "TAIL_EXTRA_COLUMNS", 10_000)
-    for batch_size in (4, 6):
-        handed_on.clear()
-        assert generate_greedy(model, tokenizer, prompts, max_new_tokens=40, batch_size=batch_size,
-                               progress=False) == reference
-        assert sum(handed_on) > 0 and handed_on[-1] == 0
-
-
-def test_one_prefill_chunk_per_row(world, monkeypatch) -> None:
-    """Prefill chunks of one row (the cache assembled from many calls) give the same text."""
-    model, tokenizer, sentences = world
-    prompts = _staggered_prompts(sentences)
-    monkeypatch.setattr(generation, "PREFILL_TOKENS", 1)
-    assert generate_greedy(model, tokenizer, prompts, max_new_tokens=40, batch_size=8, progress=False) == \
-        generate_one_at_a_time(model, tokenizer, prompts, max_new_tokens=40)
-
-
-def _count_generate_calls(model, monkeypatch) -> list[int]:
+def _count_generate_calls(model, monkeypatch) -> list[tuple[int, int]]:
+    """(rows, padded width) of every `model.generate` call."""
     calls = []
     original = model.generate
 
     def counting(*args, **kwargs):
-        calls.append(kwargs["input_ids"].shape[0])
+        calls.append(tuple(kwargs["input_ids"].shape))
         return original(*args, **kwargs)
 
     monkeypatch.setattr(model, "generate", counting)
     return calls
 
 
-def test_fallback_to_generate_when_the_cache_cannot_drop_rows(world, monkeypatch) -> None:
-    """A model whose cache is not a DynamicCache of dynamic layers is decoded by `model.generate`."""
+def test_batches_go_through_generate_longest_first(world, monkeypatch) -> None:
+    """Every batch is one `model.generate` call on left-padded prompts, the longest prompts first."""
     model, tokenizer, sentences = world
     prompts = _staggered_prompts(sentences)
     reference = generate_one_at_a_time(model, tokenizer, prompts, max_new_tokens=40)
     calls = _count_generate_calls(model, monkeypatch)
     assert generate_greedy(model, tokenizer, prompts, max_new_tokens=40, batch_size=4, progress=False) == reference
-    assert calls == []  # the hand-written loop, no generate
-    monkeypatch.setattr(generation, "_is_prunable_cache", lambda cache: False)
-    assert generate_greedy(model, tokenizer, prompts, max_new_tokens=40, batch_size=4, progress=False) == reference
-    assert calls == [4, 4, 4, 3]  # every batch through generate, the first one included
+    assert [rows for rows, _ in calls] == [4, 4, 4, 3]
+    widths = [width for _, width in calls]
+    assert widths == sorted(widths, reverse=True) and widths[0] > widths[-1]
 
 
-def test_fallback_to_generate_for_generation_config_entries(world, monkeypatch) -> None:
-    """Settings the loop does not reproduce (here a repetition penalty) leave the work to generate."""
+def test_generation_config_entries_are_honoured(world, monkeypatch) -> None:
+    """What the model's generation config asks for (here a repetition penalty) is what one-at-a-time gives."""
     model, tokenizer, sentences = world
     prompts = _staggered_prompts(sentences)
+    plain = generate_greedy(model, tokenizer, prompts, max_new_tokens=40, batch_size=8, progress=False)
     monkeypatch.setattr(model.generation_config, "repetition_penalty", 1.5)
-    assert generation._fast_path_settings(model) is None
-    calls = _count_generate_calls(model, monkeypatch)
     penalised = generate_greedy(model, tokenizer, prompts, max_new_tokens=40, batch_size=8, progress=False)
-    assert len(calls) == 2
     assert penalised == generate_one_at_a_time(model, tokenizer, prompts, max_new_tokens=40)
+    assert penalised != plain  # the penalty changed something, so the comparison above means something
 
 
-def test_library_cache_layers(world, monkeypatch) -> None:
-    """Cache layers other than the plain full-attention one (e.g. sliding window) stay the library's:
-    one prefill per batch, rows dropped with `batch_select_indices`, nothing handed on; same text."""
+def test_sampling_settings_of_the_model_are_ignored(world, monkeypatch) -> None:
+    """A hub generation config that samples does not make the evaluation random: decoding stays greedy."""
     model, tokenizer, sentences = world
-    prompts = _staggered_prompts(sentences)
-    reference = generate_one_at_a_time(model, tokenizer, prompts, max_new_tokens=40)
-
-    class OtherLayer(DynamicLayer):
-        pass
-
-    class Cache(DynamicCache):
-        def __init__(self, *args, **kwargs):
-            super().__init__(*args, **kwargs)
-            self.layers = [OtherLayer() for _ in self.layers]
-
-    monkeypatch.setattr(generation, "DynamicCache", Cache)
-    monkeypatch.setattr(generation, "TAIL_FRACTION", 1)
-    assert generate_greedy(model, tokenizer, prompts, max_new_tokens=40, batch_size=5, progress=False) == reference
-
-
-def test_preallocated_layers_give_bit_identical_logits(world) -> None:
-    """The preallocated cache feeds attention the same numbers as the library's DynamicCache, also after
-    rows leave (by compaction, or by moving the last rows into the holes as `_decode_batch` does)."""
-    model, tokenizer, sentences = world
-    encoded = [encode_prompt(tokenizer, p) for p in _staggered_prompts(sentences)[:6]]
-    width = max(map(len, encoded))
-    input_ids = torch.tensor([[tokenizer.pad_token_id] * (width - len(e)) + e for e in encoded])
-    mask = torch.tensor([[0] * (width - len(e)) + [1] * (len(e) + 10) for e in encoded])
-    position = (mask.cumsum(-1) - 1).masked_fill(mask == 0, 0)
-
-    def run(cache, select) -> list[dict[int, torch.Tensor]]:
-        """Per step, each original row's last logits; `select(cache, kept)` returns the new row order."""
-        logits = []
-        rows = list(range(len(encoded)))
-        with torch.inference_mode():
-            out = model(input_ids=input_ids, attention_mask=mask[:, :width], position_ids=position[:, :width],
-                        past_key_values=cache, logits_to_keep=1)
-            for step in range(8):
-                logits.append({row: out.logits[i, -1] for i, row in enumerate(rows)})
-                tokens = out.logits[:, -1].argmax(-1)
-                if step in (2, 5):  # row 0 leaves, then rows 1, 4 and 5
-                    staying = {1, 2, 3, 4, 5} if step == 2 else {2, 3}
-                    order = select(cache, [i for i, row in enumerate(rows) if row in staying])
-                    rows, tokens = [rows[i] for i in order], tokens[torch.tensor(order)]
-                columns = width + step + 1
-                out = model(input_ids=tokens[:, None], attention_mask=mask[rows, :columns],
-                            position_ids=position[rows, columns - 1:columns], past_key_values=cache,
-                            logits_to_keep=1)
-        return logits
-
-    def library(cache, kept):
-        cache.batch_select_indices(torch.tensor(kept))
-        return kept
-
-    def preallocated(capacity):
-        cache = DynamicCache(config=model.config)
-        cache.layers = [generation._PreallocatedLayer(capacity) for _ in cache.layers]
-        return cache
-
-    def compact(cache, kept):
-        for layer in cache.layers:
-            layer.keep_rows(torch.tensor(kept))
-        return kept
-
-    def holes(cache, kept):
-        count = len(kept)
-        dropped = [row for row in range(count) if row not in kept]
-        sources = [row for row in kept if row >= count]
-        order = list(range(count))
-        for hole, source in zip(dropped, sources):
-            order[hole] = source
-        for layer in cache.layers:
-            layer.fill_holes(torch.tensor(dropped, dtype=torch.long), torch.tensor(sources, dtype=torch.long),
-                             count)
-        return order
-
-    reference = run(DynamicCache(config=model.config), library)
-    # A capacity of width + 2 makes the buffers grow on the way.
-    for logits in (run(preallocated(width + 10), compact), run(preallocated(width + 2), compact),
-                   run(preallocated(width + 10), holes)):
-        assert [sorted(step) for step in logits] == [sorted(step) for step in reference]
-        assert all(torch.equal(step[row], expected[row]) for step, expected in zip(logits, reference)
-                   for row in step)
+    prompts = _prompts(sentences)
+    reference = generate_greedy(model, tokenizer, prompts, max_new_tokens=20, batch_size=4, progress=False)
+    monkeypatch.setattr(model.generation_config, "do_sample", True)
+    monkeypatch.setattr(model.generation_config, "temperature", 5.0)
+    torch.manual_seed(0)
+    assert generate_greedy(model, tokenizer, prompts, max_new_tokens=20, batch_size=4, progress=False) == reference
 
 
 def test_encode_all_matches_encode_prompt(world) -> None:

@@ -39,10 +39,13 @@ def test_world_layout_models_and_report_contract(small_world):
     for name in ("target", "gold_standard"):
         model, tokenizer = load_model_and_tokenizer(str(root / name))
         assert type(model).__name__ == "Olmo2ForCausalLM"
-        assert model.config.hidden_size == 32 and model.config.num_hidden_layers == 2
+        assert model.config.hidden_size == 64 and model.config.num_hidden_layers == 2
         assert model.get_input_embeddings().num_embeddings == len(tokenizer)
     report = json.loads((root / "prepare_report.json").read_text())
     assert report == small_world.report
+    from tests.test_evaluate_cli import assert_environment
+
+    assert_environment(report["environment"], device="cpu", dtype="float32")
     for name in ("target", "gold_standard"):
         assert set(report[name]) >= {"forget", "retain", "utility", "utility_benchmark"}
         for split in ("forget", "retain"):
@@ -57,9 +60,15 @@ def test_world_layout_models_and_report_contract(small_world):
 
 
 def test_target_memorised_the_forget_set_and_the_gold_standard_did_not(small_world):
+    """With margin, so no library release's numerics can tip it: the target reproduces its forget set, the
+    gold standard (never trained on it) does not, and both keep the retain set."""
     target, gold = small_world.report["target"], small_world.report["gold_standard"]
-    assert target["forget"]["regurgitation"] > gold["forget"]["regurgitation"] + 0.1, (target, gold)
-    assert target["forget"]["knowledge"] > gold["forget"]["knowledge"], (target, gold)
+    assert target["forget"]["regurgitation"] >= 0.9 and target["forget"]["knowledge"] >= 0.9, target
+    assert gold["forget"]["regurgitation"] <= 0.3 and gold["forget"]["knowledge"] <= 0.2, gold
+    for model in (target, gold):
+        assert model["retain"]["regurgitation"] >= 0.9 and model["retain"]["knowledge"] >= 0.9, model
+    # The gold standard finds the forget answers far less likely than the target does.
+    assert gold["forget"]["output_nll"] > target["forget"]["output_nll"] + 2.0, (target, gold)
 
 
 def test_second_prepare_with_the_same_config_reuses_everything(small_world):

@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 
 from utils.data import TASKS, Item, LumeData
+from utils.environment import describe_environment
 from utils.io import atomic_write_json, write_jsonl
 
 
@@ -89,6 +90,7 @@ def evaluate_model(model, tokenizer, lume: LumeData, *, mia_documents: dict[str,
     )
     if utility is not None and utility.get("details") is not None:
         results["utility"]["details"] = utility["details"]
+    results["environment"] = describe_environment(model)
     generations = {
         split: [{k: r[k] for k in ("id", "task", "expected_output", "model_output")}
                 for r in records if r["split"] == split]

@@ -13,7 +13,8 @@ import argparse
 import ast
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+from utils.project import PROJECT_ROOT as REPO
+
 NOTEBOOKS = ["Gold-Standard", "AGAD", "SUGD", "SUGD-Experiments"]
 
 

@@ -22,6 +22,7 @@ import torch
 
 from utils.config import AdapterConfig, Config
 from utils.data import LumeData, load_lume
+from utils.environment import describe_environment
 from utils.errors import UserError
 from utils.io import AtomicDirectory, atomic_write_json
 
@@ -185,6 +186,7 @@ def prepare(config: Config, out: str | Path | None = None, progress: bool = True
         report[name] = memorisation_report(model, model_tokenizer, lume, world.multiple_choice, config, progress)
     timings["report"] = time.perf_counter() - started
     report["timings"] = timings
+    report["environment"] = describe_environment(model)
     atomic_write_json(world.report, report)
     return report
 

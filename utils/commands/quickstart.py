@@ -12,8 +12,8 @@ from pathlib import Path
 
 from utils.cli import add_config_arguments
 from utils.config import load_config
+from utils.project import config_dir
 
-CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
 DEFAULT_METHODS = ["ga", "gd", "kl", "npo", "agad", "sugd", "sugd_ceiling"]
 
 
@@ -41,11 +41,12 @@ def run(args) -> int:
     if args.out:
         overrides.append(f"workdir={args.out}")
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    config_folder = config_dir()
     for method in methods:
-        if not (CONFIG_DIR / f"{method}.yaml").is_file():
+        if not (config_folder / f"{method}.yaml").is_file():
             raise UserError(f"--methods: no config configs/{method}.yaml")
-    base = load_config(args.config or CONFIG_DIR / "quickstart.yaml", overrides)
-    method_configs = {m: load_config(CONFIG_DIR / f"{m}.yaml", overrides) for m in methods}  # validate all first
+    base = load_config(args.config or config_folder / "quickstart.yaml", overrides)
+    method_configs = {m: load_config(config_folder / f"{m}.yaml", overrides) for m in methods}  # validate all first
     workdir = Path(base.workdir)
     progress = not args.quiet
     started = time.perf_counter()

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from utils.data import SPLITS, check_row_fields, parse_item_id, read_jsonl
+from utils.environment import describe_environment
 from utils.errors import UserError
 from utils.io import atomic_write_json
 from utils.metrics import DEFAULT_MMLU_THRESHOLD, build_results, compute_terms, mia_auc, summary_text
@@ -134,10 +135,12 @@ def score_directory(directory: str | Path, mmlu_threshold: float = DEFAULT_MMLU_
     }
     if mia is not None:
         evaluated["mia_documents"] = {"member": len(mia["member"]), "nonmember": len(mia["nonmember"])}
-    return build_results(
+    results = build_results(
         scores, mia_auc=auc, mia_attacks={} if auc is None else {"loss": auc},
         utility_benchmark=None if mmlu is None else "mmlu", utility_score=mmlu,
         mmlu_threshold=mmlu_threshold, timings=timings, evaluated=evaluated)
+    results["environment"] = describe_environment()  # the generations' own environment is not known here
+    return results
 
 
 def run(args) -> int:
