@@ -16,14 +16,16 @@ so a resumed run ends with the same weights as an uninterrupted one.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
+import shutil
 import time
 from pathlib import Path
 
 import torch
 
 from methods.adapters import apply_adapter, finalise, trainable_state
-from methods.trainer import Trainer, make_accelerator
+from methods.trainer import Trainer, json_line, make_accelerator
 from utils.config import Config, save_config, to_dict
 from utils.data import find_mia_dir, load_lume, load_mia_documents
 from utils.errors import UserError
@@ -75,25 +77,69 @@ def resolve_forget_loss_ceiling(config: Config) -> Config:
     return dataclasses.replace(config, method=dataclasses.replace(config.method, forget_loss_ceiling=float(level)))
 
 
+STATE_KEYS = ("phases_done", "phases_total", "global_step", "log_lines")
+
+
 def load_checkpoint(run_dir: Path) -> dict | None:
+    """The checkpoint's state, None when there is none; a damaged one is a one-line UserError."""
     state_path = checkpoint_dir(run_dir) / STATE_FILE
     if not state_path.is_file():
         return None
-    return json.loads(state_path.read_text())
+    try:
+        state = json.loads(state_path.read_bytes().decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise UserError(f"{state_path} is damaged ({exc.__class__.__name__}): the run in {run_dir} cannot be "
+                        "resumed from it; choose another --out") from None
+    if not isinstance(state, dict) or any(not isinstance(state.get(key), int) for key in STATE_KEYS):
+        raise UserError(f"{state_path} is incomplete (it needs {', '.join(STATE_KEYS)}): the run in {run_dir} "
+                        "cannot be resumed from it; choose another --out")
+    return state
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def save_checkpoint(model, run_dir: Path, state: dict) -> None:
+    """Weights, then their hash and the state, swapped in whole; non-finite weights are never written."""
     from safetensors.torch import save_file
 
+    from methods.trainer import TrainingDiverged, all_finite
+
+    weights = trainable_state(model)
+    if not all_finite(weights.values()):
+        raise TrainingDiverged(f"the weights are non-finite after phase {state['phases_done']}; the last good "
+                               f"checkpoint in {run_dir} is kept (lower the learning rate)")
     with AtomicDirectory(run_dir / CHECKPOINT) as tmp:
-        save_file(trainable_state(model), str(tmp / WEIGHTS_FILE))
-        atomic_write_json(tmp / STATE_FILE, state)
+        save_file(weights, str(tmp / WEIGHTS_FILE))
+        atomic_write_json(tmp / STATE_FILE, {**state, "weights_sha256": file_sha256(tmp / WEIGHTS_FILE)})
+
+
+def verify_checkpoint(run_dir: Path, state: dict) -> None:
+    """The weights are the ones the state was written with (hash), before anything is loaded."""
+    weights = checkpoint_dir(run_dir) / WEIGHTS_FILE
+    if not weights.is_file():
+        raise UserError(f"{weights} is missing: the run in {run_dir} cannot be resumed; choose another --out")
+    expected = state.get("weights_sha256")
+    if expected is not None and file_sha256(weights) != expected:
+        raise UserError(f"{weights} is damaged (its hash differs from the one recorded in {STATE_FILE}): the run "
+                        f"in {run_dir} cannot be resumed from it; choose another --out")
 
 
 def restore_weights(model, run_dir: Path) -> None:
+    from safetensors import SafetensorError
     from safetensors.torch import load_file
 
-    state = load_file(str(checkpoint_dir(run_dir) / WEIGHTS_FILE))
+    path = checkpoint_dir(run_dir) / WEIGHTS_FILE
+    try:
+        state = load_file(str(path))
+    except (SafetensorError, OSError) as exc:
+        raise UserError(f"{path} cannot be read ({str(exc).splitlines()[0] if str(exc) else exc.__class__.__name__})"
+                        f": the run in {run_dir} cannot be resumed from it; choose another --out") from None
     missing = set(state) - {name for name, _ in model.named_parameters()}
     if missing:
         raise UserError(f"checkpoint in {run_dir} does not fit this model/adapter (e.g. {min(missing)})")
@@ -133,28 +179,63 @@ def count_lines(path: Path) -> int:
     return len(path.read_text(encoding="utf-8").splitlines()) if path.is_file() else 0
 
 
+def describe_run_folder(run_dir: Path) -> str:
+    """What a run folder holds, in a few words, for messages about replacing it."""
+    results = run_dir / "results.json"
+    if results.is_file():
+        try:
+            score = json.loads(results.read_bytes().decode("utf-8")).get("final_score")
+        except (UnicodeDecodeError, json.JSONDecodeError, AttributeError):
+            score = "unreadable"
+        return f"a finished run, final_score {score}"
+    state_path = checkpoint_dir(run_dir) / STATE_FILE
+    if state_path.is_file():
+        return "an unfinished run with a checkpoint"
+    return f"{sum(1 for _ in run_dir.rglob('*'))} files"
+
+
+def read_finished_results(path: Path) -> dict:
+    try:
+        return json.loads(path.read_bytes().decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise UserError(f"{path} is damaged ({exc.__class__.__name__})") from None
+
+
 def run_unlearning(config: Config, out_dir: str | Path, resume: bool = False, progress: bool = True,
-                   evaluate: bool = True, accelerator=None, log=print, stop_after_phases: int | None = None) -> dict:
-    """Run the configured method; returns the final results dict (or the state when stopped early)."""
+                   evaluate: bool = True, accelerator=None, log=print, stop_after_phases: int | None = None,
+                   overwrite: bool = False) -> dict:
+    """Run the configured method; returns the final results dict (or the state when stopped early).
+
+    A finished run (results.json) is never replaced unless `overwrite`; `resume` on it does nothing.
+    """
     from methods.registry import get_method, prepare_reference
     from utils.models import load_model_and_tokenizer
     from utils.tokenization import encode_item
 
     run_dir = Path(out_dir)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise UserError(f"--out {run_dir} is a file, not a run folder")
+    # The saved config holds resolved values (a gold-standard ceiling as its number): compare like with like.
+    config = resolve_forget_loss_ceiling(config)
+    finished = run_dir / "results.json"
+    if finished.is_file() and not overwrite:
+        if not resume:
+            raise UserError(f"{run_dir} already holds a finished run ({finished}); choose another --out")
+        check_resumable(config, run_dir)
+        log(f"[run] {run_dir} is already finished ({finished}); nothing to do")
+        return read_finished_results(finished)
     accelerator = accelerator or make_accelerator(config.training.mixed_precision)
-    state = load_checkpoint(run_dir)
+    state = None if overwrite else load_checkpoint(run_dir)
     if state is not None and not resume:
         raise UserError(f"{run_dir} already holds a run (checkpoint after phase {state['phases_done']}); "
                         "pass --resume to continue it or choose another --out")
-    if (run_dir / "results.json").is_file() and not resume:
-        raise UserError(f"{run_dir} already holds finished results; choose another --out")
     if state is not None:
         check_resumable(config, run_dir)
+        verify_checkpoint(run_dir, state)
     if evaluate:
         from utils.commands.evaluate import check_subset
 
         check_subset(config.evaluation.subset)  # now, not after the whole unlearning
-    config = resolve_forget_loss_ceiling(config)
     method = get_method(config.method.name)
     model_name, data_dir = resolve_paths(config)
     lume = load_lume(data_dir, config.data.split)
@@ -175,6 +256,9 @@ def run_unlearning(config: Config, out_dir: str | Path, resume: bool = False, pr
                                   config.evaluation.nll_batch_size, accelerator.device)
     # Only now, with every input checked, does the run folder get written.
     if accelerator.is_main_process:
+        if overwrite and run_dir.is_dir() and any(run_dir.iterdir()):
+            log(f"[run] --overwrite: replacing the run in {run_dir} ({describe_run_folder(run_dir)})")
+            shutil.rmtree(run_dir)
         run_dir.mkdir(parents=True, exist_ok=True)
         save_config(config, run_dir / "config.yaml")
         if state is None:
@@ -214,7 +298,7 @@ def run_unlearning(config: Config, out_dir: str | Path, resume: bool = False, pr
                           "forget_nll": result.forget_nll, "retain_nll": result.retain_nll}
                 record.update(_quick_check(trainer.unwrapped_model, tokenizer, lume, config, progress))
                 with (run_dir / "phases.jsonl").open("a", encoding="utf-8") as handle:
-                    handle.write(json.dumps(record) + "\n")
+                    handle.write(json_line(record))
                 save_checkpoint(trainer.unwrapped_model, run_dir, {
                     "phases_done": index + 1, "phases_total": len(phases), "global_step": trainer.global_step,
                     "log_lines": count_lines(run_dir / "log.jsonl"), "seconds": elapsed,

@@ -256,6 +256,10 @@ class Trainer:
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
+            if not all_finite(params):
+                raise TrainingDiverged(
+                    f"the weights became non-finite in phase '{phase.name}' at step {step + 1} (loss {step_loss:.4g}); "
+                    "the last good checkpoint is kept (lower the learning rate or set a forget_loss_ceiling)")
             loss_sum += step_loss
             self.global_step += 1
             bar.set_postfix(loss=f"{step_loss:.3f}")
@@ -283,7 +287,20 @@ class Trainer:
             return
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with self.log_path.open("a", encoding="utf-8") as handle:
-            handle.write(json.dumps(record) + "\n")
+            handle.write(json_line(record))
+
+
+def json_line(record: dict) -> str:
+    """One JSON line; a non-finite number becomes null (JSON has no NaN, and readers reject it)."""
+    clean = {key: None if isinstance(value, float) and not math.isfinite(value) else value
+             for key, value in record.items()}
+    return json.dumps(clean, allow_nan=False) + "\n"
+
+
+def all_finite(parameters) -> bool:
+    """Whether every value of `parameters` is finite, with one device-to-host sync for all of them."""
+    flags = [torch.isfinite(p.detach()).all() for p in parameters]
+    return bool(torch.stack(flags).all()) if flags else True
 
 
 def nll_loss(model, batch: dict) -> LossOutput:

@@ -153,7 +153,10 @@ def test_killed_run_resumes_to_the_same_weights(small_world, reference_run, tmp_
 def test_an_existing_run_is_never_overwritten(small_world, reference_run, capsys):
     before = files_of(reference_run)
     err = main_expecting_user_error(run_args(small_world, reference_run), capsys)
-    assert "already holds a run" in err and "--resume" in err
+    # The refusal suggests only what is safe: another folder (not --resume, which re-did the evaluation
+    # once, nor --overwrite).
+    assert "already holds a finished run" in err and "choose another --out" in err
+    assert "--resume" not in err and "--overwrite" not in err
     # Resuming with a setting that changes the training is refused too: it would mix two runs.
     err = main_expecting_user_error(run_args(small_world, reference_run, "training.learning_rate=1e-3",
                                              flags=("--resume",)), capsys)

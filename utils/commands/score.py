@@ -33,7 +33,11 @@ def register(subparsers) -> None:
         "score", help="compute the official SemEval-2025 Task 4 scores from saved generations")
     parser.add_argument("directory", help="folder with forget_generations.jsonl and retain_generations.jsonl "
                                           f"(optionally {MIA_FILE} and {MMLU_FILE})")
-    parser.add_argument("--out", default=None, help="where to write the results (default: DIR/results.json)")
+    parser.add_argument("--out", default=None,
+                        help="the results FILE to write (default: DIR/results.json, unless that holds a finished "
+                             "evaluation of a model)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace --out (or DIR/results.json) even when it holds a finished evaluation")
     parser.add_argument("--mmlu-threshold", type=float, default=DEFAULT_MMLU_THRESHOLD,
                         help="warn when the MMLU average is below this (default: %(default)s, the 7B ranking bar)")
     parser.set_defaults(func=run)
@@ -143,9 +147,31 @@ def score_directory(directory: str | Path, mmlu_threshold: float = DEFAULT_MMLU_
     return results
 
 
+def replaceable_results(path: Path) -> bool:
+    """Whether `path` may be written: absent, or an earlier re-score of generations (which this one redoes).
+
+    A results.json that evaluated a model (a run, `unlearn evaluate`) holds what generations cannot give
+    back (the utility details, memory, the method), so it is never replaced without `--overwrite`.
+    """
+    if not path.exists():
+        return True
+    try:
+        previous = json.loads(path.read_bytes().decode("utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return False
+    return isinstance(previous, dict) and (previous.get("evaluated") or {}).get("source") == "generations"
+
+
 def run(args) -> int:
-    results = score_directory(args.directory, args.mmlu_threshold)
     out = Path(args.out) if args.out else Path(args.directory) / "results.json"
+    if out.is_dir():
+        raise UserError(f"--out {out} is a folder; score --out names the results file to write")
+    if not args.overwrite and not replaceable_results(out):
+        if args.out:
+            raise UserError(f"{out} already holds finished results; choose another --out")
+        raise UserError(f"{out} holds a finished evaluation that re-scoring would replace; write the re-score "
+                        f"elsewhere with --out FILE")
+    results = score_directory(args.directory, args.mmlu_threshold)
     atomic_write_json(out, results)
     print(f"Scores for {args.directory}")
     print(summary_text(results))
