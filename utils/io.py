@@ -1,4 +1,5 @@
-"""Atomic writes: a result or checkpoint is either the old complete file or the new complete one."""
+"""Files in and out: UTF-8 text read with a one-line error, and atomic writes (a result or checkpoint is
+either the old complete file or the new complete one)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,20 @@ import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
+
+from utils.errors import UserError
+
+
+def read_utf8_text(path: str | os.PathLike) -> str:
+    """The whole file as text; a byte that is not UTF-8 is a one-line `UserError` naming its offset.
+
+    Decoded in one piece, so the offset is the byte's position in the file, not in a read buffer.
+    """
+    data = Path(path).read_bytes()
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise UserError(f"{path}: not UTF-8 text (byte 0x{data[exc.start]:02x} at byte offset {exc.start})") from None
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
