@@ -276,6 +276,12 @@ def out_is_file(command: str):
     return build
 
 
+def case_results_not_utf8(area, world):
+    run = write_run(area / "run")
+    offset = insert_byte(run / "results.json", '"method": "')
+    return ["leaderboard", str(run)], f"results.json: not UTF-8 text (byte 0xff at byte offset {offset})"
+
+
 def case_out_under_a_file(area, world):
     (area / "taken.txt").write_text("not a folder\n")
     out = area / "taken.txt" / "evaluation"
@@ -327,6 +333,7 @@ CASES: dict[str, Case] = {
     "data_not_utf8": Case(case_data_not_utf8),
     "mia_not_utf8": Case(case_mia_not_utf8),
     "generations_not_utf8": Case(case_generations_not_utf8),
+    "results_not_utf8": Case(case_results_not_utf8),
     "data_empty_output": Case(case_empty_gold_output),
     "data_whitespace_output": Case(case_whitespace_gold_output),
     "data_empty_input": Case(case_empty_input),
