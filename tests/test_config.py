@@ -135,6 +135,12 @@ def test_every_number_is_range_checked_with_its_key_path(override, message):
     assert "\n" not in str(caught.value)
 
 
+def test_a_very_long_integer_is_compared_not_converted(tmp_path):
+    with pytest.raises(UserError, match="training.seed must be an integer in"):
+        load_config(write(tmp_path, f"training:\n  seed: {10**400}\n"))
+    assert load_config(write(tmp_path, f"training:\n  batch_size: {10**400}\n")).training.batch_size == 10**400
+
+
 def test_values_inside_their_ranges_load():
     config = load_config(None, ["method.forget_loss_ceiling=gold_standard", "evaluation.per_phase_subset=0",
                                 "evaluation.subset=null", "adapter.lora_dropout=0", "method.annealing_fraction=1",

@@ -134,6 +134,12 @@ def case_config_not_utf8(area, world):
     return ["run", str(path), "--out", str(area / "run")], f"{path}: not UTF-8 text (byte 0xe9 at byte offset {offset})"
 
 
+def case_sweep_empty(area, world):
+    path = area / "sweep.yaml"
+    path.write_text("# a grid to come\n")
+    return ["sweep", str(path), "--out", str(area / "sweep")], f"sweep file {path} is empty"
+
+
 def case_config_nan_learning_rate(area, world):
     path = config_file(area, "training:\n  learning_rate: .nan\n")
     return (["run", str(path), "--out", str(area / "run")],
@@ -301,6 +307,7 @@ CASES: dict[str, Case] = {
     "config_only_comments": Case(case_config_only_comments),
     "config_yaml_error": Case(case_config_yaml_error),
     "config_not_utf8": Case(case_config_not_utf8),
+    "sweep_file_empty": Case(case_sweep_empty),
     # 2. ranges, checked at load time
     "range_nan_learning_rate": Case(case_config_nan_learning_rate),
     "range_epochs_1e9": Case(set_case("run", "training.epochs=1e9", "training.epochs must be a finite number > 0 "

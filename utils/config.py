@@ -271,7 +271,7 @@ class Bound:
             return self.nullable
         if isinstance(value, str):  # a named choice such as "gold_standard": its type check covers it
             return True
-        if not math.isfinite(value):
+        if isinstance(value, float) and not math.isfinite(value):  # (an int is finite, however long)
             return False
         if self.low is not None and (value <= self.low if self.low_open else value < self.low):
             return False
