@@ -1,3 +1,4 @@
+import re
 from pathlib import Path
 
 import pytest
@@ -62,9 +63,98 @@ def test_missing_and_malformed_files(tmp_path):
         load_config(write(tmp_path, "a: [1, 2\n"))
 
 
+@pytest.mark.parametrize("text", ["", "# only a comment\n", "null\n", "~\n"])
+def test_an_empty_config_file_is_refused(tmp_path, text):
+    path = write(tmp_path, text)
+    with pytest.raises(UserError, match=re.escape(f"config file {path} is empty")):
+        load_config(path)
+
+
+def test_a_yaml_error_names_file_line_and_column(tmp_path):
+    path = write(tmp_path, "training:\n  learning_rate: 1e-4\n  epochs: 2: 3\n")
+    expected = f"config file {path} is not valid YAML at line 3, column 12: mapping values are not allowed here"
+    with pytest.raises(UserError, match=re.escape(expected)):
+        load_config(path)
+
+
+def test_a_config_that_is_not_utf8_names_the_byte_offset(tmp_path):
+    path = tmp_path / "c.yaml"
+    data = b"training:\n  epochs: 2 # caf\xe9\n"
+    path.write_bytes(data)
+    expected = f"{path}: not UTF-8 text (byte 0xe9 at byte offset {data.index(0xe9)})"
+    with pytest.raises(UserError, match=re.escape(expected)):
+        load_config(path)
+
+
+@pytest.mark.parametrize("override, message", [
+    ("training.learning_rate=.nan", "training.learning_rate must be a finite number > 0, got nan"),
+    ("training.learning_rate=0", "training.learning_rate must be a finite number > 0, got 0.0"),
+    ("training.epochs=1e9", "training.epochs must be a finite number > 0 and at most 10000, got 1000000000.0"),
+    ("training.epochs=1e999", "training.epochs must be a finite number > 0 and at most 10000, got inf"),
+    ("training.epochs=0", "training.epochs must be a finite number > 0 and at most 10000, got 0.0"),
+    ("training.batch_size=0", "training.batch_size must be a positive integer, got 0"),
+    ("training.gradient_accumulation_steps=0", "training.gradient_accumulation_steps must be a positive integer"),
+    ("training.max_length=0", "training.max_length must be a positive integer, got 0"),
+    ("training.warmup_steps=-1", "training.warmup_steps must be 0 or more, got -1"),
+    ("training.max_grad_norm=-1", "training.max_grad_norm must be a finite number >= 0, got -1.0"),
+    ("training.weight_decay=.inf", "training.weight_decay must be a finite number >= 0, got inf"),
+    ("training.max_micro_batch_tokens=0", "training.max_micro_batch_tokens must be a positive integer (or null)"),
+    ("training.seed=-1", "training.seed must be an integer in [0, 4294967295], got -1"),
+    ("adapter.lora_rank=0", "adapter.lora_rank must be a positive integer, got 0"),
+    ("adapter.lora_alpha=0", "adapter.lora_alpha must be a positive integer, got 0"),
+    ("adapter.lora_dropout=1", "adapter.lora_dropout must be a finite number in [0, 1), got 1.0"),
+    ("adapter.target_modules=[]", "adapter.target_modules must name at least one module"),
+    ("adapter.last_k=0", "adapter.last_k must be a positive integer, got 0"),
+    ("method.npo_beta=0", "method.npo_beta must be a finite number > 0, got 0.0"),
+    ("method.retain_weight=-0.5", "method.retain_weight must be a finite number >= 0, got -0.5"),
+    ("method.positive_factor=.nan", "method.positive_factor must be a finite number >= 0, got nan"),
+    ("method.chunk_size=0", "method.chunk_size must be a positive integer, got 0"),
+    ("method.positive_ratio=-1", "method.positive_ratio must be 0 or more, got -1"),
+    ("method.interleaving_factor=0", "method.interleaving_factor must be a finite number > 0, got 0.0"),
+    ("method.annealing_fraction=1.5", "method.annealing_fraction must be a finite number in (0, 1], got 1.5"),
+    ("method.forget_loss_ceiling=-1", "method.forget_loss_ceiling must be a finite number > 0 (or null), got -1.0"),
+    ("evaluation.max_new_tokens=0", "evaluation.max_new_tokens must be a positive integer, got 0"),
+    ("evaluation.batch_size=-1", "evaluation.batch_size must be a positive integer, got -1"),
+    ("evaluation.nll_batch_size=0", "evaluation.nll_batch_size must be a positive integer, got 0"),
+    ("evaluation.subset=0", "evaluation.subset must be at least 1 document per task (or null), got 0"),
+    ("evaluation.mmlu_shots=-1", "evaluation.mmlu_shots must be 0 or more, got -1"),
+    ("evaluation.mmlu_threshold=1.5", "evaluation.mmlu_threshold must be a finite number in [0, 1], got 1.5"),
+    ("evaluation.per_phase_subset=-1", "evaluation.per_phase_subset must be 0 or more (or null), got -1"),
+    ("evaluation.per_phase_max_new_tokens=0", "evaluation.per_phase_max_new_tokens must be a positive integer"),
+    ("prepare.target.learning_rate=-1", "prepare.target.learning_rate must be a finite number > 0, got -1.0"),
+    ("prepare.pretrain.epochs=1e999", "prepare.pretrain.epochs must be a finite number > 0 and at most 10000"),
+    ("prepare.gold_standard_adapter.lora_dropout=-0.1", "prepare.gold_standard_adapter.lora_dropout must be"),
+    ("synthetic.documents_per_task=0", "synthetic.documents_per_task must be a positive integer, got 0"),
+    ("model.tiny.num_layers=0", "model.tiny.num_layers must be a positive integer, got 0"),
+    ("model.tiny.hidden_size=130", "model.tiny.hidden_size (130) must be divisible by model.tiny.num_heads (4)"),
+    ("model.tiny.hidden_size=12", "model.tiny.hidden_size / model.tiny.num_heads must be even"),
+])
+def test_every_number_is_range_checked_with_its_key_path(override, message):
+    with pytest.raises(UserError, match="^config: " + re.escape(message)) as caught:
+        load_config(None, [override])
+    assert "\n" not in str(caught.value)
+
+
+def test_a_very_long_integer_is_compared_not_converted(tmp_path):
+    with pytest.raises(UserError, match="training.seed must be an integer in"):
+        load_config(write(tmp_path, f"training:\n  seed: {10**400}\n"))
+    assert load_config(write(tmp_path, f"training:\n  batch_size: {10**400}\n")).training.batch_size == 10**400
+
+
+def test_values_inside_their_ranges_load():
+    config = load_config(None, ["method.forget_loss_ceiling=gold_standard", "evaluation.per_phase_subset=0",
+                                "evaluation.subset=null", "adapter.lora_dropout=0", "method.annealing_fraction=1",
+                                "training.epochs=10000", "training.max_grad_norm=0"])
+    assert config.method.forget_loss_ceiling == "gold_standard" and config.evaluation.per_phase_subset == 0
+
+
 @pytest.mark.parametrize("path", CONFIGS, ids=[str(p.name) for p in CONFIGS])
 def test_every_shipped_config_validates(path):
     load_config(path)
+
+
+def test_the_shipped_config_list_covers_every_folder():
+    assert {p.parent.name for p in CONFIGS} >= {"configs", "olmo-1b", "olmo-7b", "real"}
 
 
 @pytest.mark.parametrize("path", SWEEPS, ids=[str(p.name) for p in SWEEPS])

@@ -123,3 +123,27 @@ def test_rejects_malformed_json(real_data_dir, tmp_path, capsys):
 def test_hf_layout_copy_reads(real_data_dir, tmp_path):
     shutil.copytree(real_data_dir / "data", tmp_path / "data")
     assert len(load_lume(tmp_path).forget) == 254
+
+
+def test_jsonl_lines_keep_their_numbers_and_a_bad_byte_its_file_offset(tmp_path):
+    from utils.data import read_jsonl
+    from utils.errors import UserError
+
+    path = tmp_path / "rows.jsonl"
+    path.write_bytes(b'{"a": 1}\r\n\n{"b": "\xe2\x80\xa8 inside"}\n')
+    assert read_jsonl(path) == [(1, {"a": 1}), (3, {"b": "\u2028 inside"})]
+    path.write_bytes(b'{"a": 1}\n{"b": "caf\xe9"}\n')
+    with pytest.raises(UserError, match=r"rows.jsonl: not UTF-8 text \(byte 0xe9 at byte offset 19\)"):
+        read_jsonl(path)
+
+
+def test_an_mia_folder_is_incomplete_only_with_one_file_of_two(tmp_path):
+    from utils.data import incomplete_mia_folder
+
+    folder = tmp_path / "mia_data" / "validation"
+    folder.mkdir(parents=True)
+    assert incomplete_mia_folder(tmp_path) is None  # no MIA files at all: nothing was meant to be measured
+    (folder / "nonmember.jsonl").write_text('{"document": "x y"}\n')
+    assert incomplete_mia_folder(tmp_path) == f"MIA not measured: {folder} has nonmember.jsonl but no member.jsonl"
+    (folder / "member.jsonl").write_text('{"document": "x y"}\n')
+    assert incomplete_mia_folder(tmp_path) is None

@@ -133,6 +133,37 @@ def test_edge_cases(world) -> None:
     model.eval()
 
 
+@pytest.mark.parametrize("max_new_tokens", [0, -1])
+def test_no_new_tokens_is_an_error_not_an_empty_answer(world, max_new_tokens) -> None:
+    """An empty generation matches no gold answer, so it would be scored as perfect forgetting."""
+    model, tokenizer, _ = world
+    with pytest.raises(ValueError, match=f"max_new_tokens must be at least 1, got {max_new_tokens}"):
+        generate_greedy(model, tokenizer, ["the"], max_new_tokens=max_new_tokens, progress=False)
+
+
+def test_prompts_beyond_the_context_keep_their_end_and_are_counted(world) -> None:
+    model, tokenizer, sentences = world
+    context = model.config.max_position_embeddings
+    long_prompt = " ".join(sentences) * 3  # thousands of tokens
+    assert len(tokenizer(long_prompt)["input_ids"]) > context
+    warned: list[str] = []
+    outputs = generate_greedy(model, tokenizer, [long_prompt, "the"], max_new_tokens=8, progress=False,
+                              warn=warned.append)
+    assert warned == [(f"1 of 2 prompts are longer than the model's context ({context} positions) less "
+                      f"max_new_tokens (8): each kept its last {context - 8} tokens")]
+    # The long prompt is answered as its last tokens alone would be; the short one as if alone.
+    end = tokenizer.decode(tokenizer(long_prompt)["input_ids"][-(context - 8):])
+    assert tokenizer(end)["input_ids"] == tokenizer(long_prompt)["input_ids"][-(context - 8):]
+    assert outputs == [generate_greedy(model, tokenizer, [end], max_new_tokens=8, progress=False)[0],
+                       generate_greedy(model, tokenizer, ["the"], max_new_tokens=8, progress=False)[0]]
+
+
+def test_keep_prompt_ends_needs_room_for_the_answer() -> None:
+    assert generation.keep_prompt_ends([[1, 2, 3]], None, 10, print) == [[1, 2, 3]]
+    with pytest.raises(UserError, match=r"max_new_tokens \(8\) leaves no room for a prompt in the model's context of 8"):
+        generation.keep_prompt_ends([[1, 2, 3]], 8, 8, print)
+
+
 def _staggered_prompts(sentences: list[str]) -> list[str]:
     """Prompts whose greedy continuations stop at very different steps: whole training sentences stop at
     the first token (EOS), cut sentences after a few tokens, "the" never within 40."""

@@ -13,6 +13,7 @@ from utils.mia import (
     DocumentStatistics,
     attack_aucs,
     document_nll,
+    keep_document_starts,
     min_k_attack,
     min_k_plus_plus_attack,
     min_k_plus_plus_scores,
@@ -164,3 +165,18 @@ def test_bad_inputs(world) -> None:
     truncated = token_statistics(model, tokenizer, ["the cat sat on the mat near the old tree."], max_length=4,
                                  progress=False)
     assert truncated[0].n_tokens == 4
+
+
+def test_documents_beyond_the_context_keep_their_start_and_are_counted(world):
+    model, tokenizer, sentences = world
+    context = model.config.max_position_embeddings
+    long_document = " ".join(sentences) * 3
+    ids = tokenizer(long_document)["input_ids"]
+    assert len(ids) > context
+    warned: list[str] = []
+    nll = document_nll(model, tokenizer, [long_document, sentences[0]], progress=False, warn=warned.append)
+    assert warned == [(f"MIA: 1 of 2 documents are longer than the model's context ({context} positions): "
+                      f"each was scored on its first {context} tokens")]
+    assert nll[0] == pytest.approx(document_nll(model, tokenizer, [long_document], max_length=context,
+                                                progress=False, warn=warned.append)[0], abs=1e-6)
+    assert keep_document_starts([[1, 2, 3]], None, print) == [[1, 2, 3]]

@@ -63,3 +63,28 @@ def test_collate_pads_right_and_carries_roles(tiny_tokenizer):
     assert (batch["labels"][0, len(a.input_ids):] == IGNORE_INDEX).all()
     assert batch["is_forget"].tolist() == [True, False]
     assert batch["weight"].tolist() == [-1.0, 1.0]
+
+
+def test_an_empty_tokenizer_folder_names_the_files_it_needs(tiny_model, tiny_tokenizer, tmp_path):
+    from utils.models import load_tokenizer
+
+    (tmp_path / "tokenizer").mkdir()
+    with pytest.raises(UserError, match="tokenizer folder .*tokenizer has no tokenizer files .expected tokenizer.json"):
+        load_tokenizer(str(tmp_path / "tokenizer"))
+    folder = tmp_path / "m"
+    save_model(tiny_model, tiny_tokenizer, folder)
+    with pytest.raises(UserError, match="has no tokenizer files"):
+        load_model_and_tokenizer(str(folder), tokenizer=str(tmp_path / "tokenizer"))
+
+
+@pytest.mark.parametrize("keep", [0, 5, 100, "half", "all but one"])
+def test_a_truncated_safetensors_file_is_one_line_naming_it(tiny_model, tiny_tokenizer, tmp_path, keep):
+    folder = tmp_path / "m"
+    save_model(tiny_model, tiny_tokenizer, folder)
+    weights = folder / "model.safetensors"
+    data = weights.read_bytes()
+    size = {"half": len(data) // 2, "all but one": len(data) - 1}.get(keep, keep)
+    weights.write_bytes(data[:size])
+    with pytest.raises(UserError, match=f"{weights}: not a complete safetensors file") as caught:
+        load_model_and_tokenizer(str(folder))
+    assert "\n" not in str(caught.value)

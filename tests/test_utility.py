@@ -189,6 +189,13 @@ def test_malformed_synthetic(tmp_path: Path, line: str, message: str) -> None:
         load_synthetic_questions(path)
 
 
+def test_a_synthetic_file_that_is_not_utf8_names_the_byte_offset(tmp_path: Path) -> None:
+    path = tmp_path / "mc.jsonl"
+    path.write_bytes(b'{"subject": "caf\xe9"}\n')
+    with pytest.raises(UserError, match=r"mc.jsonl: not UTF-8 text \(byte 0xe9 at byte offset 16\)"):
+        load_synthetic_questions(path)
+
+
 def test_missing_or_empty_synthetic(tmp_path: Path) -> None:
     with pytest.raises(UserError, match="not found"):
         load_synthetic_questions(tmp_path / "absent.jsonl")

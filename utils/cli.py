@@ -10,6 +10,7 @@ import argparse
 import contextlib
 import importlib
 import sys
+import typing
 
 from utils.errors import UserError
 
@@ -25,8 +26,15 @@ COMMAND_MODULES = [
 ]
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """A usage mistake ends like any other bad input: one `error:` line and exit code 2 (no usage block)."""
+
+    def error(self, message: str) -> typing.NoReturn:
+        raise UserError(f"{self.prog}: {message} (see {self.prog} --help)")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="unlearn", description="Parameter-efficient unlearning of LLMs on the SemEval-2025 Task 4 benchmark.")
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in COMMAND_MODULES:
@@ -61,10 +69,16 @@ def library_progress_bars(enabled: bool):
             transformers_logging.enable_progress_bar()
 
 
+def check_at_least(flag: str, value: float | None, low: int = 1) -> None:
+    """A numeric flag below `low` is refused before anything loads (unset, None, is left to the config)."""
+    if value is not None and value < low:
+        raise UserError(f"{flag} must be at least {low}, got {value}")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
     try:
+        args = parser.parse_args(argv)
         with library_progress_bars(not getattr(args, "quiet", False)):
             result = args.func(args)
     except UserError as exc:

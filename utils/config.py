@@ -10,6 +10,7 @@ naming the full key path, because a silently ignored typo in a learning rate was
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -244,6 +245,117 @@ def _coerce(tp: Any, value: Any, where: str) -> Any:
     raise TypeError(f"unsupported config type {tp!r} at {where}")
 
 
+# --------------------------------------------------------------------------------------------
+# Ranges: checked when the config is loaded, so a bad number stops a command before a model loads.
+
+MAX_EPOCHS = 10_000  # far above any real setting; `epochs: 1e9` would hang building the batch lists
+MAX_SEED = 2**32 - 1  # numpy's range; the methods derive further seeds from it by multiplication
+
+
+@dataclass(frozen=True)
+class Bound:
+    """The numbers a key allows: `low`/`high` ends (closed unless `*_open`) and whether null is allowed.
+
+    `text` replaces the generated description where a message is part of the project's wording.
+    """
+
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False
+    high_open: bool = False
+    nullable: bool = False
+    text: str = ""
+
+    def admits(self, value: Any) -> bool:
+        if value is None:
+            return self.nullable
+        if isinstance(value, str):  # a named choice such as "gold_standard": its type check covers it
+            return True
+        if isinstance(value, float) and not math.isfinite(value):  # (an int is finite, however long)
+            return False
+        if self.low is not None and (value <= self.low if self.low_open else value < self.low):
+            return False
+        return self.high is None or (value < self.high if self.high_open else value <= self.high)
+
+    def describe(self, integer: bool) -> str:
+        if self.text:
+            return self.text
+        if integer and self.low in (0, 1) and self.high is None and not self.low_open:
+            text = "a positive integer" if self.low == 1 else "0 or more"
+        elif self.low is not None and self.high is not None:
+            left, right = "(" if self.low_open else "[", ")" if self.high_open else "]"
+            text = f"{'an integer' if integer else 'a finite number'} in {left}{_show(self.low)}, {_show(self.high)}{right}"
+        else:
+            text = f"a finite number {'>' if self.low_open else '>='} {_show(self.low)}"
+        return text + (" (or null)" if self.nullable else "")
+
+
+def _show(number: float) -> str:
+    return str(number) if isinstance(number, int) else f"{number:g}"
+
+
+POSITIVE = Bound(low=0, low_open=True)
+AT_LEAST_ONE = Bound(low=1)
+NON_NEGATIVE = Bound(low=0)
+SEED = Bound(low=0, high=MAX_SEED)
+
+BOUNDS: dict[type, dict[str, Bound]] = {
+    SyntheticConfig: {"seed": SEED, "documents_per_task": AT_LEAST_ONE, "mia_nonmembers": AT_LEAST_ONE,
+                      "general_facts": AT_LEAST_ONE, "general_corpus_repeats": AT_LEAST_ONE},
+    TinyModelConfig: {name: AT_LEAST_ONE for name in ("vocab_size", "hidden_size", "num_layers", "num_heads",
+                                                      "intermediate_size", "max_position_embeddings")},
+    TrainingConfig: {
+        "epochs": Bound(low=0, low_open=True, high=MAX_EPOCHS,
+                        text=f"a finite number > 0 and at most {MAX_EPOCHS}"),
+        "learning_rate": POSITIVE, "batch_size": AT_LEAST_ONE, "gradient_accumulation_steps": AT_LEAST_ONE,
+        "warmup_steps": NON_NEGATIVE, "max_grad_norm": NON_NEGATIVE, "weight_decay": NON_NEGATIVE,
+        "seed": SEED, "max_length": AT_LEAST_ONE, "max_micro_batch_tokens": Bound(low=1, nullable=True),
+    },
+    AdapterConfig: {"lora_rank": AT_LEAST_ONE, "lora_alpha": AT_LEAST_ONE,
+                    "lora_dropout": Bound(low=0, high=1, high_open=True), "last_k": AT_LEAST_ONE},
+    MethodConfig: {
+        "retain_weight": NON_NEGATIVE, "npo_beta": POSITIVE, "chunk_size": AT_LEAST_ONE,
+        "positive_ratio": NON_NEGATIVE, "positive_factor": NON_NEGATIVE, "interleaving_factor": POSITIVE,
+        "annealing_fraction": Bound(low=0, low_open=True, high=1),
+        "forget_loss_ceiling": Bound(low=0, low_open=True, nullable=True),
+    },
+    EvaluationConfig: {
+        "max_new_tokens": AT_LEAST_ONE, "batch_size": AT_LEAST_ONE, "nll_batch_size": AT_LEAST_ONE,
+        "subset": Bound(low=1, nullable=True, text="at least 1 document per task (or null)"),
+        "mmlu_shots": NON_NEGATIVE, "mmlu_threshold": Bound(low=0, high=1),
+        "per_phase_subset": Bound(low=0, nullable=True), "per_phase_max_new_tokens": AT_LEAST_ONE,
+    },
+}
+
+
+def check_ranges(config: Any, path: str = "") -> None:
+    """Every number in the dataclass tree `config` within its `BOUNDS`; the first outside is a UserError."""
+    hints = typing.get_type_hints(type(config))
+    bounds = BOUNDS.get(type(config), {})
+    for item in dataclasses.fields(config):
+        value = getattr(config, item.name)
+        where = f"{path}.{item.name}" if path else item.name
+        if dataclasses.is_dataclass(value):
+            check_ranges(value, where)
+        elif item.name in bounds and not bounds[item.name].admits(value):
+            integer = int in (hints[item.name], *typing.get_args(hints[item.name]))
+            raise UserError(f"config: {where} must be {bounds[item.name].describe(integer)}, got {value!r}")
+    if isinstance(config, AdapterConfig) and not config.target_modules:
+        raise UserError(f"config: {path}.target_modules must name at least one module, got []")
+    if isinstance(config, TinyModelConfig):
+        check_head_size(config, path)
+
+
+def check_head_size(tiny: TinyModelConfig, path: str) -> None:
+    """Heads split the hidden size evenly, and each head's size is even: rotary embeddings rotate pairs."""
+    if tiny.hidden_size % tiny.num_heads:
+        raise UserError(f"config: {path}.hidden_size ({tiny.hidden_size}) must be divisible by "
+                        f"{path}.num_heads ({tiny.num_heads})")
+    if (tiny.hidden_size // tiny.num_heads) % 2:
+        raise UserError(f"config: {path}.hidden_size / {path}.num_heads must be even (rotary position embeddings "
+                        f"rotate pairs of dimensions), got {tiny.hidden_size // tiny.num_heads}")
+
+
 def to_dict(config: Any) -> dict:
     return dataclasses.asdict(config)
 
@@ -273,22 +385,48 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
-    """Defaults, then the YAML file (if any), then `--set` overrides; validated into a `Config`."""
+    """Defaults, then the YAML file (if any), then `--set` overrides; validated into a `Config`.
+
+    Types and ranges are both checked here, so a bad value stops the command before any model loads.
+    """
     data: dict = {}
     if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise UserError(f"config file not found: {path}")
-        try:
-            loaded = yaml.safe_load(path.read_text())
-        except yaml.YAMLError as exc:
-            raise UserError(f"config file {path} is not valid YAML: {str(exc).splitlines()[0]}") from None
-        data = loaded or {}
-        if not isinstance(data, dict):
-            raise UserError(f"config file {path} must hold a mapping at the top level")
+        data = read_yaml_mapping(path, "config file")
         data = _normalise_yaml_numbers(data)
     data = apply_overrides(data, overrides or [])
-    return from_dict(Config, data)
+    config = from_dict(Config, data)
+    check_ranges(config)
+    return config
+
+
+def read_yaml_mapping(path: str | Path, what: str) -> dict:
+    """The mapping a YAML file holds; a missing, non-UTF-8, malformed or empty file is a one-line UserError.
+
+    An empty file (or only comments or null) is refused: it would silently run every default.
+    """
+    from utils.io import read_utf8_text
+
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{what} not found: {path}")
+    try:
+        loaded = yaml.safe_load(read_utf8_text(path))
+    except yaml.YAMLError as exc:
+        raise UserError(f"{what} {path} is not valid YAML{_yaml_error_place(exc)}") from None
+    if loaded is None:
+        raise UserError(f"{what} {path} is empty (it holds no settings)")
+    if not isinstance(loaded, dict):
+        raise UserError(f"{what} {path} must hold a mapping at the top level")
+    return loaded
+
+
+def _yaml_error_place(exc: yaml.YAMLError) -> str:
+    """' at line L, column C: problem' (1-based) when yaml marked where it failed."""
+    mark = getattr(exc, "problem_mark", None)
+    problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+    if mark is None:
+        return f": {problem}"
+    return f" at line {mark.line + 1}, column {mark.column + 1}: {problem}"
 
 
 def _normalise_yaml_numbers(value: Any) -> Any:

@@ -20,10 +20,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from utils.errors import UserError
+from utils.io import read_utf8_text
 
 TASKS = ("Task1", "Task2", "Task3")
 SPLITS = ("forget", "retain")
 REQUIRED_COLUMNS = ("id", "input", "output", "task")
+# Why an empty gold answer is refused: ROUGE-L recall of "" is 0 and exact match of "" almost never
+# happens, so every forget term would read 1.0 whatever the model does.
+EMPTY_GOLD = "an empty gold answer would score as perfectly forgotten"
 # Which QA indices a document of each task carries (SPEC: Task2 has qa0..qa4, the others qa0).
 QA_INDICES = {"Task1": {0}, "Task2": {0, 1, 2, 3, 4}, "Task3": {0}}
 
@@ -99,18 +103,23 @@ def _read_rows(path: Path) -> list[dict]:
 def read_jsonl(path: Path) -> list[tuple[int, dict]]:
     """(line number, object) for every non-blank line; a malformed line is a one-line `UserError`."""
     rows = []
-    with path.open(encoding="utf-8") as handle:
-        for line_number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise UserError(f"{path}: line {line_number} is not valid JSON ({exc.msg})") from None
-            if not isinstance(row, dict):
-                raise UserError(f"{path}: line {line_number} is not a JSON object")
-            rows.append((line_number, row))
+    for line_number, line in enumerate(read_utf8_text(path).split("\n"), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise UserError(f"{path}: line {line_number} is not valid JSON ({exc.msg})") from None
+        if not isinstance(row, dict):
+            raise UserError(f"{path}: line {line_number} is not a JSON object")
+        rows.append((line_number, row))
     return rows
+
+
+def check_text_present(path: Path, where: str, row: dict, name: str, why: str) -> None:
+    """A field that is empty or only whitespace is a one-line UserError saying `why` it matters."""
+    if not row[name].strip():
+        raise UserError(f"{path}: {where} has an empty '{name}' ({why})")
 
 
 def read_items(path: Path, split: str) -> list[Item]:
@@ -123,6 +132,8 @@ def read_items(path: Path, split: str) -> list[Item]:
     items = []
     for row_number, row in enumerate(rows, start=1):
         check_row_fields(path, f"row {row_number}", row, REQUIRED_COLUMNS)
+        check_text_present(path, f"row {row_number}", row, "input", "there would be nothing to generate from")
+        check_text_present(path, f"row {row_number}", row, "output", EMPTY_GOLD)
         task = row["task"]
         try:
             kind, index, document_id = parse_item_id(row["id"])
@@ -178,16 +189,41 @@ def load_lume(directory: str | Path, split: str = "validation") -> LumeData:
     files = find_split_files(directory, split)
     forget = read_items(files["forget"], "forget")
     retain = read_items(files["retain"], "retain")
+    forget_ids = {item.id for item in forget}
+    in_both = next((item.id for item in retain if item.id in forget_ids), None)
+    if in_both is not None:
+        raise UserError(f"id {in_both!r} is in both {files['forget']} and {files['retain']} "
+                        "(each item belongs to one split)")
     return LumeData(forget=forget, retain=retain, source=str(directory))
+
+
+MIA_FILES = ("member.jsonl", "nonmember.jsonl")
+
+
+def _mia_candidates(directory: Path, split: str) -> list[Path]:
+    return [directory / "mia_data" / split, directory / "mia_data", directory / split, directory]
 
 
 def find_mia_dir(directory: str | Path, split: str = "validation") -> Path | None:
     """The folder holding member.jsonl and nonmember.jsonl for `directory`, if there is one."""
-    directory = Path(directory)
-    candidates = [directory / "mia_data" / split, directory / "mia_data", directory / split, directory]
-    for candidate in candidates:
-        if (candidate / "member.jsonl").is_file() and (candidate / "nonmember.jsonl").is_file():
+    for candidate in _mia_candidates(Path(directory), split):
+        if all((candidate / name).is_file() for name in MIA_FILES):
             return candidate
+    return None
+
+
+def incomplete_mia_folder(directory: str | Path, split: str = "validation") -> str | None:
+    """Why the MIA cannot be measured when a folder next to the data holds only one of its two files.
+
+    None when there is no MIA folder at all (nothing was meant to be measured) or a complete one.
+    """
+    if find_mia_dir(directory, split) is not None:
+        return None
+    for candidate in _mia_candidates(Path(directory), split):
+        present = [name for name in MIA_FILES if (candidate / name).is_file()]
+        if present:
+            absent = next(name for name in MIA_FILES if name not in present)
+            return f"MIA not measured: {candidate} has {present[0]} but no {absent}"
     return None
 
 
@@ -198,7 +234,7 @@ def load_mia_documents(directory: str | Path) -> dict[str, list[str]]:
     for name in ("member", "nonmember"):
         path = directory / f"{name}.jsonl"
         if not path.is_file():
-            raise UserError(f"MIA file not found: {path}")
+            raise UserError(f"MIA file not found: {path} (the MIA needs both {' and '.join(MIA_FILES)})")
         rows = _read_rows(path)
         if not rows:
             raise UserError(f"{path}: no documents")
@@ -206,6 +242,7 @@ def load_mia_documents(directory: str | Path) -> dict[str, list[str]]:
         for row_number, row in enumerate(rows, start=1):
             if not isinstance(row.get("document"), str):
                 raise UserError(f"{path}: row {row_number} has no 'document' text")
+            check_text_present(path, f"row {row_number}", row, "document", "its loss would be undefined")
             documents.append(row["document"])
         out[name] = documents
     return out

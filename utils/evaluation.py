@@ -46,19 +46,23 @@ def subset_items(items: list[Item], documents_per_task: int | None) -> list[Item
 def evaluate_model(model, tokenizer, lume: LumeData, *, mia_documents: dict[str, list[str]] | None = None,
                    utility_spec: str | None = None, max_new_tokens: int = 256, batch_size: int = 64,
                    nll_batch_size: int = 16, mmlu_shots: int = 0, mmlu_threshold: float = 0.371,
-                   subset: int | None = None, evaluated: dict | None = None, progress: bool = True) -> Evaluation:
+                   subset: int | None = None, evaluated: dict | None = None, progress: bool = True,
+                   warnings: list[str] | None = None) -> Evaluation:
+    """Generate, score, attack and measure utility; `warnings` (e.g. why the MIA is missing) join the
+    results' own, as do the counts of prompts and MIA documents cut to the model's context."""
     from utils.generation import generate_greedy
     from utils.metrics import build_results, compute_terms
     from utils.mia import run_mia
     from utils.utility import evaluate_utility
 
     model.eval()
+    notes = list(warnings or [])
     timings: dict[str, float] = {}
     items = subset_items(lume.forget, subset) + subset_items(lume.retain, subset)
     started = time.perf_counter()
     # One call for both splits: longer, better-filled batches.
     outputs = generate_greedy(model, tokenizer, [i.input for i in items], max_new_tokens=max_new_tokens,
-                              batch_size=batch_size, progress=progress)
+                              batch_size=batch_size, progress=progress, warn=notes.append)
     timings["generation"] = time.perf_counter() - started
     records = [{"id": i.id, "task": i.task, "split": i.split, "expected_output": i.output, "model_output": o}
                for i, o in zip(items, outputs)]
@@ -68,7 +72,7 @@ def evaluate_model(model, tokenizer, lume: LumeData, *, mia_documents: dict[str,
     if mia_documents is not None:
         started = time.perf_counter()
         mia = run_mia(model, tokenizer, mia_documents["member"], mia_documents["nonmember"],
-                      batch_size=nll_batch_size, progress=progress)
+                      batch_size=nll_batch_size, progress=progress, warn=notes.append)
         timings["mia"] = time.perf_counter() - started
 
     utility = None
@@ -87,6 +91,7 @@ def evaluate_model(model, tokenizer, lume: LumeData, *, mia_documents: dict[str,
         mmlu_threshold=mmlu_threshold,
         timings=timings,
         evaluated={**(evaluated or {}), "subset_documents_per_task": subset, "max_new_tokens": max_new_tokens},
+        warnings=notes,
     )
     if utility is not None and utility.get("details") is not None:
         results["utility"]["details"] = utility["details"]

@@ -12,7 +12,9 @@ reference the tests and the benchmark compare against. `generate_greedy` produce
   column and `generate` gives a padded row the positions of the unpadded prompt;
 * every setting that could make `generate` differ from a plain argmax is pinned (greedy, one beam, the
   model's sampling knobs switched off), and each row is cut after its first EOS, which is what the
-  one-at-a-time loop returns; results come back in the caller's order.
+  one-at-a-time loop returns; results come back in the caller's order;
+* a prompt too long to leave room for `max_new_tokens` in the model's context keeps its last tokens,
+  and one warning counts such prompts (the official loop has no such guard; it would run out of memory).
 
 Only public transformers API is used (`generate` and its documented arguments), so a new release that
 renames model internals does not change what is generated.
@@ -20,13 +22,15 @@ renames model internals does not change what is generated.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import warnings
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
 from tqdm.auto import tqdm
 
 from utils.errors import UserError
+from utils.models import context_length
 from utils.tokenization import special_token_layout
 
 
@@ -113,20 +117,43 @@ def length_sorted_batches(lengths: Sequence[int], batch_size: int) -> list[list[
     return [order[start:start + batch_size] for start in range(0, len(order), batch_size)]
 
 
+def keep_prompt_ends(encoded: list[list[int]], context: int | None, max_new_tokens: int,
+                     warn: Callable[[str], None]) -> list[list[int]]:
+    """Prompts too long to leave `max_new_tokens` in the model's context keep their last tokens.
+
+    Past its context a model reads positions it never trained on, and attention memory grows with the
+    square of the length: a 100,000-character prompt would exhaust memory instead of being scored. One
+    warning counts the shortened prompts.
+    """
+    if context is None:
+        return encoded
+    budget = context - max_new_tokens
+    if budget < 1:
+        raise UserError(f"max_new_tokens ({max_new_tokens}) leaves no room for a prompt in the model's context "
+                        f"of {context} positions")
+    too_long = sum(len(ids) > budget for ids in encoded)
+    if too_long:
+        warn(f"{too_long} of {len(encoded)} prompts are longer than the model's context ({context} positions) "
+             f"less max_new_tokens ({max_new_tokens}): each kept its last {budget} tokens")
+    return [ids[-budget:] for ids in encoded]
+
+
 def generate_greedy(model, tokenizer, prompts: list[str], max_new_tokens: int = 256, batch_size: int = 64,
-                    progress: bool = True) -> list[str]:
+                    progress: bool = True, warn: Callable[[str], None] = warnings.warn) -> list[str]:
     """Greedy continuations of `prompts` (new text only), identical to one-at-a-time decoding.
 
     Returns one string per prompt, in the order given: `model.generate` on length-sorted, left-padded
-    batches of `batch_size` prompts.
+    batches of `batch_size` prompts. Prompts longer than the model's context allows are cut to their
+    end (`keep_prompt_ends`), and `warn` is told how many.
     """
     if batch_size < 1:
         raise ValueError("batch_size must be at least 1")
+    # Zero new tokens would be scored as perfect forgetting: an empty answer matches nothing.
+    if max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be at least 1, got {max_new_tokens}")
     if not prompts:
         return []
-    if max_new_tokens < 1:
-        return [""] * len(prompts)
-    encoded = _encode_all(tokenizer, prompts)
+    encoded = keep_prompt_ends(_encode_all(tokenizer, prompts), context_length(model), max_new_tokens, warn)
     eos_ids = eos_token_ids(model, tokenizer)
     pad_id = _pad_id(model, tokenizer, eos_ids)
     kwargs = _greedy_kwargs(max_new_tokens, pad_id, eos_ids)

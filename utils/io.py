@@ -1,4 +1,5 @@
-"""Atomic writes: a result or checkpoint is either the old complete file or the new complete one."""
+"""Files in and out: UTF-8 text read with a one-line error, output locations checked before any work,
+and atomic writes (a result or checkpoint is either the old complete file or the new complete one)."""
 
 from __future__ import annotations
 
@@ -8,11 +9,66 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
+
+from utils.errors import UserError
+
+
+def read_utf8_text(path: str | os.PathLike) -> str:
+    """The whole file as text; a byte that is not UTF-8 is a one-line `UserError` naming its offset.
+
+    Decoded in one piece, so the offset is the byte's position in the file, not in a read buffer.
+    """
+    data = Path(path).read_bytes()
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise UserError(f"{path}: not UTF-8 text (byte 0x{data[exc.start]:02x} at byte offset {exc.start})") from None
+
+
+def check_output_location(path: str | os.PathLike, kind: Literal["folder", "file"]) -> None:
+    """Refuse, before anything is loaded, an output `path` that cannot be written as a `kind`.
+
+    A file where a folder is wanted (or the reverse), or a nearest existing parent that is not a writable
+    folder, would otherwise fail only after the model was loaded and the work done.
+    """
+    path = Path(path)
+    if path.exists():
+        if kind == "folder" and not path.is_dir():
+            raise UserError(f"output folder {path} exists and is not a folder")
+        if kind == "file" and path.is_dir():
+            raise UserError(f"output file {path} exists and is a folder")
+    ancestor = path if kind == "folder" and path.is_dir() else nearest_existing_parent(path)
+    if not ancestor.is_dir():
+        raise UserError(f"cannot write the output {kind} {path}: {ancestor} is not a folder")
+    if not is_writable_folder(ancestor):
+        raise UserError(f"cannot write the output {kind} {path}: the folder {ancestor} is not writable")
+
+
+def nearest_existing_parent(path: Path) -> Path:
+    """The closest ancestor of `path` that exists (the current folder for a bare relative name)."""
+    for parent in path.absolute().parents:
+        if parent.exists():
+            return parent
+    return Path(path.absolute().anchor)
+
+
+def is_writable_folder(folder: Path) -> bool:
+    """Whether a file can be created in `folder`: tried, not guessed from mode bits (root ignores them)."""
+    try:
+        fd, probe = tempfile.mkstemp(dir=folder, prefix=".write-probe.", suffix=".tmp")
+    except OSError:
+        return False
+    os.close(fd)
+    os.unlink(probe)
+    return True
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     path = Path(path)
+    # os.replace would fail on a folder with a bare IsADirectoryError; the user chose the path, so say so.
+    if path.is_dir():
+        raise UserError(f"output file {path} exists and is a folder")
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:

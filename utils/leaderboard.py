@@ -9,7 +9,7 @@ from pathlib import Path
 
 from utils.data import format_table
 from utils.errors import UserError
-from utils.io import atomic_write_text
+from utils.io import atomic_write_text, read_utf8_text
 
 # The first six columns are a contract (other tools read leaderboard.csv); new ones go at the end.
 COLUMNS = ["method", "final_score", "task_aggregate", "mia_score", "utility", "seconds", "mia_auc",
@@ -42,7 +42,7 @@ def rows_from_run_dirs(run_dirs: list[str | Path]) -> list[dict]:
         if not path.is_file():
             raise UserError(f"no results.json in {run_dir}")
         try:
-            results = json.loads(path.read_text())
+            results = json.loads(read_utf8_text(path))
         except json.JSONDecodeError as exc:
             raise UserError(f"{path} is not valid JSON ({exc.msg})") from None
         rows.append(row_from_results(results.get("method") or path.parent.name, results))

@@ -27,6 +27,7 @@ row in float32, because a full batch of log-softmaxed logits over a 100k vocabul
 from __future__ import annotations
 
 import math
+import warnings
 import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -37,6 +38,7 @@ from tqdm.auto import tqdm
 
 from utils.errors import UserError
 from utils.metrics import mia_auc, mia_score
+from utils.models import context_length
 
 DEFAULT_K = 0.2
 ATTACKS = ("loss", "zlib", "min_k", "min_k_plus_plus")
@@ -77,17 +79,34 @@ def _encode_documents(tokenizer, documents: Sequence[str], max_length: int | Non
     return encoded
 
 
+def keep_document_starts(encoded: list[list[int]], context: int | None,
+                         warn: Callable[[str], None]) -> list[list[int]]:
+    """Documents longer than the model's context keep their first `context` tokens; one warning counts them.
+
+    Beyond its context the model reads positions it never trained on, so the loss there says nothing
+    about membership (and a very long document would exhaust memory).
+    """
+    if context is None:
+        return encoded
+    too_long = sum(len(ids) > context for ids in encoded)
+    if too_long:
+        warn(f"MIA: {too_long} of {len(encoded)} documents are longer than the model's context "
+             f"({context} positions): each was scored on its first {context} tokens")
+    return [ids[:context] for ids in encoded]
+
+
 def token_statistics(model, tokenizer, documents: Sequence[str], batch_size: int = 16,
                      max_length: int | None = None, distribution_stats: bool = True,
-                     progress: bool = True) -> list[DocumentStatistics]:
+                     progress: bool = True, warn: Callable[[str], None] = warnings.warn) -> list[DocumentStatistics]:
     """Per-document NLL, token log-probs and (optionally) Min-K%++ moments, in the input order.
 
     `distribution_stats=False` skips mu/sigma (a few vocabulary-sized operations per token) when
-    only the loss is wanted. `max_length` truncates each tokenised document to its first tokens.
+    only the loss is wanted. `max_length` truncates each tokenised document to its first tokens; so
+    does the model's context, and `warn` is told how many documents that cut.
     """
     if batch_size < 1:
         raise ValueError("batch_size must be at least 1")
-    encoded = _encode_documents(tokenizer, documents, max_length)
+    encoded = keep_document_starts(_encode_documents(tokenizer, documents, max_length), context_length(model), warn)
     device = next(model.parameters()).device
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]), reverse=True)
@@ -139,10 +158,10 @@ def _row_statistics(logits: torch.Tensor, targets: torch.Tensor, text: str, n_to
 
 
 def document_nll(model, tokenizer, documents: Sequence[str], batch_size: int = 16, max_length: int | None = None,
-                 progress: bool = True) -> list[float]:
+                 progress: bool = True, warn: Callable[[str], None] = warnings.warn) -> list[float]:
     """The official per-document loss: mean token NLL with labels = input ids, in the input order."""
     stats = token_statistics(model, tokenizer, documents, batch_size=batch_size, max_length=max_length,
-                             distribution_stats=False, progress=progress)
+                             distribution_stats=False, progress=progress, warn=warn)
     return [s.nll for s in stats]
 
 
@@ -222,7 +241,8 @@ def attack_aucs(member_stats: Sequence[DocumentStatistics], nonmember_stats: Seq
 
 
 def run_mia(model, tokenizer, member_docs: Sequence[str], nonmember_docs: Sequence[str], batch_size: int = 16,
-            progress: bool = True, max_length: int | None = None, k: float = DEFAULT_K) -> dict[str, Any]:
+            progress: bool = True, max_length: int | None = None, k: float = DEFAULT_K,
+            warn: Callable[[str], None] = warnings.warn) -> dict[str, Any]:
     """All attacks over members and non-members in one pass each document.
 
     Returns `{"member_nll", "nonmember_nll", "auc" (official loss AUC), "score" (1 - 2|auc - 0.5|),
@@ -232,7 +252,7 @@ def run_mia(model, tokenizer, member_docs: Sequence[str], nonmember_docs: Sequen
         raise UserError("the MIA needs at least one member and one non-member document")
     # One call so members and non-members share batches (fewer, fuller batches).
     stats = token_statistics(model, tokenizer, [*member_docs, *nonmember_docs], batch_size=batch_size,
-                             max_length=max_length, distribution_stats=True, progress=progress)
+                             max_length=max_length, distribution_stats=True, progress=progress, warn=warn)
     member_stats, nonmember_stats = stats[:len(member_docs)], stats[len(member_docs):]
     attacks = attack_aucs(member_stats, nonmember_stats, k)
     return {

@@ -21,6 +21,10 @@ WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_mo
                 "pytorch_model.bin.index.json", "adapter_model.safetensors", "adapter_model.bin")
 
 
+# Any one of these makes a folder loadable as a tokenizer (a fast tokenizer's file, or a slow one's vocabulary).
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "vocab.txt", "spiece.model")
+
+
 def _check_local_model_folder(path: Path) -> None:
     if not path.is_dir():
         return
@@ -28,6 +32,35 @@ def _check_local_model_folder(path: Path) -> None:
         raise UserError(f"model folder {path} has no config.json (not a Hugging Face model folder)")
     if not any((path / name).is_file() for name in WEIGHT_FILES):
         raise UserError(f"model folder {path} has no weights (expected model.safetensors or an adapter)")
+    for weights in sorted(path.glob("*.safetensors")):
+        check_safetensors_file(weights)
+
+
+def check_safetensors_file(path: Path) -> None:
+    """A truncated or corrupt safetensors file is one line naming it, before the slow load.
+
+    Opening reads only the header and checks that the file holds every tensor the header lists.
+    """
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), framework="pt"):
+            pass
+    except SafetensorError as exc:
+        raise UserError(f"{path}: not a complete safetensors file ({exc}); it may have been cut short") from None
+
+
+def _check_local_tokenizer_folder(path: Path) -> None:
+    """An empty (or weightless) tokenizer folder would otherwise fail with advice to install sentencepiece."""
+    if path.is_dir() and not any((path / name).is_file() for name in TOKENIZER_FILES):
+        raise UserError(f"tokenizer folder {path} has no tokenizer files (expected tokenizer.json, "
+                        "or vocab.json + merges.txt, or tokenizer.model)")
+
+
+def context_length(model) -> int | None:
+    """How many positions the model was built for (`max_position_embeddings`), when its config says."""
+    positions = getattr(getattr(model, "config", None), "max_position_embeddings", None)
+    return positions if isinstance(positions, int) and positions > 0 else None
 
 
 def looks_like_local_path(name: str) -> bool:
@@ -40,10 +73,11 @@ def load_tokenizer(name_or_path: str, trust_remote_code: bool = False):
     path = Path(name_or_path).expanduser()
     if looks_like_local_path(name_or_path) and not path.is_dir():
         raise UserError(f"tokenizer folder not found: {name_or_path}")
+    _check_local_tokenizer_folder(path)
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(path) if path.is_dir() else name_or_path,
                                                   trust_remote_code=trust_remote_code)
-    except OSError as exc:
+    except (OSError, ValueError) as exc:
         raise UserError(f"cannot load tokenizer {name_or_path}: {str(exc).splitlines()[0]}") from None
     if tokenizer.pad_token is None:
         # OLMo-style tokenizers have no pad token; padding positions are masked anyway.
@@ -60,6 +94,9 @@ def load_model_and_tokenizer(name_or_path: str, tokenizer: str | None = None, dt
     if looks_like_local_path(name_or_path) and not path.exists():
         raise UserError(f"model folder not found: {name_or_path}")
     _check_local_model_folder(path)
+    # The tokenizer is checked before the model loads, so a bad folder costs no load time.
+    if tokenizer is not None or not (path / "adapter_config.json").is_file():
+        _check_local_tokenizer_folder(Path(tokenizer or name_or_path).expanduser())
     torch_dtype = DTYPES[dtype]
     adapter_config = path / "adapter_config.json"
     try:

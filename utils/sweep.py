@@ -22,9 +22,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import yaml
-
-from utils.config import Config, load_config
+from utils.config import Config, load_config, read_yaml_mapping
 from utils.errors import UserError
 from utils.io import atomic_write_text
 
@@ -50,12 +48,7 @@ class SweepSpec:
 
 def load_sweep(path: str | Path) -> SweepSpec:
     path = Path(path)
-    if not path.is_file():
-        raise UserError(f"sweep file not found: {path}")
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise UserError(f"sweep file {path} is not valid YAML: {str(exc).splitlines()[0]}") from None
+    data = read_yaml_mapping(path, "sweep file")
     unknown = set(data) - {"base", "grid", "set", "num_processes"}
     if unknown:
         raise UserError(f"sweep file {path}: unknown key '{min(unknown)}' (allowed: base, grid, set, num_processes)")

@@ -24,7 +24,6 @@ is scored by likelihood instead (`choice_likelihood_accuracy`). That benchmark i
 from __future__ import annotations
 
 import inspect
-import json
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -159,23 +158,16 @@ def load_synthetic_questions(path: str | Path) -> list[MultipleChoiceQuestion]:
     path = Path(path)
     if not path.is_file():
         raise UserError(f"multiple-choice file not found: {path}")
+    from utils.data import read_jsonl
+
     questions = []
-    with path.open(encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            source = f"{path}: line {number}"
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise UserError(f"{source} is not valid JSON ({exc.msg})") from None
-            if not isinstance(row, dict):
-                raise UserError(f"{source} is not a JSON object")
-            missing = [c for c in ("subject", "question", "choices", "answer") if c not in row]
-            if missing:
-                raise UserError(f"{source} lacks field(s) {', '.join(missing)}")
-            questions.append(_check_question(source, row["subject"], row["question"], row["choices"],
-                                             _letter_index(source, row["answer"])))
+    for number, row in read_jsonl(path):
+        source = f"{path}: line {number}"
+        missing = [c for c in ("subject", "question", "choices", "answer") if c not in row]
+        if missing:
+            raise UserError(f"{source} lacks field(s) {', '.join(missing)}")
+        questions.append(_check_question(source, row["subject"], row["question"], row["choices"],
+                                         _letter_index(source, row["answer"])))
     if not questions:
         raise UserError(f"{path}: no questions")
     return questions

@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
-from utils.data import find_mia_dir, format_table, load_lume, load_mia_documents, summary_rows
+from utils.data import (
+    find_mia_dir,
+    format_table,
+    incomplete_mia_folder,
+    load_lume,
+    load_mia_documents,
+    summary_rows,
+)
 
 
 def register(subparsers) -> None:
@@ -21,4 +28,7 @@ def run(args) -> int:
         documents = load_mia_documents(mia_dir)
         print(f"MIA documents in {mia_dir}: {len(documents['member'])} members, "
               f"{len(documents['nonmember'])} non-members")
+    missing = incomplete_mia_folder(args.directory, args.split)
+    if missing:
+        print(f"warning: {missing}")
     return 0

@@ -5,9 +5,10 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from utils.cli import add_config_arguments
+from utils.cli import add_config_arguments, check_at_least
 from utils.config import load_config
 from utils.errors import UserError
+from utils.io import check_output_location
 
 
 def register(subparsers) -> None:
@@ -51,29 +52,34 @@ def check_subset(subset: int | None) -> None:
         raise UserError(f"--subset / evaluation.subset must be at least 1 document per task (or unset), got {subset}")
 
 
+def output_folder(out: str | None, model_name: str) -> Path:
+    """--out, else `<model>/evaluation` for a local model folder, else ./evaluation."""
+    if out:
+        return Path(out)
+    return Path(model_name) / "evaluation" if Path(model_name).is_dir() else Path("evaluation")
+
+
 def run(args) -> int:
-    from utils.data import find_mia_dir, load_lume, load_mia_documents
+    from utils.data import load_lume
     from utils.evaluation import evaluate_model, write_evaluation
     from utils.metrics import summary_text
     from utils.models import load_model_and_tokenizer
 
+    check_subset(args.subset)
+    check_at_least("--max-new-tokens", args.max_new_tokens)
+    check_at_least("--batch-size", args.batch_size)
     config = load_config(args.config, args.overrides)
     workdir = Path(config.workdir)
     split = args.split or config.data.split
     data_dir = args.data or config.data.path or str(workdir / "data")
     model_name = args.model or config.model.name_or_path or str(workdir / "target")
-    utility_spec = resolve_utility_spec(args.utility or config.evaluation.utility, workdir)
+    out = output_folder(args.out, model_name)
     # Validate every input before the (slow) model load and before anything is written.
+    check_output_location(out, "folder")
+    utility_spec = resolve_utility_spec(args.utility or config.evaluation.utility, workdir)
     subset = args.subset if args.subset is not None else config.evaluation.subset
-    check_subset(subset)
     lume = load_lume(data_dir, split)
-    mia_documents = None
-    mia_source = args.mia or config.data.mia_path
-    if mia_source != "none":
-        mia_dir = Path(mia_source) if mia_source else find_mia_dir(data_dir, split)
-        if mia_source and not mia_dir.is_dir():
-            raise UserError(f"MIA folder not found: {mia_source}")
-        mia_documents = load_mia_documents(mia_dir) if mia_dir else None
+    mia_dir, mia_documents, mia_missing = resolve_mia(args.mia or config.data.mia_path, data_dir, split)
     model, tokenizer = load_model_and_tokenizer(model_name, args.tokenizer or config.model.tokenizer,
                                                 config.model.dtype, config.model.trust_remote_code)
     import torch
@@ -83,19 +89,38 @@ def run(args) -> int:
     started = time.perf_counter()
     evaluation = evaluate_model(
         model, tokenizer, lume, mia_documents=mia_documents, utility_spec=utility_spec,
-        max_new_tokens=args.max_new_tokens or config.evaluation.max_new_tokens,
-        batch_size=args.batch_size or config.evaluation.batch_size,
+        max_new_tokens=args.max_new_tokens if args.max_new_tokens is not None else config.evaluation.max_new_tokens,
+        batch_size=args.batch_size if args.batch_size is not None else config.evaluation.batch_size,
         nll_batch_size=config.evaluation.nll_batch_size, mmlu_shots=config.evaluation.mmlu_shots,
         mmlu_threshold=config.evaluation.mmlu_threshold,
         subset=subset,
         evaluated={"model": model_name, "data": str(data_dir), "split": split,
                    "mia": None if mia_documents is None else str(mia_dir), "utility": utility_spec},
         progress=not args.quiet,
+        warnings=[mia_missing] if mia_missing else [],
     )
     evaluation.results["timings"]["total"] = time.perf_counter() - started
-    out = Path(args.out) if args.out else (Path(model_name) / "evaluation" if Path(model_name).is_dir()
-                                           else Path("evaluation"))
     path = write_evaluation(evaluation, out)
     print(summary_text(evaluation.results))
     print(f"results written to {path}")
     return 0
+
+
+def resolve_mia(source: str | None, data_dir: str, split: str) -> tuple[Path | None, dict | None, str | None]:
+    """(folder, documents, why the MIA is not measured) for `--mia DIR|none` / `data.mia_path`.
+
+    A folder the user named must hold both files (a missing one is an error); a folder found next to the
+    data with only one of them is not an error, but the reason is carried into the results.
+    """
+    from utils.data import find_mia_dir, incomplete_mia_folder, load_mia_documents
+
+    if source == "none":
+        return None, None, None
+    if source:
+        if not Path(source).is_dir():
+            raise UserError(f"MIA folder not found: {source}")
+        return Path(source), load_mia_documents(source), None
+    found = find_mia_dir(data_dir, split)
+    if found is None:
+        return None, None, incomplete_mia_folder(data_dir, split)
+    return found, load_mia_documents(found), None

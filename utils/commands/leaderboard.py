@@ -11,8 +11,11 @@ def register(subparsers) -> None:
 
 
 def run(args) -> int:
+    from utils.io import check_output_location
     from utils.leaderboard import rows_from_run_dirs, to_text, write_leaderboard
 
+    if args.out:
+        check_output_location(args.out, "folder")
     rows = rows_from_run_dirs(args.runs)
     print(to_text(rows))
     if args.out:

@@ -6,6 +6,7 @@ import time
 
 from utils.cli import add_config_arguments
 from utils.config import load_config
+from utils.io import check_output_location
 
 
 def register(subparsers) -> None:
@@ -20,6 +21,7 @@ def run(args) -> int:
     from utils.prepare import prepare
 
     config = load_config(args.config, args.overrides)
+    check_output_location(args.out or config.workdir, "folder")
     started = time.perf_counter()
     report = prepare(config, args.out, progress=not args.quiet)
     print(format_report(report))

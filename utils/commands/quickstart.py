@@ -12,6 +12,7 @@ from pathlib import Path
 
 from utils.cli import add_config_arguments
 from utils.config import load_config
+from utils.io import check_output_location
 from utils.project import config_dir
 
 DEFAULT_METHODS = ["ga", "gd", "kl", "npo", "agad", "sugd", "sugd_ceiling"]
@@ -29,8 +30,8 @@ def register(subparsers) -> None:
 
 def run(args) -> int:
     from methods.runner import run_unlearning
-    from utils.commands.evaluate import resolve_utility_spec
-    from utils.data import find_mia_dir, load_lume, load_mia_documents
+    from utils.commands.evaluate import resolve_mia, resolve_utility_spec
+    from utils.data import load_lume
     from utils.errors import UserError
     from utils.evaluation import evaluate_model, write_evaluation
     from utils.leaderboard import row_from_results, to_text, write_leaderboard
@@ -48,6 +49,7 @@ def run(args) -> int:
     base = load_config(args.config or config_folder / "quickstart.yaml", overrides)
     method_configs = {m: load_config(config_folder / f"{m}.yaml", overrides) for m in methods}  # validate all first
     workdir = Path(base.workdir)
+    check_output_location(workdir, "folder")
     progress = not args.quiet
     started = time.perf_counter()
     report = prepare(base, progress=progress)
@@ -58,13 +60,14 @@ def run(args) -> int:
     print("[quickstart] evaluating the gold standard")
     data_dir = base.data.path or str(workdir / "data")
     lume = load_lume(data_dir, base.data.split)
-    mia_dir = find_mia_dir(data_dir, base.data.split)
+    _, mia_documents, mia_missing = resolve_mia(base.data.mia_path, data_dir, base.data.split)
     model, tokenizer = load_model_and_tokenizer(str(workdir / "gold_standard"))
-    gold = evaluate_model(model, tokenizer, lume, mia_documents=load_mia_documents(mia_dir) if mia_dir else None,
+    gold = evaluate_model(model, tokenizer, lume, mia_documents=mia_documents,
                           utility_spec=resolve_utility_spec(base.evaluation.utility, workdir),
                           max_new_tokens=base.evaluation.max_new_tokens, batch_size=base.evaluation.batch_size,
                           nll_batch_size=base.evaluation.nll_batch_size, progress=progress,
-                          evaluated={"model": str(workdir / "gold_standard"), "data": data_dir})
+                          evaluated={"model": str(workdir / "gold_standard"), "data": data_dir},
+                          warnings=[mia_missing] if mia_missing else [])
     gold.results["method"] = "gold_standard"
     write_evaluation(gold, runs_dir / "gold_standard")
     rows.append(row_from_results("gold_standard", gold.results,

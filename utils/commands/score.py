@@ -17,10 +17,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from utils.data import SPLITS, check_row_fields, parse_item_id, read_jsonl
+from utils.data import EMPTY_GOLD, SPLITS, check_row_fields, check_text_present, parse_item_id, read_jsonl
 from utils.environment import describe_environment
 from utils.errors import UserError
-from utils.io import atomic_write_json
+from utils.io import atomic_write_json, read_utf8_text
 from utils.metrics import DEFAULT_MMLU_THRESHOLD, build_results, compute_terms, mia_auc, summary_text
 
 GENERATION_FIELDS = ("id", "task", "expected_output", "model_output")
@@ -51,6 +51,7 @@ def read_generations(path: Path, split: str) -> list[dict[str, Any]]:
     seen: dict[str, int] = {}
     for line_number, row in read_jsonl(path):
         check_row_fields(path, f"line {line_number}", row, GENERATION_FIELDS, "field")
+        check_text_present(path, f"line {line_number}", row, "expected_output", EMPTY_GOLD)
         try:
             parse_item_id(row["id"])
         except ValueError as exc:
@@ -67,11 +68,9 @@ def read_generations(path: Path, split: str) -> list[dict[str, Any]]:
 
 def _read_json_object(path: Path) -> dict[str, Any]:
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = json.loads(read_utf8_text(path))
     except json.JSONDecodeError as exc:
         raise UserError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
-    except UnicodeDecodeError:
-        raise UserError(f"{path}: not a UTF-8 text file") from None
     if not isinstance(data, dict):
         raise UserError(f"{path}: expected a JSON object")
     return data
@@ -111,6 +110,8 @@ def read_mmlu_average(path: Path) -> float:
 
 def score_directory(directory: str | Path, mmlu_threshold: float = DEFAULT_MMLU_THRESHOLD) -> dict[str, Any]:
     """Read and validate everything in `directory` and return the results dict (nothing written)."""
+    if not (isinstance(mmlu_threshold, (int, float)) and 0.0 <= mmlu_threshold <= 1.0):
+        raise UserError(f"--mmlu-threshold must be a number between 0 and 1, got {mmlu_threshold}")
     directory = Path(directory)
     if not directory.is_dir():
         raise UserError(f"folder not found: {directory}")

@@ -17,12 +17,14 @@ def register(subparsers) -> None:
 
 def run(args) -> int:
     from utils.data import format_table
+    from utils.io import check_output_location
     from utils.sweep import SCORE_COLUMNS, load_sweep, run_sweep
 
     spec = load_sweep(args.sweep)
     for combination in spec.combinations():
         spec.config_for(combination, args.overrides)  # a bad --set fails before any run
     out = Path(args.out) if args.out else Path("runs") / "sweeps" / Path(args.sweep).stem
+    check_output_location(out, "folder")
     rows = run_sweep(spec, out, args.overrides, progress=not args.quiet)
     print(format_table(rows, ["run", *spec.grid, *SCORE_COLUMNS[:5]]))
     print(f"summary: {out / 'run_summary.csv'}, {out / 'run_summary.png'}")
