@@ -27,9 +27,9 @@ import torch
 from methods.adapters import apply_adapter, finalise, trainable_state
 from methods.trainer import Trainer, json_line, make_accelerator
 from utils.config import Config, save_config, to_dict
-from utils.data import find_mia_dir, load_lume, load_mia_documents
+from utils.data import load_lume, resolve_mia
 from utils.errors import UserError
-from utils.io import AtomicDirectory, atomic_write_json, atomic_write_text
+from utils.io import AtomicDirectory, atomic_write_json, atomic_write_text, check_output_location
 from utils.memory import PeakMemory
 from utils.seeding import seed_everything
 
@@ -213,8 +213,7 @@ def run_unlearning(config: Config, out_dir: str | Path, resume: bool = False, pr
     from utils.tokenization import encode_item
 
     run_dir = Path(out_dir)
-    if run_dir.exists() and not run_dir.is_dir():
-        raise UserError(f"--out {run_dir} is a file, not a run folder")
+    check_output_location(run_dir, "folder")
     # The saved config holds resolved values (a gold-standard ceiling as its number): compare like with like.
     config = resolve_forget_loss_ceiling(config)
     finished = run_dir / "results.json"
@@ -239,7 +238,7 @@ def run_unlearning(config: Config, out_dir: str | Path, resume: bool = False, pr
     method = get_method(config.method.name)
     model_name, data_dir = resolve_paths(config)
     lume = load_lume(data_dir, config.data.split)
-    mia_documents = _mia_documents(config, data_dir)
+    _, mia_documents, mia_missing = resolve_mia(config.data.mia_path, data_dir, config.data.split)
     model, tokenizer = load_model_and_tokenizer(model_name, config.model.tokenizer, config.model.dtype,
                                                 config.model.trust_remote_code)
     training = config.training
@@ -315,19 +314,13 @@ def run_unlearning(config: Config, out_dir: str | Path, resume: bool = False, pr
         save_model(final, tokenizer, run_dir / "model")
         if evaluate:
             results = evaluate_run(final, tokenizer, lume, mia_documents, config, run_dir, elapsed, progress,
-                                   model_name, data_dir, peak_memory.result())
+                                   model_name, data_dir, peak_memory.result(),
+                                   warnings=[mia_missing] if mia_missing else [])
         from utils.plotting import plot_run
 
         plot_run(run_dir)
     accelerator.wait_for_everyone()
     return results
-
-
-def _mia_documents(config: Config, data_dir: str):
-    mia_dir = Path(config.data.mia_path) if config.data.mia_path else find_mia_dir(data_dir, config.data.split)
-    if config.data.mia_path and not mia_dir.is_dir():
-        raise UserError(f"MIA folder not found: {config.data.mia_path}")
-    return load_mia_documents(mia_dir) if mia_dir else None
 
 
 def _quick_check(model, tokenizer, lume, config: Config, progress: bool) -> dict:
@@ -356,7 +349,8 @@ def _quick_check(model, tokenizer, lume, config: Config, progress: bool) -> dict
 
 
 def evaluate_run(model, tokenizer, lume, mia_documents, config: Config, run_dir: Path, train_seconds: float,
-                 progress: bool, model_name: str, data_dir: str, memory: dict | None = None) -> dict:
+                 progress: bool, model_name: str, data_dir: str, memory: dict | None = None,
+                 warnings: list[str] | None = None) -> dict:
     from utils.commands.evaluate import resolve_utility_spec
     from utils.evaluation import evaluate_model, write_evaluation
 
@@ -368,7 +362,7 @@ def evaluate_run(model, tokenizer, lume, mia_documents, config: Config, run_dir:
         mmlu_threshold=config.evaluation.mmlu_threshold, subset=config.evaluation.subset,
         evaluated={"model": str(run_dir / "model"), "unlearned_from": model_name, "data": data_dir,
                    "split": config.data.split, "method": config.method.name, "config": to_dict(config)},
-        progress=progress)
+        progress=progress, warnings=warnings)
     evaluation.results["method"] = config.method.name
     evaluation.results["timings"]["unlearning"] = train_seconds
     # Measured over the unlearning phases only (not loading, not this evaluation).

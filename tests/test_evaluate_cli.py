@@ -135,7 +135,7 @@ def test_lora_adapter_folder_is_evaluated_as_base_plus_adapter(small_world, eval
 def test_reevaluating_without_mia_leaves_no_stale_mia_losses(small_world, evaluations, tmp_path):
     folder = tmp_path / "evaluation"
     shutil.copytree(evaluations["target"], folder)
-    assert main(evaluate_args(small_world, small_world.gold_standard, folder, "--mia", "none")) == 0
+    assert main(evaluate_args(small_world, small_world.gold_standard, folder, "--mia", "none", "--overwrite")) == 0
     assert read_json(folder / "results.json")["mia_auc"] is None
     # The target's member losses must not be re-scored as if they were the gold standard's.
     assert not (folder / "mia_nll.json").exists()
@@ -201,7 +201,8 @@ def test_evaluate_rejects_bad_input_without_touching_results(kind, small_world, 
     out.mkdir()
     (out / "results.json").write_text('{"final_score": 0.5}\n')
     extra, phrase = make_bad_input(kind, small_world, tmp_path)
-    argv = evaluate_args(small_world, small_world.target, out)
+    # Even with --overwrite, bad input is found before anything is written.
+    argv = evaluate_args(small_world, small_world.target, out, "--overwrite")
     for flag, value in zip(extra[::2], extra[1::2]):
         if flag in argv:
             argv[argv.index(flag) + 1] = value
@@ -238,5 +239,6 @@ def test_score_rejects_mismatched_generations_without_touching_results(kind, eva
     folder = tmp_path / "generations"
     shutil.copytree(evaluations["target"], folder)
     phrase = corrupt_generations(kind, folder)
-    err = run_expecting_user_error(["score", str(folder)], folder / "results.json", capsys)
+    # Even with --overwrite (the folder holds an evaluation's results), bad input is found before writing.
+    err = run_expecting_user_error(["score", str(folder), "--overwrite"], folder / "results.json", capsys)
     assert phrase in err

@@ -185,3 +185,23 @@ def test_every_shipped_config_resumes_after_its_first_phase_to_the_same_weights(
     resumed, reference = strict_json_lines(killed / "log.jsonl"), strict_json_lines(whole / "log.jsonl")
     assert [r["global_step"] for r in resumed] == [r["global_step"] for r in reference]
     assert [r["loss"] for r in resumed] == pytest.approx([r["loss"] for r in reference], abs=1e-6)
+
+
+def test_evaluate_never_replaces_earlier_results_without_overwrite(small_world, tmp_path, capsys):
+    out = tmp_path / "evaluation"
+    argv = ["evaluate", "--model", str(small_world.target), "--out", str(out), "--set", f"workdir={small_world.root}",
+            "--max-new-tokens", "8", "--subset", "1", "--quiet"]
+    assert main(argv) == 0
+    before = files_of(out)
+    line = expect_one_line_error([*argv[:-1], "--max-new-tokens", "9", "--quiet"], capsys)
+    assert "already holds finished results" in line and "--overwrite" not in line
+    assert files_of(out) == before
+    assert main([*argv, "--overwrite"]) == 0
+
+
+def test_run_out_that_is_a_file_is_refused_before_loading(small_world, tmp_path, capsys):
+    taken = tmp_path / "taken.txt"
+    taken.write_text("not a run folder")
+    line = expect_one_line_error(run_args(small_world, taken), capsys)
+    assert "exists and is not a folder" in line
+    assert taken.read_text() == "not a run folder"

@@ -149,8 +149,8 @@ def test_prompts_beyond_the_context_keep_their_end_and_are_counted(world) -> Non
     warned: list[str] = []
     outputs = generate_greedy(model, tokenizer, [long_prompt, "the"], max_new_tokens=8, progress=False,
                               warn=warned.append)
-    assert warned == [(f"1 of 2 prompts are longer than the model's context ({context} positions) less "
-                      f"max_new_tokens (8): each kept its last {context - 8} tokens")]
+    assert warned == [(f"1 of 2 prompts are longer than the model's context ({context} positions): "
+                       f"each kept its last {context - 8} tokens")]
     # The long prompt is answered as its last tokens alone would be; the short one as if alone.
     end = tokenizer.decode(tokenizer(long_prompt)["input_ids"][-(context - 8):])
     assert tokenizer(end)["input_ids"] == tokenizer(long_prompt)["input_ids"][-(context - 8):]
@@ -158,10 +158,16 @@ def test_prompts_beyond_the_context_keep_their_end_and_are_counted(world) -> Non
                        generate_greedy(model, tokenizer, ["the"], max_new_tokens=8, progress=False)[0]]
 
 
-def test_keep_prompt_ends_needs_room_for_the_answer() -> None:
+def test_keep_prompt_ends_cuts_only_prompts_beyond_the_context() -> None:
     assert generation.keep_prompt_ends([[1, 2, 3]], None, 10, print) == [[1, 2, 3]]
-    with pytest.raises(UserError, match=r"max_new_tokens \(8\) leaves no room for a prompt in the model's context of 8"):
-        generation.keep_prompt_ends([[1, 2, 3]], 8, 8, print)
+    # Within the context a prompt stays whole, as in the official loop, even when its answer may run past it.
+    assert generation.keep_prompt_ends([[1, 2, 3, 4, 5, 6]], 8, 4, print) == [[1, 2, 3, 4, 5, 6]]
+    warned: list[str] = []
+    long = list(range(20))
+    # Room for the answer, but never less than half the context.
+    assert generation.keep_prompt_ends([long, [1]], 8, 2, warned.append) == [long[-6:], [1]]
+    assert generation.keep_prompt_ends([long], 8, 8, warned.append) == [long[-4:]]
+    assert len(warned) == 2
 
 
 def _staggered_prompts(sentences: list[str]) -> list[str]:
@@ -187,29 +193,55 @@ def test_rows_finishing_at_very_different_steps(world) -> None:
         assert text == tokenizer.decode(tokens[:-1] if stopped else tokens, skip_special_tokens=True)
 
 
-def _count_generate_calls(model, monkeypatch) -> list[tuple[int, int]]:
-    """(rows, padded width) of every `model.generate` call."""
+def _count_generate_calls(model, monkeypatch) -> list[tuple[int, int, int]]:
+    """(rows, padded width, max_new_tokens) of every `model.generate` call."""
     calls = []
     original = model.generate
 
     def counting(*args, **kwargs):
-        calls.append(tuple(kwargs["input_ids"].shape))
+        calls.append((*kwargs["input_ids"].shape, kwargs["max_new_tokens"]))
         return original(*args, **kwargs)
 
     monkeypatch.setattr(model, "generate", counting)
     return calls
 
 
-def test_batches_go_through_generate_longest_first(world, monkeypatch) -> None:
-    """Every batch is one `model.generate` call on left-padded prompts, the longest prompts first."""
+def test_batches_go_through_generate_in_stages_longest_first(world, monkeypatch) -> None:
+    """Every batch is one `model.generate` call on left-padded prompts, the longest first; after the first
+    stage (16 new tokens) only the rows that have not ended go on, re-batched, up to 32 and then 40."""
     model, tokenizer, sentences = world
     prompts = _staggered_prompts(sentences)
     reference = generate_one_at_a_time(model, tokenizer, prompts, max_new_tokens=40)
+    assert generation.decoding_stages(40, model) == [16, 32, 40]
     calls = _count_generate_calls(model, monkeypatch)
     assert generate_greedy(model, tokenizer, prompts, max_new_tokens=40, batch_size=4, progress=False) == reference
-    assert [rows for rows, _ in calls] == [4, 4, 4, 3]
-    widths = [width for _, width in calls]
+    first, later = calls[:4], calls[4:]
+    assert [(rows, steps) for rows, _, steps in first] == [(4, 16), (4, 16), (4, 16), (3, 16)]
+    widths = [width for _, width, _ in first]
     assert widths == sorted(widths, reverse=True) and widths[0] > widths[-1]
+    # Some rows ended in the first stage; the ones left went on for 16 more tokens, then the last 8.
+    assert later and sum(rows for rows, _, steps in later if steps == 16) < len(prompts)
+    assert [steps for _, _, steps in later] == sorted((steps for _, _, steps in later), reverse=True)
+    assert {steps for _, _, steps in later} == {16, 8}
+
+
+def test_stage_dependent_settings_decode_in_one_stage_and_say_so(world, monkeypatch, caplog) -> None:
+    """min_new_tokens counts from where a generate call starts: with it set, each batch is one stage (the
+    log says so once), and the text is still what one-at-a-time decoding gives."""
+    model, tokenizer, sentences = world
+    prompts = _staggered_prompts(sentences)
+    monkeypatch.setattr(model.generation_config, "min_new_tokens", 20)
+    monkeypatch.setattr(generation, "_reported_single_stage", set())
+    with caplog.at_level("WARNING", logger="utils.generation"):
+        assert generation.decoding_stages(40, model) == [40]
+        assert generation.decoding_stages(40, model) == [40]
+    assert [r.getMessage() for r in caplog.records].count(
+        "generation: the model's generation config sets min_new_tokens, so each batch is decoded in one stage "
+        "(the same text, slower when a few answers run long)") == 1
+    reference = generate_one_at_a_time(model, tokenizer, prompts, max_new_tokens=40)
+    calls = _count_generate_calls(model, monkeypatch)
+    assert generate_greedy(model, tokenizer, prompts, max_new_tokens=40, batch_size=8, progress=False) == reference
+    assert [steps for _, _, steps in calls] == [40, 40]
 
 
 def test_generation_config_entries_are_honoured(world, monkeypatch) -> None:

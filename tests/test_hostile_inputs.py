@@ -449,8 +449,8 @@ def test_an_over_long_prompt_and_mia_document_are_scored_within_the_context(smal
     results = json.loads((out / "results.json").read_text())
     prompts = [w for w in results["warnings"] if "prompts are longer than the model's context" in w]
     documents_cut = [w for w in results["warnings"] if w.startswith("MIA: ")]
-    assert prompts == [f"1 of {prompt_count} prompts are longer than the model's context (256 positions) "
-                       + "less max_new_tokens (24): each kept its last 232 tokens"]
+    assert prompts == [f"1 of {prompt_count} prompts are longer than the model's context (256 positions): "
+                       + "each kept its last 232 tokens"]
     assert documents_cut == ["MIA: 1 of 6 documents are longer than the model's context (256 positions): "
                              + "each was scored on its first 256 tokens"]
     assert results["mia_auc"] is not None

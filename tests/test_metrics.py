@@ -230,7 +230,7 @@ BAD_INPUTS = {
 @pytest.mark.parametrize("case", sorted(BAD_INPUTS))
 def test_bad_input_exits_2_and_keeps_results(case: str, tmp_path: Path, capsys) -> None:
     directory = write_score_dir(tmp_path / "run")
-    previous = b'{"final_score": 0.42}\n'
+    previous = b'{"final_score": 0.42, "evaluated": {"source": "generations"}}\n'  # an earlier re-score
     (directory / "results.json").write_bytes(previous)
     corrupt, message = BAD_INPUTS[case]
     corrupt(directory)

@@ -300,3 +300,21 @@ def _fmt(value) -> str:
 
 def _is_number(text: str) -> bool:
     return bool(re.fullmatch(r"-?[0-9.]+(e-?[0-9]+)?", text))
+
+
+def resolve_mia(source: str | None, data_dir: str, split: str) -> tuple[Path | None, dict | None, str | None]:
+    """(folder, documents, why the MIA is not measured) for `--mia DIR|none` / `data.mia_path`.
+
+    A folder the user named must hold both files (a missing one is an error); a folder found next to the
+    data with only one of them is not an error, but the reason is carried into the results.
+    """
+    if source == "none":
+        return None, None, None
+    if source:
+        if not Path(source).is_dir():
+            raise UserError(f"MIA folder not found: {source}")
+        return Path(source), load_mia_documents(source), None
+    found = find_mia_dir(data_dir, split)
+    if found is None:
+        return None, None, incomplete_mia_folder(data_dir, split)
+    return found, load_mia_documents(found), None

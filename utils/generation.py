@@ -8,6 +8,10 @@ reference the tests and the benchmark compare against. `generate_greedy` produce
 
 * prompts are sorted by token length, longest first, so each batch carries little padding and an
   out-of-memory error shows up on the first batch rather than after an hour;
+* decoding runs in stages of growing length (16 new tokens, then 32, 64, ... up to `max_new_tokens`):
+  after each stage the rows that ended leave and the rest are re-batched, continuing from their prompt
+  plus their tokens so far. A batched `generate` runs until its longest row ends, so without stages a
+  few long answers keep whole batches decoding; greedy decoding of the same tokens gives the same text;
 * batches are LEFT padded with an attention mask, so every row's next token is predicted at the last
   column and `generate` gives a padded row the positions of the unpadded prompt;
 * every setting that could make `generate` differ from a plain argmax is pinned (greedy, one beam, the
@@ -22,6 +26,7 @@ renames model internals does not change what is generated.
 
 from __future__ import annotations
 
+import logging
 import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -119,23 +124,58 @@ def length_sorted_batches(lengths: Sequence[int], batch_size: int) -> list[list[
 
 def keep_prompt_ends(encoded: list[list[int]], context: int | None, max_new_tokens: int,
                      warn: Callable[[str], None]) -> list[list[int]]:
-    """Prompts too long to leave `max_new_tokens` in the model's context keep their last tokens.
+    """Prompts longer than the model's context keep their last tokens; one warning counts them.
 
     Past its context a model reads positions it never trained on, and attention memory grows with the
-    square of the length: a 100,000-character prompt would exhaust memory instead of being scored. One
-    warning counts the shortened prompts.
+    square of the length: a 100,000-character prompt would exhaust memory instead of being scored. A
+    prompt within the context is left whole, as the official loop leaves it, even when its answer may
+    run past the context. A cut prompt keeps room for `max_new_tokens` (but at least half the context).
     """
     if context is None:
         return encoded
-    budget = context - max_new_tokens
-    if budget < 1:
-        raise UserError(f"max_new_tokens ({max_new_tokens}) leaves no room for a prompt in the model's context "
-                        f"of {context} positions")
-    too_long = sum(len(ids) > budget for ids in encoded)
-    if too_long:
-        warn(f"{too_long} of {len(encoded)} prompts are longer than the model's context ({context} positions) "
-             f"less max_new_tokens ({max_new_tokens}): each kept its last {budget} tokens")
-    return [ids[-budget:] for ids in encoded]
+    budget = max(context - max_new_tokens, context // 2, 1)
+    too_long = sum(len(ids) > context for ids in encoded)
+    if not too_long:
+        return encoded
+    warn(f"{too_long} of {len(encoded)} prompts are longer than the model's context ({context} positions): "
+         f"each kept its last {budget} tokens")
+    return [ids[-budget:] if len(ids) > context else ids for ids in encoded]
+
+
+# Rows are decoded in stages of growing length: first STAGE_TOKENS new tokens for every prompt, then twice as
+# many, and so on up to max_new_tokens. After each stage the rows that emitted EOS leave, and the rest are
+# re-batched and continue from their prompt plus what they generated so far, so a few long answers do not
+# keep whole batches decoding (a batched `generate` runs until its longest row ends).
+STAGE_TOKENS = 16
+
+# Generation-config entries whose effect depends on where a `generate` call started (the first new token,
+# the count of new tokens): with one of them set, every batch is decoded in a single stage, which honours it.
+_STAGE_DEPENDENT = ("min_new_tokens", "exponential_decay_length_penalty", "begin_suppress_tokens",
+                    "forced_bos_token_id", "forced_eos_token_id", "watermarking_config", "prompt_lookup_num_tokens")
+_reported_single_stage: set[str] = set()
+logger = logging.getLogger(__name__)
+
+
+def decoding_stages(max_new_tokens: int, model=None) -> list[int]:
+    """The cumulative new-token limits of the stages (see STAGE_TOKENS); one stage when the model's generation
+    config holds an entry that depends on where generation started (said once per entry in the log)."""
+    config = getattr(model, "generation_config", None)
+    blockers = [name for name in _STAGE_DEPENDENT if getattr(config, name, None) not in (None, [], (), {})]
+    guidance = getattr(config, "guidance_scale", None)
+    if guidance not in (None, 1, 1.0):
+        blockers.append("guidance_scale")
+    if blockers:
+        reason = ", ".join(blockers)
+        if reason not in _reported_single_stage:
+            _reported_single_stage.add(reason)
+            logger.warning("generation: the model's generation config sets %s, so each batch is decoded in "
+                           "one stage (the same text, slower when a few answers run long)", reason)
+        return [max_new_tokens]
+    stages, limit = [], STAGE_TOKENS
+    while limit < max_new_tokens:
+        stages.append(limit)
+        limit *= 2
+    return [*stages, max_new_tokens]
 
 
 def generate_greedy(model, tokenizer, prompts: list[str], max_new_tokens: int = 256, batch_size: int = 64,
@@ -143,8 +183,8 @@ def generate_greedy(model, tokenizer, prompts: list[str], max_new_tokens: int = 
     """Greedy continuations of `prompts` (new text only), identical to one-at-a-time decoding.
 
     Returns one string per prompt, in the order given: `model.generate` on length-sorted, left-padded
-    batches of `batch_size` prompts. Prompts longer than the model's context allows are cut to their
-    end (`keep_prompt_ends`), and `warn` is told how many.
+    batches of `batch_size` prompts, in stages of growing length (`decoding_stages`). Prompts longer than
+    the model's context are cut to their end (`keep_prompt_ends`), and `warn` is told how many.
     """
     if batch_size < 1:
         raise ValueError("batch_size must be at least 1")
@@ -155,25 +195,34 @@ def generate_greedy(model, tokenizer, prompts: list[str], max_new_tokens: int = 
         return []
     encoded = keep_prompt_ends(_encode_all(tokenizer, prompts), context_length(model), max_new_tokens, warn)
     eos_ids = eos_token_ids(model, tokenizer)
+    stop = set(eos_ids)
     pad_id = _pad_id(model, tokenizer, eos_ids)
-    kwargs = _greedy_kwargs(max_new_tokens, pad_id, eos_ids)
     device = _model_device(model)
-    new_tokens: list[list[int]] = [[] for _ in prompts]
+    generated: list[list[int]] = [[] for _ in prompts]
+    active = list(range(len(prompts)))
     was_training = model.training
     model.eval()
     try:
         with torch.inference_mode(), \
                 tqdm(total=len(prompts), desc="generating", unit="prompt", disable=not progress) as bar:
-            for rows in length_sorted_batches([len(ids) for ids in encoded], batch_size):
-                input_ids, attention_mask = _left_pad([encoded[i] for i in rows], pad_id)
-                output = model.generate(input_ids=input_ids.to(device), attention_mask=attention_mask.to(device),
-                                        **kwargs)
-                for row, tokens in zip(rows, output[:, input_ids.shape[1]:].tolist()):
-                    new_tokens[row] = tokens
-                bar.update(len(rows))
+            done = 0
+            for limit in decoding_stages(max_new_tokens, model):
+                kwargs = _greedy_kwargs(limit - done, pad_id, eos_ids)
+                inputs = [encoded[row] + generated[row] for row in active]
+                for batch in length_sorted_batches([len(ids) for ids in inputs], batch_size):
+                    input_ids, attention_mask = _left_pad([inputs[i] for i in batch], pad_id)
+                    output = model.generate(input_ids=input_ids.to(device),
+                                            attention_mask=attention_mask.to(device), **kwargs)
+                    for i, tokens in zip(batch, output[:, input_ids.shape[1]:].tolist()):
+                        generated[active[i]] += _cut_at_eos(tokens, eos_ids)
+                active = [row for row in active if not (generated[row] and generated[row][-1] in stop)]
+                done = limit
+                bar.update(bar.total - bar.n - len(active) if limit < max_new_tokens else bar.total - bar.n)
+                if not active:
+                    break
     finally:
         model.train(was_training)
-    return [tokenizer.decode(_cut_at_eos(tokens, eos_ids), skip_special_tokens=True) for tokens in new_tokens]
+    return [tokenizer.decode(tokens, skip_special_tokens=True) for tokens in generated]
 
 
 def generate_one_at_a_time(model, tokenizer, prompts: list[str], max_new_tokens: int = 256,

@@ -26,6 +26,8 @@ def register(subparsers) -> None:
     parser.add_argument("--subset", type=int, default=None, help="only the first N documents per split and task")
     parser.add_argument("--max-new-tokens", type=int, default=None)
     parser.add_argument("--batch-size", type=int, default=None)
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace the results an earlier evaluation left in --out")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     add_config_arguments(parser)
     parser.set_defaults(func=run)
@@ -60,7 +62,7 @@ def output_folder(out: str | None, model_name: str) -> Path:
 
 
 def run(args) -> int:
-    from utils.data import load_lume
+    from utils.data import load_lume, resolve_mia
     from utils.evaluation import evaluate_model, write_evaluation
     from utils.metrics import summary_text
     from utils.models import load_model_and_tokenizer
@@ -76,6 +78,8 @@ def run(args) -> int:
     out = output_folder(args.out, model_name)
     # Validate every input before the (slow) model load and before anything is written.
     check_output_location(out, "folder")
+    if (out / "results.json").is_file() and not args.overwrite:
+        raise UserError(f"{out} already holds finished results ({out / 'results.json'}); choose another --out")
     utility_spec = resolve_utility_spec(args.utility or config.evaluation.utility, workdir)
     subset = args.subset if args.subset is not None else config.evaluation.subset
     lume = load_lume(data_dir, split)
@@ -104,23 +108,3 @@ def run(args) -> int:
     print(summary_text(evaluation.results))
     print(f"results written to {path}")
     return 0
-
-
-def resolve_mia(source: str | None, data_dir: str, split: str) -> tuple[Path | None, dict | None, str | None]:
-    """(folder, documents, why the MIA is not measured) for `--mia DIR|none` / `data.mia_path`.
-
-    A folder the user named must hold both files (a missing one is an error); a folder found next to the
-    data with only one of them is not an error, but the reason is carried into the results.
-    """
-    from utils.data import find_mia_dir, incomplete_mia_folder, load_mia_documents
-
-    if source == "none":
-        return None, None, None
-    if source:
-        if not Path(source).is_dir():
-            raise UserError(f"MIA folder not found: {source}")
-        return Path(source), load_mia_documents(source), None
-    found = find_mia_dir(data_dir, split)
-    if found is None:
-        return None, None, incomplete_mia_folder(data_dir, split)
-    return found, load_mia_documents(found), None

@@ -30,8 +30,8 @@ def register(subparsers) -> None:
 
 def run(args) -> int:
     from methods.runner import run_unlearning
-    from utils.commands.evaluate import resolve_mia, resolve_utility_spec
-    from utils.data import load_lume
+    from utils.commands.evaluate import resolve_utility_spec
+    from utils.data import load_lume, resolve_mia
     from utils.errors import UserError
     from utils.evaluation import evaluate_model, write_evaluation
     from utils.leaderboard import row_from_results, to_text, write_leaderboard

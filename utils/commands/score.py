@@ -20,7 +20,7 @@ from typing import Any
 from utils.data import EMPTY_GOLD, SPLITS, check_row_fields, check_text_present, parse_item_id, read_jsonl
 from utils.environment import describe_environment
 from utils.errors import UserError
-from utils.io import atomic_write_json, read_utf8_text
+from utils.io import atomic_write_json, check_output_location, read_utf8_text
 from utils.metrics import DEFAULT_MMLU_THRESHOLD, build_results, compute_terms, mia_auc, summary_text
 
 GENERATION_FIELDS = ("id", "task", "expected_output", "model_output")
@@ -165,8 +165,7 @@ def replaceable_results(path: Path) -> bool:
 
 def run(args) -> int:
     out = Path(args.out) if args.out else Path(args.directory) / "results.json"
-    if out.is_dir():
-        raise UserError(f"--out {out} is a folder; score --out names the results file to write")
+    check_output_location(out, "file")
     if not args.overwrite and not replaceable_results(out):
         if args.out:
             raise UserError(f"{out} already holds finished results; choose another --out")
