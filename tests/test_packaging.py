@@ -90,3 +90,26 @@ def test_seeding_turns_on_deterministic_algorithms():
         assert torch.are_deterministic_algorithms_enabled()
     finally:
         torch.use_deterministic_algorithms(before)
+
+
+def test_no_private_names_of_the_hugging_face_libraries():
+    """Only public API of transformers, peft and accelerate: no private module or name is imported, and no
+    underscore attribute is read off anything but the project's own objects."""
+    import ast
+
+    libraries = ("transformers", "peft", "accelerate")
+    found = []
+    for path in sorted(p for top in ("utils", "methods", "lume_unlearning") for p in (REPO / top).rglob("*.py")):
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] in libraries:
+                parts = node.module.split(".") + [alias.name for alias in node.names]
+                found += [f"{path.name}: from {node.module} import {part}" for part in parts if part.startswith("_")]
+            elif isinstance(node, ast.Import):
+                found += [f"{path.name}: import {a.name}" for a in node.names
+                          if a.name.split(".")[0] in libraries and any(p.startswith("_") for p in a.name.split("."))]
+            elif isinstance(node, ast.Attribute) and node.attr.startswith("_") and not node.attr.startswith("__"):
+                owner = node.value
+                if not (isinstance(owner, ast.Name) and owner.id in ("self", "cls", "reference")):
+                    found.append(f"{path.name}:{node.lineno}: .{node.attr}")
+    assert found == []
