@@ -21,17 +21,19 @@ import json
 import shutil
 import time
 from pathlib import Path
+from types import ModuleType
 
 import torch
 
 from methods.adapters import apply_adapter, finalise, trainable_state
-from methods.trainer import Trainer, json_line, make_accelerator
-from utils.config import Config, save_config, to_dict
-from utils.data import load_lume, resolve_mia
+from methods.trainer import Phase, Trainer, json_line, make_accelerator
+from utils.config import Config, TrainingConfig, save_config, to_dict
+from utils.data import Item, LumeData, load_lume, resolve_mia
 from utils.errors import UserError
 from utils.io import AtomicDirectory, atomic_write_json, atomic_write_text, check_output_location
 from utils.memory import PeakMemory
 from utils.seeding import seed_everything
+from utils.tokenization import Example, encode_item
 
 CHECKPOINT = "checkpoint"
 STATE_FILE = "state.json"
@@ -201,6 +203,23 @@ def read_finished_results(path: Path) -> dict:
         raise UserError(f"{path} is damaged ({exc.__class__.__name__})") from None
 
 
+def training_examples(items: list[Item], role: str, tokenizer, training: TrainingConfig) -> list[Example]:
+    """The items as training examples. Without a tokenizer (a dry run that has none locally): token-less
+    stand-ins in the same order, which give the same phases and step counts (those never read tokens)."""
+    if tokenizer is None:
+        return [Example(input_ids=[], labels=[], item_id=item.id, role=role) for item in items]
+    return [encode_item(tokenizer, item, "output", training.max_length, role=role) for item in items]
+
+
+def build_run_phases(method: ModuleType, config: Config, lume: LumeData, tokenizer) -> list[Phase]:
+    """The phases a run of `config` trains, built by the method itself: shared by `run_unlearning` and
+    `unlearn run --dry-run`, so the schedule a dry run shows is the one a run trains."""
+    training = config.training
+    forget = training_examples(lume.forget, "forget", tokenizer, training)
+    retain = training_examples(lume.retain, "retain", tokenizer, training)
+    return method.build_phases(forget, retain, config.method, training, training.seed)
+
+
 def run_unlearning(config: Config, out_dir: str | Path, resume: bool = False, progress: bool = True,
                    evaluate: bool = True, accelerator=None, log=print, stop_after_phases: int | None = None,
                    overwrite: bool = False) -> dict:
@@ -210,7 +229,6 @@ def run_unlearning(config: Config, out_dir: str | Path, resume: bool = False, pr
     """
     from methods.registry import get_method, prepare_reference
     from utils.models import load_model_and_tokenizer
-    from utils.tokenization import encode_item
 
     run_dir = Path(out_dir)
     check_output_location(run_dir, "folder")
@@ -242,9 +260,7 @@ def run_unlearning(config: Config, out_dir: str | Path, resume: bool = False, pr
     model, tokenizer = load_model_and_tokenizer(model_name, config.model.tokenizer, config.model.dtype,
                                                 config.model.trust_remote_code)
     training = config.training
-    forget = [encode_item(tokenizer, i, "output", training.max_length, role="forget") for i in lume.forget]
-    retain = [encode_item(tokenizer, i, "output", training.max_length, role="retain") for i in lume.retain]
-    phases = method.build_phases(forget, retain, config.method, training, training.seed)
+    phases = build_run_phases(method, config, lume, tokenizer)
 
     # The LoRA matrices are initialised from the global generator: seeded, a run is reproducible and all
     # processes of a distributed run start from the same adapter.

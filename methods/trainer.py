@@ -129,6 +129,39 @@ def split_by_padded_tokens(examples: list[Example], budget: int) -> list[list[Ex
     return pieces
 
 
+def global_batches(phase: Phase, phase_index: int, config: TrainingConfig) -> list[list[Example]]:
+    """The phase's global batches over all its epochs, shuffled per epoch from a seeded generator: what
+    the Trainer trains and what `unlearn run --dry-run` counts, so the two cannot disagree."""
+    size = config.batch_size
+    per_epoch = math.ceil(len(phase.examples) / size)
+    total = math.ceil(phase.epochs * per_epoch)
+    batches: list[list[Example]] = []
+    epoch = 0
+    while len(batches) < total:
+        order = list(range(len(phase.examples)))
+        if phase.shuffle:
+            generator = torch.Generator().manual_seed(config.seed * 1_000_003 + phase_index * 1009 + epoch)
+            order = torch.randperm(len(order), generator=generator).tolist()
+        if phase.shuffle and config.group_by_length:
+            epoch_batches = length_grouped(order, phase.examples, size, generator)
+        else:
+            epoch_batches = [[phase.examples[i] for i in order[s:s + size]] for s in range(0, len(order), size)]
+        batches.extend(epoch_batches)
+        epoch += 1
+    return batches[:total]
+
+
+def length_grouped(order: list[int], examples: list[Example], size: int, generator) -> list[list[Example]]:
+    """Batches of similar length: the shuffled order is cut into groups of 16 batches, each group
+    sorted by length and cut into batches, then the batches are shuffled (long ones not always first)."""
+    group = size * 16
+    batches = []
+    for start in range(0, len(order), group):
+        ranked = sorted(order[start:start + group], key=lambda i: len(examples[i].input_ids))
+        batches += [[examples[i] for i in ranked[s:s + size]] for s in range(0, len(ranked), size)]
+    return [batches[i] for i in torch.randperm(len(batches), generator=generator).tolist()]
+
+
 class Trainer:
     """Runs phases on a model prepared once with accelerate; optimiser and schedule are per phase."""
 
@@ -148,35 +181,8 @@ class Trainer:
         return self.accelerator.unwrap_model(self.model)
 
     def batches_for(self, phase: Phase, phase_index: int) -> list[list[Example]]:
-        """The phase's global batches over all its epochs, shuffled per epoch from a seeded generator."""
-        size = self.config.batch_size
-        per_epoch = math.ceil(len(phase.examples) / size)
-        total = math.ceil(phase.epochs * per_epoch)
-        batches: list[list[Example]] = []
-        epoch = 0
-        while len(batches) < total:
-            order = list(range(len(phase.examples)))
-            if phase.shuffle:
-                generator = torch.Generator().manual_seed(self.config.seed * 1_000_003 + phase_index * 1009 + epoch)
-                order = torch.randperm(len(order), generator=generator).tolist()
-            if phase.shuffle and self.config.group_by_length:
-                epoch_batches = self._length_grouped(order, phase.examples, size, generator)
-            else:
-                epoch_batches = [[phase.examples[i] for i in order[s:s + size]] for s in range(0, len(order), size)]
-            batches.extend(epoch_batches)
-            epoch += 1
-        return batches[:total]
-
-    @staticmethod
-    def _length_grouped(order: list[int], examples: list[Example], size: int, generator) -> list[list[Example]]:
-        """Batches of similar length: the shuffled order is cut into groups of 16 batches, each group
-        sorted by length and cut into batches, then the batches are shuffled (long ones not always first)."""
-        group = size * 16
-        batches = []
-        for start in range(0, len(order), group):
-            ranked = sorted(order[start:start + group], key=lambda i: len(examples[i].input_ids))
-            batches += [[examples[i] for i in ranked[s:s + size]] for s in range(0, len(ranked), size)]
-        return [batches[i] for i in torch.randperm(len(batches), generator=generator).tolist()]
+        """The global batches this trainer runs for `phase` (see `global_batches`)."""
+        return global_batches(phase, phase_index, self.config)
 
     def _local_micro_batches(self, batch: list[Example]) -> list[list[Example]]:
         """This process's share of a global batch, split for gradient accumulation.
