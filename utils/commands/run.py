@@ -1,4 +1,7 @@
-"""`unlearn run CONFIG.yaml [--set ...] [--out DIR] [--resume]`: unlearn with one method, then evaluate."""
+"""`unlearn run CONFIG.yaml [--set ...] [--out DIR] [--resume]`: unlearn with one method, then evaluate.
+
+`--dry-run [--schedule-out FILE]` prints the schedule the run would train (methods/schedule.py) instead.
+"""
 
 from __future__ import annotations
 
@@ -18,6 +21,11 @@ def register(subparsers) -> None:
     parser.add_argument("--overwrite", action="store_true",
                         help="replace whatever run the --out folder holds, finished or not (says what it replaces)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="print the schedule (phases, optimiser steps, examples and tokens per step, "
+                             "checkpoints) without loading a model or writing the run folder")
+    parser.add_argument("--schedule-out", default=None, metavar="FILE",
+                        help="with --dry-run: also write the schedule as JSON to FILE")
     parser.set_defaults(func=run)
 
 
@@ -29,9 +37,31 @@ def run(args) -> int:
     out = Path(args.out) if args.out else Path("runs") / config.method.name
     if args.resume and args.overwrite:
         raise UserError("--resume continues the run in --out and --overwrite replaces it: pass one of them")
+    if args.dry_run:
+        return dry_run(config, out, args)
+    if args.schedule_out:
+        raise UserError("--schedule-out writes the schedule of a dry run: pass it with --dry-run")
     results = run_unlearning(config, out, resume=args.resume, progress=not args.quiet, evaluate=not args.no_eval,
                              overwrite=args.overwrite)
     if results:
         print(summary_text(results))
         print(f"run folder: {out}")
+    return 0
+
+
+def dry_run(config, out: Path, args) -> int:
+    from methods.schedule import check_schedule_out, plan_run, schedule_table
+    from utils.io import atomic_write_json
+
+    if args.resume or args.overwrite:
+        flag = "--resume" if args.resume else "--overwrite"
+        raise UserError(f"--dry-run shows the whole schedule and leaves the run folder alone: drop {flag}")
+    schedule_out = Path(args.schedule_out) if args.schedule_out else None
+    if schedule_out is not None:
+        check_schedule_out(schedule_out, out)
+    plan = plan_run(config, out)
+    print(schedule_table(plan))
+    if schedule_out is not None:
+        atomic_write_json(schedule_out, plan)
+        print(f"schedule: {schedule_out}")
     return 0
