@@ -150,7 +150,7 @@ def schedule_table(plan: dict) -> str:
     lines += ["  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in rows]
     checkpoints = plan["checkpoints"]
     lines += [
-        f"total: {plan['total_steps']} optimiser steps in {len(plan['phases'])} phases",
+        f"total: {plan['total_steps']} optimiser steps in {len(plan['phases'])} phase{'' if len(plan['phases']) == 1 else 's'}",
         (f"checkpoints: {checkpoints['count']} ({checkpoints['note']}) in {checkpoints['path']}/; "
          f"the final model in {plan['final_model']}/"),
     ]
