@@ -12,12 +12,16 @@ from __future__ import annotations
 import statistics
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from methods.runner import CHECKPOINT, build_run_phases, resolve_forget_loss_ceiling, resolve_paths
 from methods.trainer import Phase, global_batches
 from utils.config import Config
 from utils.data import load_lume
 from utils.errors import UserError
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
 
 
 @dataclass(frozen=True)
@@ -60,8 +64,8 @@ class TokenizerSource:
     reason: str
 
 
-def local_tokenizer(config: Config, model_name: str):
-    """(tokenizer or None, where it came from or why there is none): the tokenizer a run would use,
+def local_tokenizer(config: Config, model_name: str) -> tuple[PreTrainedTokenizerBase | None, TokenizerSource]:
+    """The tokenizer a run would use (or None) and where it came from (or why there is none): found
     when it is a folder on this machine (`model.tokenizer`, else the model's folder; for the prepared
     world that is `<workdir>/target`). A hub name is never fetched."""
     from utils.models import TOKENIZER_FILES, load_tokenizer, looks_like_local_path
@@ -91,8 +95,8 @@ def schedule_phase(phase: Phase, index: int, config: Config, measured: bool) -> 
 
 
 def plan_run(config: Config, run_dir: Path) -> dict:
-    """The schedule of a run of `config` into `run_dir`, as a JSON-ready dict; reads only the data (and
-    a local tokenizer), exactly as far as a run reads them before training."""
+    """The schedule of a run of `config` into `run_dir`, as a JSON-ready dict; reads only the data files
+    and a local tokenizer."""
     from methods.registry import get_method
 
     # As in a run: a gold-standard ceiling that cannot be resolved stops here, before anything else.
