@@ -27,6 +27,7 @@ from tqdm.auto import tqdm
 
 from utils.config import TrainingConfig
 from utils.errors import UserError
+from utils.io import finite_or_null
 from utils.tokenization import Example, collate
 
 
@@ -298,9 +299,7 @@ class Trainer:
 
 def json_line(record: dict) -> str:
     """One JSON line; a non-finite number becomes null (JSON has no NaN, and readers reject it)."""
-    clean = {key: None if isinstance(value, float) and not math.isfinite(value) else value
-             for key, value in record.items()}
-    return json.dumps(clean, allow_nan=False) + "\n"
+    return json.dumps(finite_or_null(record), allow_nan=False) + "\n"
 
 
 def all_finite(parameters) -> bool:

@@ -217,7 +217,8 @@ def generate_greedy(model, tokenizer, prompts: list[str], max_new_tokens: int = 
                         generated[active[i]] += _cut_at_eos(tokens, eos_ids)
                 active = [row for row in active if not (generated[row] and generated[row][-1] in stop)]
                 done = limit
-                bar.update(bar.total - bar.n - len(active) if limit < max_new_tokens else bar.total - bar.n)
+                # Rows still active after the last stage are done too: they used every new token.
+                bar.update((len(prompts) if limit == max_new_tokens else len(prompts) - len(active)) - bar.n)
                 if not active:
                     break
     finally:
