@@ -10,7 +10,6 @@ import json
 import os
 import shutil
 import statistics
-import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -21,7 +20,7 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 
-from utils.data import find_split_files
+from utils.data.lume import find_split_files
 from utils.environment import describe_environment
 from utils.errors import UserError
 
@@ -31,19 +30,35 @@ RESULTS_DIR = Path(__file__).resolve().parent / "results"
 
 def ensure_world(workdir: str | Path):
     """The prepared tiny world in `workdir`, built with `unlearn prepare`'s code when it is missing."""
-    from utils.config import load_config
-    from utils.prepare import World, prepare
+    from utils.experiment.experiment import Experiment
+    from utils.experiment.world import World
 
     world = World(workdir)
     ready = (world.target / "model.safetensors").is_file() and world.report.is_file()
     if not ready:
         print(f"[benchmark] no prepared world in {world.root}: building it (about 3.5 minutes on 2 cores)",
               flush=True)
-        prepare(load_config(None, [f"workdir={workdir}"]), progress=False)
+        Experiment.from_config(None, [f"workdir={workdir}"]).prepare(progress=False)
     return world
 
 
 REAL_WORLD = REPO / "artifacts" / "real"  # benchmarks/quality.py's world on the real split
+
+
+def side_by_side_parser(description: str, data_help: str, repeats: int):
+    """The options eval_speed.py and train_loop_speed.py share: the world, the data, the rounds, the
+    threads and the output file; each script adds its own."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--workdir", default="artifacts/default", help="prepared tiny world (built if missing)")
+    parser.add_argument("--data", default=None, help=data_help)
+    parser.add_argument("--repeats", type=int, default=repeats, help="interleaved rounds")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch threads (default 1: on a shared 2-core machine 2 threads oversubscribe; "
+                             "0: torch's choice)")
+    parser.add_argument("--out", default=None, help="JSON file for the numbers (a bare name goes to benchmarks/results/)")
+    return parser
 
 
 def add_world_arguments(parser) -> None:
@@ -120,36 +135,16 @@ def write_json(path: str | Path | None, payload: dict) -> Path | None:
 
 
 def table(rows: list[dict], columns: list[str]) -> str:
-    from utils.data import format_table
+    from utils.evaluation.tables import format_table
 
     return format_table(rows, columns)
 
 
 def unlearn_subprocess(config: str | Path, run_dir: Path, overrides: list[str], threads: int | None = None,
                        log_path: Path | None = None, flags: tuple[str, ...] = ()) -> dict:
-    """`unlearn run CONFIG --out RUN_DIR --set ...` in a child process (a fresh run folder).
+    """A timed run in a fresh folder: `utils.experiment.sweep.run_in_subprocess` after clearing `run_dir`."""
+    from utils.experiment.sweep import run_in_subprocess
 
-    Returns {"ok", "wall_seconds", "peak_rss_mb", "results" (results.json or None), "state"
-    (checkpoint/state.json: the training seconds), "log"}. The peak RSS is the child's own
-    (wait4, not the maximum over every child so far). `threads` sets OMP/MKL threads of the child.
-    """
     if run_dir.exists():
         shutil.rmtree(run_dir)
-    run_dir.parent.mkdir(parents=True, exist_ok=True)
-    command = [sys.executable, "-m", "utils.cli", "run", str(config), "--out", str(run_dir), "--quiet", *flags]
-    for item in overrides:
-        command += ["--set", item]
-    env = dict(os.environ)
-    if threads:
-        env.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
-    log_path = log_path or run_dir.with_name(run_dir.name + ".log")
-    started = time.perf_counter()
-    with log_path.open("w") as log_file:
-        process = subprocess.Popen(command, cwd=REPO, stdout=log_file, stderr=subprocess.STDOUT, env=env)
-        _, status, usage = os.wait4(process.pid, 0)
-    record = {"ok": os.waitstatus_to_exitcode(status) == 0, "wall_seconds": time.perf_counter() - started,
-              "peak_rss_mb": usage.ru_maxrss / 1024.0, "log": str(log_path)}  # Linux: kilobytes
-    results_path, state_path = run_dir / "results.json", run_dir / "checkpoint" / "state.json"
-    record["results"] = json.loads(results_path.read_text()) if results_path.is_file() else None
-    record["state"] = json.loads(state_path.read_text()) if state_path.is_file() else None
-    return record
+    return run_in_subprocess(config, run_dir, overrides, threads, log_path, flags)

@@ -2,10 +2,10 @@
 
 Contenders, interleaved round by round, on the same model and the same items:
 
-  project    `utils.evaluation.evaluate_model`: `utils.generation.generate_greedy` (length-sorted,
+  project    `utils.evaluation.evaluate.evaluate_model`: `utils.evaluation.generation.generate_greedy` (length-sorted,
              left-padded batches of 64, a hand-written greedy loop over the KV cache in which a row
              leaves the batch at its EOS), then the official metrics.
-  official   what the official scorer does, written out independently of `utils.generation`: for
+  official   what the official scorer does, written out independently of `utils.evaluation.generation`: for
              each item, the raw prompt tokenised alone (`tokenizer(prompt, return_tensors="pt")`),
              `model.generate(max_new_tokens=256, do_sample=False)` (one sequence, so it stops at
              EOS), the new tokens decoded with `skip_special_tokens=True`, then a separate forward
@@ -26,35 +26,22 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
 
 import torch
-from common import choose_data, ensure_world, environment, interleave, median, table, write_json
 
-from utils.data import LumeData, find_mia_dir, load_lume, load_mia_documents
-from utils.evaluation import evaluate_model, subset_items
-from utils.metrics import aggregated_term_names, compute_terms, mia_auc
-from utils.models import load_model_and_tokenizer
-from utils.tokenization import encode_prompt
-
-
-def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--workdir", default="artifacts/default", help="prepared tiny world (built if missing)")
-    parser.add_argument("--data", default=None,
-                        help="LUME folder (default: ../shared/semeval25-unlearning-data, else the mini-LUME)")
-    parser.add_argument("--limit", type=int, default=None,
-                        help="only the first N documents per split and task (default: all)")
-    parser.add_argument("--repeats", type=int, default=3, help="interleaved rounds")
-    parser.add_argument("--batch-size", type=int, default=64, help="generation batch size of the project side")
-    parser.add_argument("--max-new-tokens", type=int, default=256)
-    parser.add_argument("--mia", action="store_true",
-                        help="include the MIA on both sides (project: batched, all attacks; official: "
-                             "loss per document, one at a time)")
-    parser.add_argument("--threads", type=int, default=1,
-                        help="torch threads (default 1: on a shared 2-core machine 2 threads oversubscribe; "
-                             "0: torch's choice)")
-    parser.add_argument("--out", default=None, help="JSON file for the numbers (a bare name goes to benchmarks/results/)")
-    return parser.parse_args(argv)
+from benchmarks import common
+from utils.config import load_config
+from utils.data.lume import find_mia_dir, load_lume, load_mia_documents
+from utils.data.tokenization import encode_prompt
+from utils.evaluation.evaluate import subset_items
+from utils.evaluation.metrics import aggregated_term_names, compute_terms, mia_auc
+from utils.experiment.experiment import Experiment
+from utils.models.loading import load_model_and_tokenizer
 
 
 @torch.inference_mode()
@@ -89,11 +76,9 @@ def official_style(model, tokenizer, items, max_new_tokens: int, mia_documents=N
             "generation_seconds": generation_seconds}
 
 
-def project_side(model, tokenizer, lume: LumeData, limit, batch_size: int, max_new_tokens: int,
-                 mia_documents=None) -> dict:
-    evaluation = evaluate_model(model, tokenizer, lume, mia_documents=mia_documents, utility_spec="none",
-                                max_new_tokens=max_new_tokens, batch_size=batch_size, subset=limit,
-                                progress=False)
+def project_side(model, tokenizer, experiment: Experiment) -> dict:
+    """The project's evaluation as every command runs it (utils.experiment.Experiment.evaluate)."""
+    evaluation = experiment.evaluate(model, tokenizer, progress=False)
     outputs = [row["model_output"] for split in ("forget", "retain") for row in evaluation.generations[split]]
     return {"terms": evaluation.results["terms"], "outputs": outputs, "mia_auc": evaluation.results["mia_auc"],
             "generation_seconds": evaluation.results["timings"]["generation"]}
@@ -104,12 +89,25 @@ def flat_terms(terms) -> list[float]:
             (name.split("/") for name in aggregated_term_names())]
 
 
+def parse_args(argv=None) -> argparse.Namespace:
+    data_help = "LUME folder (default: ../shared/semeval25-unlearning-data, else the mini-LUME)"
+    parser = common.side_by_side_parser(__doc__.split("\n\n")[0], data_help, repeats=3)
+    parser.add_argument("--limit", type=int, default=None,
+                        help="only the first N documents per split and task (default: all)")
+    parser.add_argument("--batch-size", type=int, default=64, help="generation batch size of the project side")
+    parser.add_argument("--max-new-tokens", type=int, default=256)
+    parser.add_argument("--mia", action="store_true",
+                        help="include the MIA on both sides (project: batched, all attacks; official: "
+                             "loss per document, one at a time)")
+    return parser.parse_args(argv)
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    world = ensure_world(args.workdir)
-    data_dir = choose_data(args.data, world)
+    world = common.ensure_world(args.workdir)
+    data_dir = common.choose_data(args.data, world)
     model, tokenizer = load_model_and_tokenizer(str(world.target))
     lume = load_lume(data_dir)
     items = subset_items(lume.forget, args.limit) + subset_items(lume.retain, args.limit)
@@ -129,12 +127,16 @@ def main(argv=None) -> int:
           f"split/task), {prompt_tokens} prompt tokens; max_new_tokens {args.max_new_tokens}; "
           f"torch threads {torch.get_num_threads()}", flush=True)
 
+    settings = [f"workdir={world.root}", f"data.path={data_dir}", "evaluation.utility=none",
+                f"evaluation.batch_size={args.batch_size}", f"evaluation.max_new_tokens={args.max_new_tokens}",
+                *([f"evaluation.subset={args.limit}"] if args.limit is not None else []),
+                *([] if mia_documents is not None else ["data.mia_path=none"])]
+    experiment = Experiment(load_config(None, settings))
     contenders = {
-        "project": lambda: project_side(model, tokenizer, lume, args.limit, args.batch_size, args.max_new_tokens,
-                                        mia_documents),
+        "project": lambda: project_side(model, tokenizer, experiment),
         "official": lambda: official_style(model, tokenizer, items, args.max_new_tokens, mia_documents),
     }
-    runs = interleave(contenders, args.repeats)
+    runs = common.interleave(contenders, args.repeats)
 
     project, official = runs["project"][0], runs["official"][0]
     ok = True
@@ -158,36 +160,36 @@ def main(argv=None) -> int:
     ratios = [o / p for p, o in zip(times["project"], times["official"])]
     generation_ratios = [o["generation_seconds"] / p["generation_seconds"]
                          for p, o in zip(runs["project"], runs["official"])]
-    speed_rows = [{"contender": name, "median s": median(t), "items/s": len(items) / median(t),
+    speed_rows = [{"contender": name, "median s": common.median(t), "items/s": len(items) / common.median(t),
                    "min s": min(t), "max s": max(t)} for name, t in times.items()]
 
     print()
-    print(table(term_rows, ["term", "project", "official", "equal"]))
+    print(common.table(term_rows, ["term", "project", "official", "equal"]))
     print(f"\nidentical generations: {same_outputs}/{len(items)}; identical across rounds: {stable}")
     if mia_difference is not None:
         print(f"MIA loss AUC: project {project['mia_auc']:.6f}  official {official['mia_auc']:.6f}  "
               f"|diff| {mia_difference:.1e}")
     print()
-    print(table(speed_rows, ["contender", "median s", "items/s", "min s", "max s"]))
-    speedup = median(ratios)
+    print(common.table(speed_rows, ["contender", "median s", "items/s", "min s", "max s"]))
+    speedup = common.median(ratios)
     print(f"\nspeed-up official/project (median of {args.repeats} per-round ratios): {speedup:.2f}x "
-          f"[{min(ratios):.2f}-{max(ratios):.2f}]; generation part alone {median(generation_ratios):.2f}x "
+          f"[{min(ratios):.2f}-{max(ratios):.2f}]; generation part alone {common.median(generation_ratios):.2f}x "
           f"(target >= 5x: {'met' if speedup >= 5 else 'NOT met'})")
     print("terms identical: " + ("yes" if ok else "NO"))
 
-    path = write_json(args.out, {
+    path = common.write_json(args.out, {
         "benchmark": "eval_speed",
         "data": str(data_dir),
         "workdir": str(args.workdir),
         "items": len(items),
         "prompt_tokens": prompt_tokens,
         "arguments": vars(args),
-        "environment": environment(),
+        "environment": common.environment(),
         "seconds": times,
         "generation_seconds": {name: [r["generation_seconds"] for r in results] for name, results in runs.items()},
         "speedup_per_round": ratios,
         "median_speedup": speedup,
-        "median_generation_speedup": median(generation_ratios),
+        "median_generation_speedup": common.median(generation_ratios),
         "terms": {"names": names, "project": flat_terms(project["terms"]), "official": flat_terms(official["terms"])},
         "identical_generations": same_outputs,
         "mia_auc": {"project": project["mia_auc"], "official": official["mia_auc"]},

@@ -30,7 +30,6 @@ import statistics
 import subprocess
 import sys
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -38,9 +37,10 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from benchmarks.common import REAL_DATA, REAL_WORLD, RESULTS_DIR, environment, unlearn_subprocess
+from benchmarks.common import REAL_DATA, REAL_WORLD, RESULTS_DIR, environment
+from utils.evaluation.leaderboard import COLUMNS, plot_leaderboard, row_from_results
+from utils.experiment.sweep import SweepRun, run_sweep
 from utils.io import atomic_write_json, atomic_write_text
-from utils.leaderboard import COLUMNS, plot_leaderboard, row_from_results
 
 METHODS = ["ga", "gd", "kl", "npo", "agad", "sugd", "sugd_ceiling", "sugd_doc_ceiling"]
 # The real split leaves out the answer-level ceiling (`--methods` adds it back): there the MIA reads
@@ -103,38 +103,21 @@ def prepare_world(workdir: Path, data: Path | None, world_config: Path | None, w
     return json.loads((workdir / "prepare_report.json").read_text())
 
 
-def run_one(job: dict, setting: Setting, work: Path, extra: list[str], threads: int) -> dict:
-    """One (method, lr, seed) as an `unlearn run` subprocess; its results, wall time and peak RSS."""
-    method, lr, seed = job["method"], job["lr"], job["seed"]
-    run_dir = work / "runs" / f"{method}_lr{lr:g}_seed{seed}"
-    record_path = run_dir / "bench.json"
-    if record_path.is_file():  # finished earlier: a killed benchmark resumes
-        return {**json.loads(record_path.read_text()), "reused": True}
-    overrides = [*setting.base, *setting.per_method.get(method, []), f"training.learning_rate={lr}",
-                 f"training.seed={seed}", *extra]
-    child = unlearn_subprocess(setting.config(method), run_dir, overrides, threads)
-    record = {"method": method, "lr": lr, "seed": seed, "wall_seconds": child["wall_seconds"]}
-    if not child["ok"] or child["results"] is None:
-        record.update(failed=True, error=Path(child["log"]).read_text()[-1500:])
-        return record  # not saved: a rerun tries it again
-    record.update(results=child["results"], peak_rss_mb=child["peak_rss_mb"])
-    atomic_write_json(record_path, record)
-    return record
-
-
 def run_jobs(jobs: list[dict], jobs_at_once: int, threads: int, setting: Setting, work: Path, extra: list[str],
              log) -> list[dict]:
-    """Run `jobs` `jobs_at_once` at a time, the slowest methods first (a shorter tail)."""
+    """The (method, lr, seed) runs through the sweep engine, each an `unlearn run` child process,
+    `jobs_at_once` at a time, the slowest methods first (a shorter tail); finished runs are reused."""
     cost = {"sugd": 0, "sugd_ceiling": 0, "agad": 1}
     ordered = sorted(jobs, key=lambda j: cost.get(j["method"], 2))
-
-    def one(job):
-        record = run_one(job, setting, work, extra, threads)
-        log("  " + describe(record), flush=True)
-        return record
-
-    with ThreadPoolExecutor(max_workers=jobs_at_once) as pool:
-        return list(pool.map(one, ordered))
+    runs = [SweepRun(f"{j['method']}_lr{j['lr']:g}_seed{j['seed']}", setting.config(j["method"]),
+                     [*setting.base, *setting.per_method.get(j["method"], []), f"training.learning_rate={j['lr']}",
+                      f"training.seed={j['seed']}", *extra], {"method": j["method"], "lr": j["lr"], "seed": j["seed"]})
+            for j in ordered]
+    records = run_sweep(runs, work / "runs", progress=False, log=log, in_subprocess=True, jobs=jobs_at_once,
+                        threads=threads)
+    for record in records:
+        log("  " + describe(record))
+    return records
 
 
 def describe(record: dict) -> str:
@@ -175,19 +158,13 @@ def world_build_seconds(workdir: Path, report: dict) -> dict[str, float]:
 def gold_forget_nll(gold: Path, config: Path, base: list[str]) -> float:
     """The gold standard's mean NLL on the forget answers: the over-forgetting ceiling of configs with
     `forget_loss_ceiling: gold_standard` when there is no prepared world (a real checkpoint)."""
-    import torch
+    from utils.experiment.experiment import Experiment
+    from utils.experiment.world import mean_nlls
 
-    from utils.config import load_config
-    from utils.data import load_lume
-    from utils.models import load_model_and_tokenizer
-    from utils.prepare import mean_nlls
-
-    settings = load_config(config, base)
-    model, tokenizer = load_model_and_tokenizer(str(gold), tokenizer=settings.model.tokenizer,
-                                                dtype=settings.model.dtype,
-                                                device="cuda" if torch.cuda.is_available() else None)
-    lume = load_lume(settings.data.path, settings.data.split)
-    levels = mean_nlls(model, tokenizer, lume.forget, settings.evaluation.nll_batch_size)
+    experiment = Experiment.from_config(config, base)
+    settings = experiment.config
+    model, tokenizer = experiment.load(str(gold), settings.model.tokenizer)
+    levels = mean_nlls(model, tokenizer, experiment.lume().forget, settings.evaluation.nll_batch_size)
     return levels["text_nll" if settings.method.forget_loss_ceiling_scope == "document" else "output_nll"]
 
 
@@ -298,7 +275,7 @@ def resolve_data(choice: str | None) -> tuple[Path | None, str]:
         return None, "mini"
     if choice:
         return Path(choice).resolve(), "custom"
-    from utils.data import find_split_files
+    from utils.data.lume import find_split_files
     from utils.errors import UserError
 
     try:
@@ -360,7 +337,7 @@ def main(argv: list[str] | None = None) -> int:
         base = [f"data.path={data}"]
         setting = Setting(configs, base, first.model.name_or_path or "", Path(args.gold).resolve())
         for method in methods:
-            if load_config(setting.config(method), args.extra).method.forget_loss_ceiling == "gold_standard":
+            if getattr(load_config(setting.config(method), args.extra).method, "forget_loss_ceiling", None) == "gold_standard":
                 level = gold_forget_nll(setting.gold, setting.config(method), [*base, *args.extra])
                 setting.per_method[method] = [f"method.forget_loss_ceiling={level}"]
                 log(f"[quality] {method}: forget-loss ceiling {level:.3f} (the gold standard's forget NLL)")

@@ -34,7 +34,7 @@ if str(REPO) not in sys.path:
 import torch
 
 from benchmarks.common import RESULTS_DIR, add_world_arguments, environment, resolve_world, unlearn_subprocess
-from utils.data import LumeData, load_lume
+from utils.data.lume import LumeData, load_lume
 from utils.io import atomic_write_json, atomic_write_text, write_jsonl
 
 TASKS = ("Task1", "Task2", "Task3")
@@ -76,13 +76,17 @@ def sugd_seconds(workdir: Path, data: Path, chunk_size: int, epochs: float, thre
     return {"seconds": child["state"]["seconds"], "chunks": len(phases), "steps": sum(p["steps"] for p in phases)}
 
 
-def evaluation_seconds(model, tokenizer, lume: LumeData, repeats: int) -> float:
-    from utils.evaluation import evaluate_model
+def evaluation_seconds(model, tokenizer, workdir: Path, data: Path, repeats: int) -> float:
+    """Median seconds of the evaluation every command runs (generation and metrics; no MIA, no utility)."""
+    from utils.config import load_config
+    from utils.experiment.experiment import Experiment
 
+    experiment = Experiment(load_config(None, [f"workdir={workdir}", f"data.path={data}", "data.mia_path=none",
+                                               "evaluation.utility=none"]))
     times = []
     for _ in range(repeats):
         started = time.perf_counter()
-        evaluate_model(model, tokenizer, lume, progress=False)
+        experiment.evaluate(model, tokenizer, progress=False)
         times.append(time.perf_counter() - started)
     return statistics.median(times)
 
@@ -125,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     print(f"[scaling] world {workdir}, data {data_dir}: {len(lume.forget)} forget / {len(lume.retain)} retain items")
 
-    from utils.models import load_model_and_tokenizer
+    from utils.models.loading import load_model_and_tokenizer
 
     model, tokenizer = load_model_and_tokenizer(str(workdir / "target"))
     model.eval()
@@ -134,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
         part = fraction_of(lume, fraction)
         folder = write_lume(part, scratch / f"fraction_{fraction:g}")
         sugd = sugd_seconds(workdir, folder, 32, args.epochs, args.threads, scratch)
-        evaluation = evaluation_seconds(model, tokenizer, part, args.eval_repeats)
+        evaluation = evaluation_seconds(model, tokenizer, workdir, folder, args.eval_repeats)
         size_rows.append({"fraction": fraction, "forget items": len(part.forget), "retain items": len(part.retain),
                           "SUGD chunks": sugd["chunks"], "SUGD steps": sugd["steps"], "SUGD s": sugd["seconds"],
                           "eval items": len(part.forget) + len(part.retain), "eval s": evaluation})

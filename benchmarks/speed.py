@@ -1,8 +1,8 @@
 """One table of speed and memory ratios, all measured side by side in one run.
 
-1. evaluation: `utils.evaluation.evaluate_model` vs the official-style one-item-at-a-time loop
+1. evaluation: `utils.evaluation.evaluate.evaluate_model` vs the official-style one-item-at-a-time loop
    (benchmarks/eval_speed.py: same generations and scores required);
-2. training loop: `methods.trainer.Trainer` vs a bare PyTorch loop on the same batches
+2. training loop: `methods.engine.trainer.Trainer` vs a bare PyTorch loop on the same batches
    (benchmarks/train_loop_speed.py: same final weights required);
 3. methods: SUGD vs AGAD vs GD training time on the same data and epoch budget (each method's own
    config, interleaved rounds, `unlearn run` subprocesses);

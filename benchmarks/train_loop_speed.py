@@ -36,35 +36,33 @@ import time
 from pathlib import Path
 from types import SimpleNamespace
 
-import torch
-from common import choose_data, ensure_world, environment, interleave, median, table, write_json
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
 
-from methods.trainer import Phase, Trainer, lr_lambda, make_accelerator, nll_loss
+import torch
+
+from benchmarks import common
+from methods.engine.trainer import Phase, Trainer, lr_lambda, make_accelerator, nll_loss
 from utils.config import TrainingConfig
-from utils.data import load_lume
-from utils.models import load_model_and_tokenizer
-from utils.tokenization import collate, encode_item
+from utils.data.lume import load_lume
+from utils.data.tokenization import collate, encode_item
+from utils.models.loading import load_model_and_tokenizer
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--workdir", default="artifacts/default", help="prepared tiny world (built if missing)")
-    parser.add_argument("--data", default=None,
-                        help="LUME folder, e.g. ../shared/semeval25-unlearning-data (default: the world's mini-LUME)")
+    data_help = "LUME folder, e.g. ../shared/semeval25-unlearning-data (default: the world's mini-LUME)"
+    parser = common.side_by_side_parser(__doc__.split("\n\n")[0], data_help, repeats=5)
     parser.add_argument("--steps", type=int, default=60, help="optimiser steps per run")
     parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--repeats", type=int, default=5, help="interleaved rounds")
     parser.add_argument("--learning-rate", type=float, default=1e-4)
     parser.add_argument("--warmup-steps", type=int, default=6)
     parser.add_argument("--schedule", choices=["constant", "linear", "cosine"], default="cosine")
     parser.add_argument("--loss-on", choices=["output", "full"], default="output")
-    parser.add_argument("--threads", type=int, default=1,
-                        help="torch threads (default 1: on a shared 2-core machine 2 threads oversubscribe; 0: torch's choice)")
     parser.add_argument("--overhead-repeats", type=int, default=15,
                         help="interleaved rounds on a near-free stand-in model, to measure the loop's own "
                              "cost per step (0: skip)")
     parser.add_argument("--profile", action="store_true", help="also print a cProfile of one Trainer run")
-    parser.add_argument("--out", default=None, help="JSON file for the numbers (a bare name goes to benchmarks/results/)")
     return parser.parse_args(argv)
 
 
@@ -157,7 +155,7 @@ def compare(pristine, tokenizer, config, phase, collated, tokens, accelerator, r
         run()
     difference = {name: max_weight_difference(finals["bare"], finals[name]) for name in ("loop", "loop-quiet")}
     print(f"[{label}] timing {repeats} interleaved rounds", flush=True)
-    runs = interleave(contenders, repeats, log=lambda *a, **k: None)
+    runs = common.interleave(contenders, repeats, log=lambda *a, **k: None)
     bare_times = [r["seconds"] for r in runs["bare"]]
     steps = len(collated)
     summary: dict = {}
@@ -167,12 +165,12 @@ def compare(pristine, tokenizer, config, phase, collated, tokens, accelerator, r
         ratios = [b / t for b, t in zip(bare_times, times)]
         summary[name] = {
             "seconds": times,
-            "median_seconds": median(times),
-            "median_ms_per_step": 1000 * median(times) / steps,
-            "median_tokens_per_s": tokens / median(times),
+            "median_seconds": common.median(times),
+            "median_ms_per_step": 1000 * common.median(times) / steps,
+            "median_tokens_per_s": tokens / common.median(times),
             "ratio_per_round": ratios,
-            "median_ratio_vs_bare": median(ratios),
-            "extra_ms_per_step_vs_bare": median([1000 * (t - b) / steps for b, t in zip(bare_times, times)]),
+            "median_ratio_vs_bare": common.median(ratios),
+            "extra_ms_per_step_vs_bare": common.median([1000 * (t - b) / steps for b, t in zip(bare_times, times)]),
         }
     return summary, difference
 
@@ -194,8 +192,8 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    world = ensure_world(args.workdir)
-    data_dir = choose_data(args.data, world, prefer_real=False)
+    world = common.ensure_world(args.workdir)
+    data_dir = common.choose_data(args.data, world, prefer_real=False)
     pristine, tokenizer = load_model_and_tokenizer(str(world.target))
     lume = load_lume(data_dir)
     config = training_config(args)
@@ -225,7 +223,7 @@ def main(argv=None) -> int:
 
     rows = rows_for("target", summary) + (rows_for("null", null_summary) if null_summary else [])
     print()
-    print(table(rows, ["model", "contender", "tokens/s", "ms/step", "extra ms/step", "ratio vs bare",
+    print(common.table(rows, ["model", "contender", "tokens/s", "ms/step", "extra ms/step", "ratio vs bare",
                        "ratio range"]))
     print(f"\nmax |weight difference| vs bare after {args.steps} steps (target model): "
           + ", ".join(f"{k} {v:.2e}" for k, v in difference.items()))
@@ -256,7 +254,7 @@ def main(argv=None) -> int:
         print("\ncProfile of one Trainer run (top 30 by own time):")
         print(profile_text)
 
-    path = write_json(args.out, {
+    path = common.write_json(args.out, {
         "benchmark": "train_loop_speed",
         "data": str(data_dir),
         "workdir": str(args.workdir),
@@ -265,7 +263,7 @@ def main(argv=None) -> int:
         "tokens_per_run": tokens,
         "padded_tokens_per_run": padded,
         "arguments": vars(args),
-        "environment": environment(),
+        "environment": common.environment(),
         "target_model": summary,
         "null_model": null_summary,
         "ratio_loop_vs_bare": ratio,

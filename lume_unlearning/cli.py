@@ -1,4 +1,4 @@
-"""`unlearn`: check that `utils` and `methods` are this project's, then run `utils.cli.main`."""
+"""`unlearn`: check that `utils` and `methods` are this project's, then run `utils.cli.main.main`."""
 
 from __future__ import annotations
 
@@ -32,6 +32,6 @@ def main(argv: list[str] | None = None) -> int:
     if problem:
         print(f"error: {problem}", file=sys.stderr)
         return 2
-    from utils.cli import main as library_main
+    from utils.cli.main import main as library_main
 
     return library_main(argv)

@@ -1,1 +1,1 @@
-"""Unlearning and fine-tuning methods, all run by the one training loop in `methods.trainer`."""
+"""Unlearning and fine-tuning methods, all run by the one training loop in `methods.engine.trainer`."""

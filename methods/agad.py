@@ -19,19 +19,36 @@ The ascent phases use method.forget_loss (ascent | npo); the annealing phases me
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
+from typing import Literal
 
 import torch
 
-from methods.common import check_chunk_size, check_common, chunks, loss_for, tagged
-from methods.trainer import LossFunction, Phase
-from utils.config import MethodConfig, TrainingConfig
+from methods.engine.phases import check_chunk_size, check_common, chunks, tagged
+from methods.engine.settings import UnlearningSettings
+from methods.engine.trainer import Phase
+from utils.config import AT_LEAST_ONE, BOUNDS, POSITIVE, Bound, TrainingConfig
+from utils.data.tokenization import Example
 from utils.errors import UserError
-from utils.tokenization import Example
 
 NAME = "agad"
 
 
-def loss_kinds(method: MethodConfig) -> tuple[str, str]:
+@dataclass
+class Settings(UnlearningSettings):
+    name: str = NAME
+    retain_loss: Literal["nll", "kl", "none"] = "nll"  # the annealing phases' loss; none is refused
+    chunk_size: int = 32
+    interleaving_factor: float = 1.0
+    annealing_fraction: float = 0.25
+    final_annealing: bool = True
+
+
+BOUNDS[Settings] = {"chunk_size": AT_LEAST_ONE, "interleaving_factor": POSITIVE,
+                    "annealing_fraction": Bound(low=0, low_open=True, high=1)}
+
+
+def loss_kinds(method: Settings) -> tuple[str, str]:
     return method.forget_loss, method.retain_loss
 
 
@@ -49,7 +66,7 @@ def annealing_subset(retain: list[Example], fraction: float, seed: int, index: i
     return [retain[i] for i in chosen]
 
 
-def build_phases(forget: list[Example], retain: list[Example], method: MethodConfig, training: TrainingConfig,
+def build_phases(forget: list[Example], retain: list[Example], method: Settings, training: TrainingConfig,
                  seed: int) -> list[Phase]:
     forget_loss, retain_loss = loss_kinds(method)
     check_chunk_size(NAME, method)
@@ -80,7 +97,3 @@ def build_phases(forget: list[Example], retain: list[Example], method: MethodCon
                             epochs=training.epochs, shuffle=True,
                             info={"kind": "final_anneal", "chunk": len(pieces) - 1}))
     return phases
-
-
-def make_loss(method: MethodConfig, reference=None) -> LossFunction:
-    return loss_for(*loss_kinds(method), method, reference)

@@ -2,27 +2,33 @@
 
 from __future__ import annotations
 
-from methods.common import check_common, loss_for, tagged
-from methods.trainer import LossFunction, Phase
-from utils.config import MethodConfig, TrainingConfig
-from utils.tokenization import Example
+from dataclasses import dataclass
+
+from methods.engine.phases import check_common, tagged
+from methods.engine.settings import UnlearningSettings
+from methods.engine.trainer import Phase
+from utils.config import TrainingConfig
+from utils.data.tokenization import Example
 
 NAME = "ga"
 
 
-def loss_kinds(method: MethodConfig) -> tuple[str, str]:
+@dataclass
+class Settings(UnlearningSettings):
+    """The forget loss's knobs only: GA has no retain term."""
+
+    name: str = NAME
+
+
+def loss_kinds(settings: Settings) -> tuple[str, str]:
     """(forget loss, retain loss) this method trains with."""
-    return method.forget_loss, "none"
+    return settings.forget_loss, "none"
 
 
-def build_phases(forget: list[Example], retain: list[Example], method: MethodConfig, training: TrainingConfig,
+def build_phases(forget: list[Example], retain: list[Example], settings: Settings, training: TrainingConfig,
                  seed: int) -> list[Phase]:
     """One phase: the forget set, reshuffled every epoch, for `training.epochs` epochs."""
-    forget_loss, retain_loss = loss_kinds(method)
-    check_common(NAME, forget, retain, method, training, forget_loss, retain_loss, retain_needed=False)
+    forget_loss, retain_loss = loss_kinds(settings)
+    check_common(NAME, forget, retain, settings, training, forget_loss, retain_loss, retain_needed=False)
     examples = [tagged(e, "forget") for e in forget]
     return [Phase(name="ga", examples=examples, epochs=training.epochs, shuffle=True, info={"kind": "ascent"})]
-
-
-def make_loss(method: MethodConfig, reference=None) -> LossFunction:
-    return loss_for(*loss_kinds(method), method, reference)

@@ -7,20 +7,29 @@ set is ignored. Published real-model setting: LoRA r=32, alpha=64, lr 1e-4, 10 e
 
 from __future__ import annotations
 
-from methods.common import loss_for, tagged
-from methods.trainer import LossFunction, Phase
+from dataclasses import dataclass
+
+from methods.engine.phases import tagged
+from methods.engine.trainer import Phase
 from utils.config import MethodConfig, TrainingConfig
+from utils.data.tokenization import Example
 from utils.errors import UserError
-from utils.tokenization import Example
 
 NAME = "gold_standard"
 
 
-def loss_kinds(method: MethodConfig) -> tuple[str, str]:
+@dataclass
+class Settings(MethodConfig):
+    """No knobs: plain fine-tuning on the retain set (the training section says how)."""
+
+    name: str = NAME
+
+
+def loss_kinds(settings: Settings) -> tuple[str, str]:
     return "none", "nll"
 
 
-def build_phases(forget: list[Example], retain: list[Example], method: MethodConfig, training: TrainingConfig,
+def build_phases(forget: list[Example], retain: list[Example], settings: Settings, training: TrainingConfig,
                  seed: int) -> list[Phase]:
     """One phase: the retain set, reshuffled every epoch."""
     if not retain:
@@ -28,7 +37,3 @@ def build_phases(forget: list[Example], retain: list[Example], method: MethodCon
     examples = [tagged(e, "retain") for e in retain]
     return [Phase(name="gold_standard", examples=examples, epochs=training.epochs, shuffle=True,
                   info={"kind": "descent"})]
-
-
-def make_loss(method: MethodConfig, reference=None) -> LossFunction:
-    return loss_for(*loss_kinds(method), method, reference)

@@ -6,27 +6,39 @@ NPO+RT and "kl" NPO+KL, with gradient-difference batches weighted by method.reta
 
 from __future__ import annotations
 
-from methods.common import check_common, loss_for, mixed_phase, tagged
-from methods.trainer import LossFunction, Phase
-from utils.config import MethodConfig, TrainingConfig
-from utils.tokenization import Example
+from dataclasses import dataclass
+from typing import Literal
+
+from methods.engine.phases import check_common, mixed_phase, tagged
+from methods.engine.settings import ForgetTermSettings
+from methods.engine.trainer import Phase
+from utils.config import BOUNDS, NON_NEGATIVE, TrainingConfig
+from utils.data.tokenization import Example
 
 NAME = "npo"
 
 
-def loss_kinds(method: MethodConfig) -> tuple[str, str]:
-    return "npo", method.retain_loss
+@dataclass
+class Settings(ForgetTermSettings):
+    """The forget loss is NPO's, always: no forget_loss knob."""
+
+    name: str = NAME
+    retain_loss: Literal["nll", "kl", "none"] = "nll"
+    retain_weight: float = 1.0
 
 
-def build_phases(forget: list[Example], retain: list[Example], method: MethodConfig, training: TrainingConfig,
+BOUNDS[Settings] = {"retain_weight": NON_NEGATIVE}
+
+
+def loss_kinds(settings: Settings) -> tuple[str, str]:
+    return "npo", settings.retain_loss
+
+
+def build_phases(forget: list[Example], retain: list[Example], settings: Settings, training: TrainingConfig,
                  seed: int) -> list[Phase]:
-    forget_loss, retain_loss = loss_kinds(method)
-    check_common(NAME, forget, retain, method, training, forget_loss, retain_loss, retain_needed=True)
+    forget_loss, retain_loss = loss_kinds(settings)
+    check_common(NAME, forget, retain, settings, training, forget_loss, retain_loss, retain_needed=True)
     if retain_loss == "none":
         examples = [tagged(e, "forget") for e in forget]
         return [Phase(name=NAME, examples=examples, epochs=training.epochs, shuffle=True, info={"kind": "ascent"})]
-    return [mixed_phase(NAME, forget, retain, method.retain_weight, training, seed)]
-
-
-def make_loss(method: MethodConfig, reference=None) -> LossFunction:
-    return loss_for(*loss_kinds(method), method, reference)
+    return [mixed_phase(NAME, forget, retain, settings.retain_weight, training, seed)]

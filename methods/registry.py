@@ -1,26 +1,60 @@
-"""The unlearning methods by name. Each module exposes NAME, `loss_kinds(method)`,
-`build_phases(forget, retain, method, training, seed) -> list[Phase]` and
-`make_loss(method, reference) -> LossFunction`; the Trainer runs the phases in order."""
+"""The unlearning methods by name.
+
+A method is one module that exposes
+    NAME                                                the name configs select it by (`method.name`)
+    Settings                                            its settings: a dataclass subclassing
+                                                        utils.config.MethodConfig, with only the knobs it reads
+    loss_kinds(settings) -> (forget loss, retain loss)  e.g. ("ascent", "nll"); see methods.engine.losses
+    build_phases(forget, retain, settings, training, seed) -> list[Phase]
+and optionally `make_loss(settings, reference) -> LossFunction` (default: the engine's loss for
+`loss_kinds`, with the settings' npo_beta / forget_loss_ceiling / forget_loss_ceiling_scope when
+declared). Adding a method is that module, a YAML file in configs/ and one `register` line below.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 from types import ModuleType
 
 from methods import agad, ga, gd, gold_standard, kl, npo, sugd
-from methods.losses import Reference, needs_reference
-from methods.trainer import Phase
+from methods.engine.losses import Reference, needs_reference
+from methods.engine.phases import loss_for
+from methods.engine.trainer import LossFunction, Phase
 from utils.config import MethodConfig
 from utils.errors import UserError
 
-METHODS: dict[str, ModuleType] = {
-    "ga": ga,
-    "gd": gd,
-    "kl": kl,
-    "npo": npo,
-    "agad": agad,
-    "sugd": sugd,
-    "gold_standard": gold_standard,
-}
+METHODS: dict[str, ModuleType] = {}
+REQUIRED = ("NAME", "Settings", "loss_kinds", "build_phases")
+
+
+def register(module: ModuleType) -> ModuleType:
+    """Make `module` selectable as `method.name: <module.NAME>`; checks the interface (a mistake in a
+    method module is a programming error: TypeError / ValueError)."""
+    missing = [attribute for attribute in REQUIRED if not hasattr(module, attribute)]
+    if missing:
+        raise TypeError(f"method module {module.__name__} lacks {', '.join(missing)}")
+    settings = module.Settings
+    if not (isinstance(settings, type) and issubclass(settings, MethodConfig) and dataclasses.is_dataclass(settings)):
+        raise TypeError(f"{module.__name__}.Settings must be a dataclass subclassing utils.config.MethodConfig")
+    if settings().name != module.NAME:
+        raise ValueError(f"{module.__name__}.Settings: name must default to NAME ({module.NAME!r})")
+    if METHODS.get(module.NAME, module) is not module:
+        raise ValueError(f"a method named {module.NAME!r} is already registered ({METHODS[module.NAME].__name__})")
+    METHODS[module.NAME] = module
+    return module
+
+
+def unregister(name: str) -> None:
+    METHODS.pop(name, None)
+
+
+register(ga)
+register(gd)
+register(kl)
+register(npo)
+register(agad)
+register(sugd)
+register(gold_standard)
 
 
 def get_method(name: str) -> ModuleType:
@@ -28,6 +62,15 @@ def get_method(name: str) -> ModuleType:
         return METHODS[name]
     except KeyError:
         raise UserError(f"unknown method '{name}' (known: {', '.join(METHODS)})") from None
+
+
+def make_loss(settings: MethodConfig, reference: Reference | None = None) -> LossFunction:
+    """The loss of the method `settings` belong to: its own `make_loss` if it has one, else the engine's."""
+    module = get_method(settings.name)
+    own = getattr(module, "make_loss", None)
+    if own is not None:
+        return own(settings, reference)
+    return loss_for(*module.loss_kinds(settings), settings, reference)
 
 
 def prepare_reference(method: MethodConfig, model, adapter_kind: str, phases: list[Phase], tokenizer,

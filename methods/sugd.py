@@ -16,20 +16,36 @@ no retain examples are interleaved).
 
 from __future__ import annotations
 
-from methods.common import check_chunk_size, check_common, chunks, loss_for, tagged
-from methods.trainer import LossFunction, Phase
-from utils.config import MethodConfig, TrainingConfig
+from dataclasses import dataclass
+from typing import Literal
+
+from methods.engine.phases import check_chunk_size, check_common, chunks, tagged
+from methods.engine.settings import UnlearningSettings
+from methods.engine.trainer import Phase
+from utils.config import AT_LEAST_ONE, BOUNDS, NON_NEGATIVE, TrainingConfig
+from utils.data.tokenization import Example
 from utils.errors import UserError
-from utils.tokenization import Example
 
 NAME = "sugd"
 
 
-def loss_kinds(method: MethodConfig) -> tuple[str, str]:
+@dataclass
+class Settings(UnlearningSettings):
+    name: str = NAME
+    retain_loss: Literal["nll", "kl", "none"] = "nll"
+    chunk_size: int = 32  # forget examples per chunk (the last chunk holds the remainder)
+    positive_ratio: int = 7  # retain examples interleaved after each forget example
+    positive_factor: float = 0.5  # the retain examples' weight
+
+
+BOUNDS[Settings] = {"chunk_size": AT_LEAST_ONE, "positive_ratio": NON_NEGATIVE, "positive_factor": NON_NEGATIVE}
+
+
+def loss_kinds(method: Settings) -> tuple[str, str]:
     return method.forget_loss, method.retain_loss
 
 
-def build_phases(forget: list[Example], retain: list[Example], method: MethodConfig, training: TrainingConfig,
+def build_phases(forget: list[Example], retain: list[Example], method: Settings, training: TrainingConfig,
                  seed: int) -> list[Phase]:
     """One unshuffled phase per chunk; `seed` is unused (the schedule is fully determined by file order)."""
     forget_loss, retain_loss = loss_kinds(method)
@@ -53,7 +69,3 @@ def build_phases(forget: list[Example], retain: list[Example], method: MethodCon
         phases.append(Phase(name=f"{NAME}-chunk{index}", examples=examples, epochs=training.epochs, shuffle=False,
                             info={"kind": "chunk", "chunk": index, "retain_cursor": start_cursor}))
     return phases
-
-
-def make_loss(method: MethodConfig, reference=None) -> LossFunction:
-    return loss_for(*loss_kinds(method), method, reference)

@@ -35,14 +35,14 @@ def real_data_dir() -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_tokenizer():
-    from utils.models import train_tokenizer
+    from utils.models.loading import train_tokenizer
 
     return train_tokenizer(SENTENCES * 4, vocab_size=400)
 
 
 @pytest.fixture()
 def tiny_model(tiny_tokenizer):
-    from utils.models import build_tiny_model
+    from utils.models.loading import build_tiny_model
 
     return build_tiny_model(tiny_tokenizer, hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64,
                             max_position_embeddings=128, seed=0)
@@ -112,7 +112,7 @@ class SmallWorld:
 def small_world(tmp_path_factory) -> SmallWorld:
     """`unlearn prepare` on the small config, built once per session (about 20 s on one core)."""
     from utils.config import load_config
-    from utils.prepare import prepare
+    from utils.experiment.world import prepare
 
     root = tmp_path_factory.mktemp("small_world")
     with torch_threads(1):

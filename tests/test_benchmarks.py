@@ -10,7 +10,7 @@ import statistics
 import pytest
 
 from benchmarks import quality, scaling
-from utils.data import load_lume
+from utils.data.lume import load_lume
 
 
 def test_linear_fit_recognises_linear_and_superlinear_growth():
@@ -86,10 +86,13 @@ def test_quality_checkpoint_mode_takes_models_from_the_configs_and_measures_the_
     and the data, and a config with `forget_loss_ceiling: gold_standard` gets the gold standard's forget NLL."""
     import yaml
 
+    from utils.config import load_config, to_dict
+
     configs = tmp_path / "configs"
     configs.mkdir()
     for method in ("gd", "sugd_ceiling"):
-        config = yaml.safe_load((quality.REPO / "configs" / f"{method}.yaml").read_text())
+        # The resolved config: a copied file would lose what its `base:` names relative to its own folder.
+        config = to_dict(load_config(quality.REPO / "configs" / f"{method}.yaml"))
         config.update(workdir=str(small_world.root), model={"name_or_path": str(small_world.target)},
                       data={"path": str(small_world.data)})
         (configs / f"{method}.yaml").write_text(yaml.safe_dump(config))

@@ -44,7 +44,8 @@ def test_wrong_type_names_the_path(tmp_path):
 
 def test_set_overrides_any_key():
     config = load_config(None, ["training.learning_rate=3e-5", "adapter.target_modules=[q_proj]",
-                                "data.path=/x/y", "evaluation.subset=4", "method.final_annealing=false"])
+                                "data.path=/x/y", "evaluation.subset=4", "method.name=agad",
+                                "method.final_annealing=false"])
     assert config.training.learning_rate == 3e-5
     assert config.adapter.target_modules == ["q_proj"]
     assert config.data.path == "/x/y"
@@ -106,12 +107,17 @@ def test_a_config_that_is_not_utf8_names_the_byte_offset(tmp_path):
     ("adapter.target_modules=[]", "adapter.target_modules must name at least one module"),
     ("adapter.last_k=0", "adapter.last_k must be a positive integer, got 0"),
     ("method.npo_beta=0", "method.npo_beta must be a finite number > 0, got 0.0"),
-    ("method.retain_weight=-0.5", "method.retain_weight must be a finite number >= 0, got -0.5"),
+    ("method.name=gd method.retain_weight=-0.5", "method.retain_weight must be a finite number >= 0, got -0.5"),
+    ("method.name=npo method.retain_weight=-1", "method.retain_weight must be a finite number >= 0, got -1.0"),
+    ("method.name=kl method.npo_beta=0", "method.npo_beta must be a finite number > 0, got 0.0"),
     ("method.positive_factor=.nan", "method.positive_factor must be a finite number >= 0, got nan"),
     ("method.chunk_size=0", "method.chunk_size must be a positive integer, got 0"),
     ("method.positive_ratio=-1", "method.positive_ratio must be 0 or more, got -1"),
-    ("method.interleaving_factor=0", "method.interleaving_factor must be a finite number > 0, got 0.0"),
-    ("method.annealing_fraction=1.5", "method.annealing_fraction must be a finite number in (0, 1], got 1.5"),
+    ("method.name=agad method.interleaving_factor=0",
+     "method.interleaving_factor must be a finite number > 0, got 0.0"),
+    ("method.name=agad method.annealing_fraction=1.5",
+     "method.annealing_fraction must be a finite number in (0, 1], got 1.5"),
+    ("method.name=agad method.chunk_size=0", "method.chunk_size must be a positive integer, got 0"),
     ("method.forget_loss_ceiling=-1", "method.forget_loss_ceiling must be a finite number > 0 (or null), got -1.0"),
     ("evaluation.max_new_tokens=0", "evaluation.max_new_tokens must be a positive integer, got 0"),
     ("evaluation.batch_size=-1", "evaluation.batch_size must be a positive integer, got -1"),
@@ -131,7 +137,7 @@ def test_a_config_that_is_not_utf8_names_the_byte_offset(tmp_path):
 ])
 def test_every_number_is_range_checked_with_its_key_path(override, message):
     with pytest.raises(UserError, match="^config: " + re.escape(message)) as caught:
-        load_config(None, [override])
+        load_config(None, override.split(" "))
     assert "\n" not in str(caught.value)
 
 
@@ -143,7 +149,8 @@ def test_a_very_long_integer_is_compared_not_converted(tmp_path):
 
 def test_values_inside_their_ranges_load():
     config = load_config(None, ["method.forget_loss_ceiling=gold_standard", "evaluation.per_phase_subset=0",
-                                "evaluation.subset=null", "adapter.lora_dropout=0", "method.annealing_fraction=1",
+                                "evaluation.subset=null", "adapter.lora_dropout=0", "method.name=agad",
+                                "method.annealing_fraction=1",
                                 "training.epochs=10000", "training.max_grad_norm=0"])
     assert config.method.forget_loss_ceiling == "gold_standard" and config.evaluation.per_phase_subset == 0
 
@@ -159,7 +166,7 @@ def test_the_shipped_config_list_covers_every_folder():
 
 @pytest.mark.parametrize("path", SWEEPS, ids=[str(p.name) for p in SWEEPS])
 def test_every_shipped_sweep_validates(path):
-    from utils.sweep import load_sweep
+    from utils.experiment.sweep import load_sweep
 
     spec = load_sweep(path)
     assert len(spec.combinations()) >= 4
@@ -174,7 +181,7 @@ def test_shipped_accelerate_configs_are_yaml():
 
 
 def test_sweep_file_errors(tmp_path):
-    from utils.sweep import load_sweep
+    from utils.experiment.sweep import load_sweep
 
     path = tmp_path / "s.yaml"
     path.write_text(f"base: {CONFIG_ROOT / 'sugd.yaml'}\ngrid:\n  training.learnig_rate: [1, 2]\n")
@@ -183,3 +190,83 @@ def test_sweep_file_errors(tmp_path):
     path.write_text(f"base: {CONFIG_ROOT / 'sugd.yaml'}\ngrid: {{}}\n")
     with pytest.raises(UserError, match="'grid' must map"):
         load_sweep(path)
+
+
+# --------------------------------------------------------------------------------------------
+# The method section: each method's own settings class
+
+
+def test_the_method_section_is_the_named_methods_own_settings(tmp_path):
+    from methods import gd, kl, sugd
+    from utils.config import save_config, to_dict
+
+    assert type(load_config(None).method) is sugd.Settings  # the default method
+    config = load_config(write(tmp_path, "method:\n  name: gd\n  retain_loss: kl\n  retain_weight: 0.5\n"))
+    assert type(config.method) is gd.Settings
+    assert (config.method.retain_loss, config.method.retain_weight, config.method.npo_beta) == ("kl", 0.5, 0.1)
+    assert load_config(None, ["method.name=kl"]).method == kl.Settings()
+    assert kl.Settings().retain_loss == "kl" and gd.Settings().retain_loss == "nll"
+    # Only the method's own keys are written, and they load back to the same settings.
+    assert set(to_dict(config)["method"]) == {"name", "forget_loss", "retain_loss", "retain_weight", "npo_beta",
+                                              "forget_loss_ceiling", "forget_loss_ceiling_scope"}
+    assert to_dict(load_config(None, ["method.name=gold_standard"]))["method"] == {"name": "gold_standard"}
+    save_config(config, tmp_path / "saved.yaml")
+    assert load_config(tmp_path / "saved.yaml") == config
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["method.name=ga", "method.chunk_size=3"],
+     "config: method.chunk_size is not a setting of ga (it belongs to agad, sugd); ga takes: npo_beta, "),
+    (["method.name=gold_standard", "method.retain_weight=1"],
+     "config: method.retain_weight is not a setting of gold_standard (it belongs to gd, kl, npo)"),
+    (["method.name=npo", "method.forget_loss=ascent"], "config: method.forget_loss is not a setting of npo (it belongs to "),
+    (["method.positive_ratio=3", "method.name=agad"],
+     "config: method.positive_ratio is not a setting of agad (it belongs to sugd)"),
+    (["method.name=ga", "method.chunk_szie=3"], "config: unknown key 'method.chunk_szie' (allowed here: "),
+    (["method.name=sgd"],
+     "config: method.name: unknown method 'sgd' (known: ga, gd, kl, npo, agad, sugd, gold_standard)"),
+    (["method.name=3"], "config: method.name must be a string, got 3"),
+    (["method=3"], "config: method must be a mapping, got int"),
+    (["method.name=gd", "method.retain_loss=none"], "config: method.retain_loss must be one of 'nll', 'kl', got"),
+])
+def test_a_key_of_another_method_is_refused_naming_the_method(overrides, message):
+    with pytest.raises(UserError, match="^" + re.escape(message)) as caught:
+        load_config(None, overrides)
+    assert "\n" not in str(caught.value)
+
+
+def test_a_key_of_another_method_in_a_file_names_the_method(tmp_path):
+    path = write(tmp_path, "method:\n  name: ga\n  forget_loss: ascent\n  retain_loss: none\n")
+    with pytest.raises(UserError, match=re.escape("method.retain_loss is not a setting of ga (it belongs to agad, "
+                                                  "gd, kl, npo, sugd)")):
+        load_config(path)
+
+
+def test_method_bounds_come_from_the_settings_class_and_its_bases():
+    from methods import gd, kl
+    from methods.engine.settings import ForgetTermSettings
+    from utils.config import bounds_of
+
+    assert "npo_beta" in bounds_of(ForgetTermSettings) and "retain_weight" not in bounds_of(ForgetTermSettings)
+    assert bounds_of(kl.Settings) == bounds_of(gd.Settings)
+    assert {"npo_beta", "forget_loss_ceiling", "retain_weight"} <= set(bounds_of(kl.Settings))
+
+
+def test_a_resume_compares_the_methods_own_settings(tmp_path):
+    import yaml
+
+    from utils.config import save_config, to_dict
+    from utils.experiment.run import check_resumable
+
+    config = load_config(None, ["method.name=ga", f"workdir={tmp_path}"])
+    save_config(config, tmp_path / "config.yaml")
+    check_resumable(config, tmp_path)
+    with pytest.raises(UserError, match=r"different method\.npo_beta than this config"):
+        check_resumable(load_config(None, ["method.name=ga", "method.npo_beta=0.3", f"workdir={tmp_path}"]), tmp_path)
+    with pytest.raises(UserError, match=r"different method\.name than this config"):
+        check_resumable(load_config(None, ["method.name=gd", f"workdir={tmp_path}"]), tmp_path)
+    # A run saved before the settings were typed holds every method's keys; ga never read the others.
+    saved = to_dict(config)
+    saved["method"].update(retain_loss="none", chunk_size=32, retain_weight=1.0)
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(saved))
+    check_resumable(config, tmp_path)

@@ -4,8 +4,8 @@ import shutil
 import pyarrow.parquet as pq
 import pytest
 
-from utils.cli import main
-from utils.data import load_lume, parse_item_id
+from utils.cli.main import main
+from utils.data.lume import load_lume, parse_item_id
 
 EXPECTED_VALIDATION = {  # SPEC.md §1: (split, task) -> (sc, qa)
     ("forget", "Task1"): (24, 24), ("forget", "Task2"): (23, 115), ("forget", "Task3"): (34, 34),
@@ -126,8 +126,8 @@ def test_hf_layout_copy_reads(real_data_dir, tmp_path):
 
 
 def test_jsonl_lines_keep_their_numbers_and_a_bad_byte_its_file_offset(tmp_path):
-    from utils.data import read_jsonl
     from utils.errors import UserError
+    from utils.io import read_jsonl
 
     path = tmp_path / "rows.jsonl"
     path.write_bytes(b'{"a": 1}\r\n\n{"b": "\xe2\x80\xa8 inside"}\n')
@@ -137,8 +137,22 @@ def test_jsonl_lines_keep_their_numbers_and_a_bad_byte_its_file_offset(tmp_path)
         read_jsonl(path)
 
 
+def test_pad_batch_pads_right_or_left_with_a_matching_mask():
+    from utils.data.tokenization import length_sorted_batches, pad_batch
+
+    ids, mask = pad_batch([[5, 6, 7], [8]], pad_id=0)
+    assert ids.tolist() == [[5, 6, 7], [8, 0, 0]] and mask.tolist() == [[1, 1, 1], [1, 0, 0]]
+    ids, mask = pad_batch([[5, 6, 7], [8]], pad_id=-1, side="left")
+    assert ids.tolist() == [[5, 6, 7], [-1, -1, 8]] and mask.tolist() == [[1, 1, 1], [0, 0, 1]]
+    assert str(ids.dtype) == str(mask.dtype) == "torch.int64"
+    with pytest.raises(ValueError, match="side"):
+        pad_batch([[1]], 0, side="middle")
+    # Longest first, ties in their original order.
+    assert length_sorted_batches([2, 5, 2, 7, 1], 2) == [[3, 1], [0, 2], [4]]
+
+
 def test_an_mia_folder_is_incomplete_only_with_one_file_of_two(tmp_path):
-    from utils.data import incomplete_mia_folder
+    from utils.data.lume import incomplete_mia_folder
 
     folder = tmp_path / "mia_data" / "validation"
     folder.mkdir(parents=True)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from utils.cli import main
+from utils.cli.main import main
 
 from .conftest import REPO
 
@@ -22,7 +22,7 @@ def refuse_to_load_models(monkeypatch) -> None:
     def refuse(*args, **kwargs):
         raise AssertionError("a dry run loaded a model")
 
-    monkeypatch.setattr("utils.models.load_model_and_tokenizer", refuse)
+    monkeypatch.setattr("utils.models.loading.load_model_and_tokenizer", refuse)
     monkeypatch.setattr("transformers.AutoModelForCausalLM.from_pretrained", refuse)
 
 

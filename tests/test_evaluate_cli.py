@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from utils.cli import main
-from utils.data import TASKS, load_lume
-from utils.metrics import KINDS
+from utils.cli.main import main
+from utils.data.lume import TASKS, load_lume
+from utils.evaluation.metrics import KINDS
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -104,8 +104,8 @@ def test_scores_tell_the_target_from_the_gold_standard(evaluations):
 def test_lora_adapter_folder_is_evaluated_as_base_plus_adapter(small_world, evaluations, tmp_path):
     from peft import LoraConfig, get_peft_model
 
-    from utils.mia import document_nll
-    from utils.models import load_model_and_tokenizer
+    from utils.evaluation.mia import document_nll
+    from utils.models.loading import load_model_and_tokenizer
 
     base, tokenizer = load_model_and_tokenizer(str(small_world.target))
     torch.manual_seed(0)
@@ -121,7 +121,7 @@ def test_lora_adapter_folder_is_evaluated_as_base_plus_adapter(small_world, eval
     assert main(evaluate_args(small_world, adapter, out)) == 0
     results = read_json(out / "results.json")
     assert results["evaluated"]["model"] == str(adapter)
-    from utils.data import load_mia_documents
+    from utils.data.lume import load_mia_documents
 
     documents = load_mia_documents(small_world.data / "mia_data" / "validation")
     peft_model.eval()

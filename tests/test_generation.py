@@ -7,11 +7,11 @@ import random
 import pytest
 import torch
 
-from utils import generation
+from utils.data.tokenization import encode_prompt
 from utils.errors import UserError
-from utils.generation import eos_token_ids, generate_greedy, generate_one_at_a_time
-from utils.models import build_tiny_model, train_tokenizer
-from utils.tokenization import encode_prompt
+from utils.evaluation import generation
+from utils.evaluation.generation import eos_token_ids, generate_greedy, generate_one_at_a_time
+from utils.models.loading import build_tiny_model, train_tokenizer
 
 WORDS = ["the", "cat", "dog", "sat", "on", "a", "mat", "red", "blue", "green", "house", "river", "tree",
          "moon", "sun", "star", "bird", "fish", "runs", "jumps", "sleeps", "quickly", "slowly", "under",
@@ -232,7 +232,7 @@ def test_stage_dependent_settings_decode_in_one_stage_and_say_so(world, monkeypa
     prompts = _staggered_prompts(sentences)
     monkeypatch.setattr(model.generation_config, "min_new_tokens", 20)
     monkeypatch.setattr(generation, "_reported_single_stage", set())
-    with caplog.at_level("WARNING", logger="utils.generation"):
+    with caplog.at_level("WARNING", logger="utils.evaluation.generation"):
         assert generation.decoding_stages(40, model) == [40]
         assert generation.decoding_stages(40, model) == [40]
     assert [r.getMessage() for r in caplog.records].count(

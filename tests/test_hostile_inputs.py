@@ -18,8 +18,8 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import REPO
-from utils.cli import main
-from utils.data import TASKS
+from utils.cli.main import main
+from utils.data.lume import TASKS
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -316,7 +316,10 @@ CASES: dict[str, Case] = {
     "range_lora_dropout": Case(set_case("run", "adapter.lora_dropout=1", "adapter.lora_dropout must be a finite "
                                         "number in [0, 1), got 1.0")),
     "range_no_target_modules": Case(set_case("run", "adapter.target_modules=[]", "adapter.target_modules must name")),
-    "range_annealing_fraction": Case(set_case("run", "method.annealing_fraction=0", "method.annealing_fraction")),
+    "range_positive_factor": Case(set_case("run", "method.positive_factor=-1", "method.positive_factor must be a "
+                                           "finite number >= 0, got -1.0")),
+    "foreign_method_key": Case(set_case("run", "method.annealing_fraction=0.5", "method.annealing_fraction is not "
+                                        "a setting of sugd (it belongs to agad)")),
     "range_forget_loss_ceiling": Case(set_case("run", "method.forget_loss_ceiling=-1", "method.forget_loss_ceiling")),
     "range_prepare_learning_rate": Case(set_case("prepare", "prepare.target.learning_rate=0",
                                                  "prepare.target.learning_rate must be a finite number > 0")),

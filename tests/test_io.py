@@ -7,7 +7,7 @@ import os
 import pytest
 
 from utils.errors import UserError
-from utils.io import atomic_write_text, check_output_location
+from utils.io import atomic_write, atomic_write_text, check_output_location, is_finite_number, read_json
 
 
 def test_a_new_or_existing_folder_and_file_are_accepted_and_nothing_is_created(tmp_path):
@@ -44,3 +44,39 @@ def test_a_read_only_parent_is_refused(tmp_path):
             check_output_location(locked / "out", "folder")
     finally:
         locked.chmod(0o700)
+
+
+def test_read_json_gives_one_line_for_each_bad_file(tmp_path):
+    path = tmp_path / "results.json"
+    with pytest.raises(UserError, match=r"^results file not found: .*results.json$"):
+        read_json(path, "results file")
+    path.write_text('{"a": 1,\n "b": }')
+    with pytest.raises(UserError, match=r"results.json: not valid JSON \(Expecting value at line 2\)$"):
+        read_json(path, "results file")
+    path.write_text("[1, 2]")
+    with pytest.raises(UserError, match="results.json: expected a JSON object, found list"):
+        read_json(path, "results file")
+    path.write_bytes(b'{"a": "caf\xe9"}')
+    with pytest.raises(UserError, match=r"not UTF-8 text \(byte 0xe9 at byte offset 10\)"):
+        read_json(path, "results file")
+    path.write_text('{"a": [1, 2.5]}')
+    assert read_json(path, "results file") == {"a": [1, 2.5]}
+
+
+def test_finite_numbers_exclude_bools_and_non_finite_floats():
+    assert all(is_finite_number(v) for v in (0, -3, 2.5, 10**30))
+    assert not any(is_finite_number(v) for v in (True, False, float("nan"), float("inf"), "1", None))
+
+
+def test_an_atomic_write_that_fails_leaves_the_old_file_and_no_temporary(tmp_path):
+    path = tmp_path / "out" / "table.bin"
+    atomic_write(path, lambda tmp: tmp.write_bytes(b"old"))
+
+    def fail(tmp):
+        tmp.write_bytes(b"half")
+        raise RuntimeError("disk full")
+
+    with pytest.raises(RuntimeError, match="disk full"):
+        atomic_write(path, fail)
+    assert path.read_bytes() == b"old"
+    assert [p.name for p in path.parent.iterdir()] == ["table.bin"]

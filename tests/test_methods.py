@@ -9,14 +9,14 @@ import pytest
 import torch
 
 from methods import agad, npo, sugd
-from methods.adapters import apply_adapter
-from methods.losses import Reference, kl_per_example, make_unlearning_loss, npo_loss
-from methods.registry import METHODS, get_method, prepare_reference
-from methods.trainer import Phase, Trainer, nll_loss, nll_per_example
-from utils.config import AdapterConfig, MethodConfig, TrainingConfig
+from methods.engine.losses import Reference, kl_per_example, make_unlearning_loss, npo_loss
+from methods.engine.trainer import Phase, Trainer, nll_loss, nll_per_example
+from methods.registry import METHODS, get_method, make_loss, prepare_reference
+from utils.config import AdapterConfig, TrainingConfig
+from utils.data.tokenization import Example, collate, encode_pair
 from utils.errors import UserError
-from utils.models import build_tiny_model
-from utils.tokenization import Example, collate, encode_pair
+from utils.models.adapters import apply_adapter
+from utils.models.loading import build_tiny_model
 
 from .conftest import SENTENCES
 
@@ -71,12 +71,17 @@ def ids(phase):
     return [(e.role, e.item_id) for e in phase.examples]
 
 
+def settings(name, **changes):
+    """The settings of method `name` (its own dataclass) with `changes`."""
+    return get_method(name).Settings(**changes)
+
+
 # --------------------------------------------------------------------------------------------
 # Schedules
 
 
 def test_sugd_schedule_is_exact_with_cyclic_cursor_across_chunks():
-    method = MethodConfig(name="sugd", chunk_size=2, positive_ratio=3, positive_factor=0.5)
+    method = settings("sugd", chunk_size=2, positive_ratio=3, positive_factor=0.5)
     # Roles come from the argument position, whatever the examples carried.
     phases = sugd.build_phases(fake("F", 5), fake("R", 4), method, TrainingConfig(epochs=2, batch_size=1), seed=0)
 
@@ -104,7 +109,7 @@ def test_sugd_schedule_is_exact_with_cyclic_cursor_across_chunks():
 
 
 def test_sugd_without_retain_loss_trains_forget_only():
-    method = MethodConfig(name="sugd", chunk_size=2, positive_ratio=3, retain_loss="none")
+    method = settings("sugd", chunk_size=2, positive_ratio=3, retain_loss="none")
     phases = sugd.build_phases(fake("F", 3), [], method, TrainingConfig(), seed=0)
     assert [ids(p) for p in phases] == [[("forget", "F1"), ("forget", "F2")], [("forget", "F3")]]
 
@@ -115,7 +120,7 @@ def kinds(phases):
 
 def test_agad_schedule_interleaving_and_final_annealing():
     forget, retain, training = fake("F", 5), fake("R", 8), TrainingConfig(epochs=3)
-    every = agad.build_phases(forget, retain, MethodConfig(name="agad", chunk_size=2), training, seed=0)
+    every = agad.build_phases(forget, retain, settings("agad", chunk_size=2), training, seed=0)
     assert kinds(every) == [("ascent", 0), ("anneal", 0), ("ascent", 1), ("anneal", 1), ("ascent", 2), ("anneal", 2),
                             ("final_anneal", 2)]
     assert [len(p.examples) for p in every] == [2, 2, 2, 2, 1, 2, 8]  # 0.25 of 8 retain; remainder chunk of 1
@@ -123,13 +128,13 @@ def test_agad_schedule_interleaving_and_final_annealing():
     assert {e.role for p in every if p.info["kind"] == "ascent" for e in p.examples} == {"forget"}
     assert {e.role for p in every if p.info["kind"] != "ascent" for e in p.examples} == {"retain"}
     # Interleaving factor 0.5: annealing after every 2nd chunk; final annealing after the remainder chunk.
-    half = agad.build_phases(forget, retain, MethodConfig(name="agad", chunk_size=2, interleaving_factor=0.5),
+    half = agad.build_phases(forget, retain, settings("agad", chunk_size=2, interleaving_factor=0.5),
                              training, seed=0)
     assert kinds(half) == [("ascent", 0), ("ascent", 1), ("anneal", 1), ("ascent", 2), ("final_anneal", 2)]
-    no_final = agad.build_phases(forget, retain, MethodConfig(name="agad", chunk_size=2, interleaving_factor=0.5,
+    no_final = agad.build_phases(forget, retain, settings("agad", chunk_size=2, interleaving_factor=0.5,
                                                               final_annealing=False), training, seed=0)
     assert kinds(no_final) == [("ascent", 0), ("ascent", 1), ("anneal", 1), ("ascent", 2)]
-    twice = agad.build_phases(forget, retain, MethodConfig(name="agad", chunk_size=5, interleaving_factor=2,
+    twice = agad.build_phases(forget, retain, settings("agad", chunk_size=5, interleaving_factor=2,
                                                            final_annealing=False), training, seed=0)
     assert kinds(twice) == [("ascent", 0), ("anneal", 0), ("anneal", 0)]
     assert [agad.anneals_after(n, 1 / 3) for n in range(1, 7)] == [0, 0, 1, 0, 0, 1]
@@ -137,7 +142,7 @@ def test_agad_schedule_interleaving_and_final_annealing():
 
 def test_agad_annealing_subsets_are_seeded_and_differ_between_phases():
     forget, retain = fake("F", 8), fake("R", 20)
-    method = MethodConfig(name="agad", chunk_size=2, annealing_fraction=0.25)
+    method = settings("agad", chunk_size=2, annealing_fraction=0.25)
 
     def subsets(seed):
         phases = agad.build_phases(forget, retain, method, TrainingConfig(), seed=seed)
@@ -152,7 +157,7 @@ def test_agad_annealing_subsets_are_seeded_and_differ_between_phases():
 
 def test_gd_batches_hold_forget_and_retain_in_equal_numbers(tiny_tokenizer):
     forget, retain = fake("F", 5), fake("R", 3)
-    method = MethodConfig(name="gd", retain_weight=0.5)
+    method = settings("gd", retain_weight=0.5)
     training = TrainingConfig(epochs=2, batch_size=4, seed=0)
     phases = get_method("gd").build_phases(forget, retain, method, training, seed=7)
     assert len(phases) == 1 and not phases[0].shuffle
@@ -180,7 +185,8 @@ def test_gd_batches_hold_forget_and_retain_in_equal_numbers(tiny_tokenizer):
 def test_registry():
     assert set(METHODS) == {"ga", "gd", "kl", "npo", "agad", "sugd", "gold_standard"}
     for name, module in METHODS.items():
-        assert module.NAME == name and callable(module.build_phases) and callable(module.make_loss)
+        assert module.NAME == name and callable(module.build_phases) and callable(module.loss_kinds)
+        assert module.Settings().name == name and not hasattr(module, "make_loss")  # the engine's default loss
     with pytest.raises(UserError, match="unknown method 'sgd' .*known: ga, gd, kl, npo, agad, sugd"):
         get_method("sgd")
 
@@ -208,17 +214,17 @@ def test_registry():
     ("ga", {}, {"epochs": 0.0}, 3, 3, "epochs must be positive"),
 ])
 def test_bad_settings_are_one_line_user_errors(name, changes, training, forget, retain, message):
-    method = MethodConfig(name=name, **changes)
+    method = settings(name, **changes)
     with pytest.raises(UserError, match=message) as caught:
         get_method(name).build_phases(fake("F", forget), fake("R", retain), method, TrainingConfig(**training), 0)
     assert "\n" not in str(caught.value)
 
 
 def test_retain_free_methods_accept_an_empty_retain_set():
-    assert get_method("ga").build_phases(fake("F", 2), [], MethodConfig(name="ga"), TrainingConfig(), 0)
-    npo_only = MethodConfig(name="npo", retain_loss="none")
+    assert get_method("ga").build_phases(fake("F", 2), [], settings("ga"), TrainingConfig(), 0)
+    npo_only = settings("npo", retain_loss="none")
     assert get_method("npo").build_phases(fake("F", 2), [], npo_only, TrainingConfig(), 0)
-    assert sugd.build_phases(fake("F", 2), [], MethodConfig(positive_ratio=0), TrainingConfig(), 0)
+    assert sugd.build_phases(fake("F", 2), [], settings("sugd", positive_ratio=0), TrainingConfig(), 0)
 
 
 # --------------------------------------------------------------------------------------------
@@ -372,7 +378,7 @@ def test_lora_reference_is_exactly_the_base_model(model, tiny_tokenizer, data):
 
 def test_full_finetuning_npo_reference_is_precomputed_once(model, tiny_tokenizer, data):
     forget, _ = data
-    method = MethodConfig(name="npo", retain_loss="none", npo_beta=0.1)
+    method = settings("npo", retain_loss="none", npo_beta=0.1)
     training = TrainingConfig(epochs=2, batch_size=3, learning_rate=1e-3)
     phases = npo.build_phases(forget, [], method, training, seed=0)
     model = apply_adapter(model, AdapterConfig(kind="full"))
@@ -383,10 +389,10 @@ def test_full_finetuning_npo_reference_is_precomputed_once(model, tiny_tokenizer
     reference = Reference.for_model(model, "full")
     reference.prepare(phases, tiny_tokenizer, batch_size=8)
     assert len(calls) == 0 and reference.mode == "precomputed"  # nothing asked for NPO yet
-    loss_fn = npo.make_loss(method, reference)
+    loss_fn = make_loss(method, reference)
     assert len(calls) == 1  # one forward pass over the three forget examples, before training
     assert [e.reference_logp for e in phases[0].examples] == pytest.approx(expected, rel=1e-5)
-    npo.make_loss(method, reference)
+    make_loss(method, reference)
     assert len(calls) == 1  # not again
     out = loss_fn(model, collate(phases[0].examples, tiny_tokenizer.pad_token_id))
     assert out.per_example.tolist() == pytest.approx([2 / 0.1 * math.log(2)] * 3, rel=1e-4)  # logp == ref
@@ -394,7 +400,7 @@ def test_full_finetuning_npo_reference_is_precomputed_once(model, tiny_tokenizer
     Trainer(model, tiny_tokenizer, training, loss_fn, progress=False).train_phase(phases[0], 0)
     assert len(calls) == 2  # two steps, one forward each: no reference model at training time
     # The one-call helper does the same for any method.
-    assert prepare_reference(MethodConfig(name="ga"), model, "full", phases, tiny_tokenizer) is None
+    assert prepare_reference(settings("ga"), model, "full", phases, tiny_tokenizer) is None
 
 
 # --------------------------------------------------------------------------------------------
@@ -410,7 +416,7 @@ def unlearn(model, tokenizer, data, method, training, adapter=None):
     model = apply_adapter(model, adapter)
     reference = Reference.for_model(model, adapter.kind)
     reference.prepare(phases, tokenizer, batch_size=8)
-    trainer = Trainer(model, tokenizer, training, module.make_loss(method, reference), progress=False)
+    trainer = Trainer(model, tokenizer, training, make_loss(method, reference), progress=False)
     for index, phase in enumerate(phases):
         trainer.train_phase(phase, index)
     return trainer.unwrapped_model
@@ -426,7 +432,7 @@ def nll_change(model, tokenizer, data, method, training, adapter=None):
 
 def test_ga_raises_forget_nll(model, tiny_tokenizer, data):
     training = TrainingConfig(epochs=4, batch_size=3, learning_rate=3e-3, lr_schedule="constant")
-    forget_rise, _, before = nll_change(model, tiny_tokenizer, data, MethodConfig(name="ga"), training)
+    forget_rise, _, before = nll_change(model, tiny_tokenizer, data, settings("ga"), training)
     assert before[0] < 1.5  # the tiny model knows the forget answers to begin with
     assert forget_rise > 1.0
 
@@ -447,7 +453,7 @@ def test_methods_with_a_retain_term_forget_more_than_they_damage(model, tiny_tok
     batch_size = 4 if name in ("gd", "kl", "npo") else 2
     training = TrainingConfig(epochs=4, batch_size=batch_size, learning_rate=lr, lr_schedule="constant")
     adapter_config = AdapterConfig(kind=adapter, lora_rank=8, lora_alpha=16)
-    forget_rise, retain_rise, _ = nll_change(model, tiny_tokenizer, data, MethodConfig(name=name, **changes),
+    forget_rise, retain_rise, _ = nll_change(model, tiny_tokenizer, data, settings(name, **changes),
                                              training, adapter_config)
     assert forget_rise > 1.0, (forget_rise, retain_rise)
     assert retain_rise < forget_rise / 2, (forget_rise, retain_rise)
@@ -457,7 +463,7 @@ def test_gathered_kl_equals_the_dense_masked_mean():
     """kl_per_example gathers answer positions first; it must equal the dense masked computation."""
     import torch.nn.functional as F
 
-    from methods.losses import kl_per_example
+    from methods.engine.losses import kl_per_example
 
     generator = torch.Generator().manual_seed(0)
     logits = torch.randn(3, 7, 11, generator=generator)
@@ -475,7 +481,7 @@ def test_gathered_kl_equals_the_dense_masked_mean():
 def test_document_scope_compares_the_ceiling_with_the_whole_texts_nll(model, tiny_tokenizer, data):
     """Answer scope reads the answer tokens' NLL, document scope the whole text's (prompt included, the
     MIA attack's quantity): a ceiling between the two stops the example under exactly one of them."""
-    from methods.trainer import token_nll_from_logits
+    from methods.engine.trainer import token_nll_from_logits
 
     forget, _ = data
     batch = collate([forget[0]], tiny_tokenizer.pad_token_id)
@@ -495,3 +501,114 @@ def test_document_scope_compares_the_ceiling_with_the_whole_texts_nll(model, tin
     running = "document" if stopped_by == "answer" else "answer"
     assert loss(stopped_by) == 0.0
     assert loss(running) == pytest.approx(-answer_nll, rel=1e-5)
+
+
+# --------------------------------------------------------------------------------------------
+# Methods as plug-ins: typed settings, retain_loss honoured where declared, a method registered from outside
+
+
+def test_gd_with_a_kl_retain_loss_is_the_kl_method(model, tiny_tokenizer, data):
+    forget, retain = data
+    training = TrainingConfig(epochs=2, batch_size=4, seed=3)
+    gd_kl, kl = settings("gd", retain_loss="kl", retain_weight=0.7), settings("kl", retain_weight=0.7)
+    assert get_method("gd").loss_kinds(gd_kl) == get_method("kl").loss_kinds(kl) == ("ascent", "kl")
+    gd_phases = get_method("gd").build_phases(forget, retain, gd_kl, training, seed=3)
+    kl_phases = get_method("kl").build_phases(forget, retain, kl, training, seed=3)
+    assert [(p.info, p.epochs, p.shuffle, [(e.role, e.item_id, e.weight) for e in p.examples]) for p in gd_phases] \
+        == [(p.info, p.epochs, p.shuffle, [(e.role, e.item_id, e.weight) for e in p.examples]) for p in kl_phases]
+    # The same loss values on a batch, against a reference the model has moved away from.
+    lora = apply_adapter(model, AdapterConfig(kind="lora", lora_rank=4, lora_alpha=8))
+    with torch.no_grad():
+        for name, parameter in lora.named_parameters():
+            if "lora_B" in name:
+                parameter.normal_(0, 0.5)
+    reference = prepare_reference(gd_kl, lora, "lora", gd_phases, tiny_tokenizer)
+    assert reference is not None and reference.mode == "adapter"
+    batch = collate(gd_phases[0].examples[:4], tiny_tokenizer.pad_token_id)
+    assert batch["is_forget"].any() and not batch["is_forget"].all()
+    gd_out = make_loss(gd_kl, reference)(lora, batch)
+    kl_out = make_loss(kl, reference)(lora, batch)
+    retain_rows = ~batch["is_forget"]
+    assert gd_out.per_example[retain_rows].min() > 1e-4  # a real KL term, not zeros
+    assert torch.equal(gd_out.per_example, kl_out.per_example) and torch.equal(gd_out.nll, kl_out.nll)
+    # ...and a different one from plain gd's NLL retain term.
+    nll_out = make_loss(settings("gd", retain_weight=0.7), reference)(lora, batch)
+    assert not torch.allclose(nll_out.per_example[retain_rows], gd_out.per_example[retain_rows])
+
+
+def test_register_checks_the_interface():
+    from types import ModuleType
+
+    from methods.registry import register
+
+    bare = ModuleType("bare")
+    bare.NAME = "bare"
+    with pytest.raises(TypeError, match="lacks Settings, loss_kinds, build_phases"):
+        register(bare)
+    bare.Settings, bare.loss_kinds, bare.build_phases = dict, None, None
+    with pytest.raises(TypeError, match="dataclass subclassing utils.config.MethodConfig"):
+        register(bare)
+    bare.Settings = get_method("ga").Settings  # its name defaults to "ga"
+    with pytest.raises(ValueError, match="name must default to NAME"):
+        register(bare)
+    bare.NAME = "ga"
+    with pytest.raises(ValueError, match="'ga' is already registered"):
+        register(bare)
+    assert "bare" not in METHODS and get_method("ga").__name__ == "methods.ga"
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_a_registered_method_with_its_own_knob_runs_end_to_end(small_world, tmp_path):
+    """One module object, one registry line: its knob loads from the config, is range-checked, reaches
+    build_phases, and the run trains and evaluates like any shipped method's."""
+    import dataclasses
+    import json
+    from types import ModuleType
+
+    import yaml
+
+    from methods.engine.phases import tagged
+    from methods.engine.settings import UnlearningSettings
+    from methods.registry import register, unregister
+    from utils.config import AT_LEAST_ONE, BOUNDS
+    from utils.experiment.run import run_unlearning
+
+    @dataclasses.dataclass
+    class ToySettings(UnlearningSettings):
+        name: str = "toy"
+        passes: int = 1  # the new knob: how many times the first forget examples repeat
+
+    seen = []
+
+    def build_phases(forget, retain, toy_settings, training, seed):
+        seen.append(toy_settings)
+        examples = [tagged(e, "forget") for e in forget[:2]] * toy_settings.passes
+        return [Phase(name="toy", examples=examples, epochs=1, shuffle=False, info={"kind": "ascent"})]
+
+    toy = ModuleType("toy_method")
+    toy.NAME, toy.Settings, toy.build_phases = "toy", ToySettings, build_phases
+    toy.loss_kinds = lambda toy_settings: (toy_settings.forget_loss, "none")
+    register(toy)
+    BOUNDS[ToySettings] = {"passes": AT_LEAST_ONE}
+    out = tmp_path / "run"
+    try:
+        with pytest.raises(UserError, match=r"^config: method\.passes must be a positive integer, got 0$"):
+            small_world.config("method.name=toy", "method.passes=0")
+        with pytest.raises(UserError, match=r"method\.passes is not a setting of sugd \(it belongs to toy\)"):
+            small_world.config("method.passes=2")
+        config = small_world.config("method.name=toy", "method.passes=3", "method.npo_beta=0.2",
+                                    "training.batch_size=2", "training.learning_rate=1e-3", "adapter.kind=lora",
+                                    "adapter.lora_rank=4", "evaluation.subset=1", "evaluation.per_phase_subset=0",
+                                    "evaluation.max_new_tokens=8")
+        assert type(config.method) is ToySettings
+        results = run_unlearning(config, out, progress=False, log=lambda _: None)
+    finally:
+        unregister("toy")
+        BOUNDS.pop(ToySettings, None)
+    assert "toy" not in METHODS
+    assert [(s.passes, s.npo_beta) for s in seen] == [(3, 0.2)]
+    assert (out / "results.json").is_file() and results["method"] == "toy"
+    assert json.loads((out / "results.json").read_text())["method"] == "toy"
+    assert len((out / "log.jsonl").read_text().splitlines()) == 3  # 6 examples, 2 per step
+    saved = yaml.safe_load((out / "config.yaml").read_text())["method"]
+    assert saved["passes"] == 3 and "chunk_size" not in saved

@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from utils.cli import main
-from utils.commands.score import score_directory
-from utils.data import SPLITS, TASKS
+from utils.cli.commands.score import score_directory
+from utils.cli.main import main
+from utils.data.lume import SPLITS, TASKS
 from utils.errors import UserError
-from utils.metrics import (
+from utils.evaluation.metrics import (
     aggregated_term_names,
     aggregated_terms,
     build_results,
@@ -95,6 +95,16 @@ def test_mia_auc_and_score() -> None:
     assert mia_score(0.75) == pytest.approx(0.5)
     with pytest.raises(UserError):
         mia_auc([], [1.0])
+
+
+def test_roc_auc_is_the_loss_attack_auc_of_negated_losses() -> None:
+    from utils.evaluation.metrics import roc_auc
+
+    members, nonmembers = [1.3, 0.2, 2.9, 0.7], [1.1, 3.5, 0.9, 2.0, 2.0]
+    assert roc_auc([-x for x in members], [-x for x in nonmembers]) == mia_auc(members, nonmembers)
+    assert roc_auc([1.0, 1.0], [1.0]) == 0.5  # ties: the diagonal
+    with pytest.raises(ValueError, match="non-finite"):
+        roc_auc([float("nan")], [1.0])
 
 
 def test_final_score_and_utility_warning() -> None:

@@ -9,7 +9,7 @@ import torch
 from sklearn.metrics import auc, roc_curve
 
 from utils.errors import UserError
-from utils.mia import (
+from utils.evaluation.mia import (
     DocumentStatistics,
     attack_aucs,
     document_nll,
@@ -22,7 +22,7 @@ from utils.mia import (
     zlib_attack,
     zlib_entropy,
 )
-from utils.models import build_tiny_model, train_tokenizer
+from utils.models.loading import build_tiny_model, train_tokenizer
 
 WORDS = ["the", "cat", "dog", "sat", "on", "a", "mat", "red", "blue", "green", "house", "river", "tree",
          "moon", "sun", "star", "bird", "fish", "runs", "jumps", "sleeps", "quickly", "slowly", "under",

@@ -1,9 +1,9 @@
 import pytest
 import torch
 
+from utils.data.tokenization import IGNORE_INDEX, collate, encode_pair, encode_prompt, special_token_layout
 from utils.errors import UserError
-from utils.models import load_model_and_tokenizer, save_model
-from utils.tokenization import IGNORE_INDEX, collate, encode_pair, encode_prompt, special_token_layout
+from utils.models.loading import load_model_and_tokenizer, save_model
 
 
 def test_tiny_model_round_trips_through_the_user_loader(tiny_model, tiny_tokenizer, tmp_path):
@@ -66,7 +66,7 @@ def test_collate_pads_right_and_carries_roles(tiny_tokenizer):
 
 
 def test_an_empty_tokenizer_folder_names_the_files_it_needs(tiny_model, tiny_tokenizer, tmp_path):
-    from utils.models import load_tokenizer
+    from utils.models.loading import load_tokenizer
 
     (tmp_path / "tokenizer").mkdir()
     with pytest.raises(UserError, match="tokenizer folder .*tokenizer has no tokenizer files .expected tokenizer.json"):

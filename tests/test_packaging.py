@@ -58,7 +58,7 @@ def test_every_subpackage_is_in_the_distribution():
     patterns = settings["include"]
     packages = sorted(str(p.parent.relative_to(REPO)).replace(os.sep, ".")
                       for top in ("utils", "methods", "lume_unlearning") for p in (REPO / top).rglob("__init__.py"))
-    assert "utils.commands" in packages
+    assert "utils.cli.commands" in packages
     for package in packages:
         assert any(package == pattern.rstrip("*").rstrip(".") or package.startswith(pattern.rstrip("*"))
                    for pattern in patterns), package

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from utils.cli import main
-from utils.commands.score import score_directory
-from utils.metrics import official_results_view
+from utils.cli.commands.score import score_directory
+from utils.cli.main import main
+from utils.evaluation.metrics import official_results_view
 
 PARITY_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "parity"
 SCENARIOS = ("memorized", "mixed", "unlearned")

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from utils.data import load_lume
-from utils.models import load_model_and_tokenizer, load_tokenizer, train_tokenizer
-from utils.prepare import prepare, read_texts
+from utils.data.lume import load_lume
+from utils.experiment.world import prepare, read_texts
+from utils.models.loading import load_model_and_tokenizer, load_tokenizer, train_tokenizer
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -116,7 +116,7 @@ def test_tokenizer_was_trained_without_the_forget_set(small_world):
 
 def test_training_options_added_later_leave_existing_cache_keys_alone():
     from utils.config import TrainingConfig
-    from utils.prepare import LATER_TRAINING_SETTINGS, stable_hash, training_key
+    from utils.experiment.world import LATER_TRAINING_SETTINGS, stable_hash, training_key
 
     plain = training_key(TrainingConfig())
     assert not set(LATER_TRAINING_SETTINGS) & set(plain)  # at their neutral values: not in the key

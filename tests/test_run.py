@@ -19,12 +19,12 @@ import torch
 from safetensors.torch import load_file
 
 from methods import sugd
-from methods.runner import load_checkpoint
-from methods.trainer import LossOutput, nll_per_example
-from utils.cli import main
-from utils.data import load_lume
-from utils.models import load_model_and_tokenizer
-from utils.tokenization import collate, encode_item
+from methods.engine.checkpoint import load_checkpoint
+from methods.engine.trainer import LossOutput, nll_per_example
+from utils.cli.main import main
+from utils.data.lume import load_lume
+from utils.data.tokenization import collate, encode_item
+from utils.models.loading import load_model_and_tokenizer
 
 from .conftest import REPO
 
@@ -233,7 +233,11 @@ def test_bad_settings_stop_before_anything_is_written(override, phrase, small_wo
 
 
 def test_diverging_loss_keeps_the_last_good_checkpoint(small_world, reference_run, tmp_path, monkeypatch, capsys):
-    real_make_loss = sugd.make_loss
+    from methods.engine.phases import loss_for
+
+    def real_make_loss(method, reference=None):  # the engine's default loss, which sugd uses
+        return loss_for(*sugd.loss_kinds(method), method, reference)
+
     calls = 0
 
     def make_loss(method, reference=None):
@@ -249,7 +253,7 @@ def test_diverging_loss_keeps_the_last_good_checkpoint(small_world, reference_ru
 
         return loss_fn
 
-    monkeypatch.setattr(sugd, "make_loss", make_loss)
+    monkeypatch.setattr(sugd, "make_loss", make_loss, raising=False)  # a method's own make_loss is optional
     out = tmp_path / "run"
     err = main_expecting_user_error(run_args(small_world, out), capsys)
     assert "loss became nan in phase 'sugd-chunk2' at step 2" in err
@@ -262,7 +266,7 @@ def test_diverging_loss_keeps_the_last_good_checkpoint(small_world, reference_ru
 
     # A kill between the two renames of the next checkpoint save leaves only the set-aside copy; resume
     # must find it. With the loss healthy again, the run ends where the uninterrupted one did.
-    monkeypatch.setattr(sugd, "make_loss", real_make_loss)
+    monkeypatch.delattr(sugd, "make_loss")
     os.replace(out / "checkpoint", out / ".checkpoint.old")
     assert load_checkpoint(out)["phases_done"] == 2
     assert main(run_args(small_world, out, flags=("--resume",))) == 0

@@ -15,9 +15,8 @@ from pathlib import Path
 import pytest
 
 from utils.config import SyntheticConfig
-from utils.data import find_mia_dir, group_by_document, load_lume, load_mia_documents
-from utils.errors import UserError
-from utils.synthetic import (
+from utils.data.lume import find_mia_dir, group_by_document, load_lume, load_mia_documents
+from utils.data.synthetic import (
     BIOGRAPHY_PARTS,
     BIOGRAPHY_QUESTIONS,
     STORY_GENRES,
@@ -25,6 +24,7 @@ from utils.synthetic import (
     generate_mini_lume,
     training_characters,
 )
+from utils.errors import UserError
 
 SMALL = SyntheticConfig(seed=3, documents_per_task=4, mia_nonmembers=5, general_facts=15,
                         general_corpus_repeats=2)
@@ -103,7 +103,7 @@ def test_files_do_not_depend_on_the_process_hash_seed(small, tmp_path):
     """Set iteration order changes between processes; a generator that leaned on it would drift."""
     out = tmp_path / "subprocess"
     code = ("import sys; from utils.config import SyntheticConfig; "
-            "from utils.synthetic import generate_mini_lume; "
+            "from utils.data.synthetic import generate_mini_lume; "
             f"generate_mini_lume(sys.argv[1], SyntheticConfig(**{SMALL.__dict__!r}))")
     env = {**os.environ, "PYTHONHASHSEED": "12345"}
     subprocess.run([sys.executable, "-c", code, str(out)], check=True, cwd=Path(__file__).parents[1], env=env)

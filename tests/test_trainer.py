@@ -4,11 +4,11 @@ import json
 import pytest
 import torch
 
-from methods.adapters import apply_adapter
-from methods.trainer import LossOutput, Phase, Trainer, TrainingDiverged, nll_loss, nll_per_example
+from methods.engine.trainer import LossOutput, Phase, Trainer, TrainingDiverged, nll_loss, nll_per_example
 from utils.config import AdapterConfig, TrainingConfig
+from utils.data.tokenization import collate, encode_text
 from utils.errors import UserError
-from utils.tokenization import collate, encode_text
+from utils.models.adapters import apply_adapter
 
 from .conftest import SENTENCES
 
@@ -77,7 +77,7 @@ def test_lora_trains_adapter_only_and_rejects_unknown_modules(tiny_model, tiny_t
 
 
 def test_group_by_length_batches_similar_lengths_and_keeps_every_example(tiny_model, tiny_tokenizer):
-    from utils.tokenization import Example
+    from utils.data.tokenization import Example
 
     # Lengths 1..96 in a scrambled order: random batches mix short and long items.
     lengths = [(n * 37) % 96 + 1 for n in range(96)]
@@ -100,7 +100,7 @@ def test_group_by_length_batches_similar_lengths_and_keeps_every_example(tiny_mo
 
 
 def test_micro_batches_by_padded_tokens_give_the_same_weights_with_less_padding(tiny_model, tiny_tokenizer):
-    from methods.trainer import split_by_padded_tokens
+    from methods.engine.trainer import split_by_padded_tokens
 
     data = examples(tiny_tokenizer)
     budget = 2 * max(len(e.input_ids) for e in data)

@@ -11,10 +11,9 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
+from utils.data.tokenization import encode_prompt
 from utils.errors import UserError
-from utils.models import build_tiny_model, train_tokenizer
-from utils.tokenization import encode_prompt
-from utils.utility import (
+from utils.evaluation.mmlu import (
     MultipleChoiceQuestion,
     build_mmlu_prompts,
     choice_likelihood_accuracy,
@@ -28,6 +27,7 @@ from utils.utility import (
     next_token_logits,
     predict_letters,
 )
+from utils.models.loading import build_tiny_model, train_tokenizer
 
 WORDS = ["the", "cat", "dog", "sat", "on", "a", "mat", "red", "blue", "green", "house", "river", "tree",
          "moon", "sun", "star", "bird", "fish", "runs", "jumps", "sleeps", "quickly", "slowly", "under",

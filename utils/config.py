@@ -24,7 +24,7 @@ from utils.errors import UserError
 
 @dataclass
 class DataConfig:
-    # A folder in any official layout (see utils.data); None means the mini-LUME that
+    # A folder in any official layout (see utils.data.lume); None means the mini-LUME that
     # `unlearn prepare` generates under `<workdir>/data`.
     path: str | None = None
     split: Literal["train", "validation"] = "validation"
@@ -81,8 +81,7 @@ class TrainingConfig:
     loss_on: Literal["output", "full"] = "output"
     max_length: int = 512
     # Shuffled phases only: batch examples of similar length together (within shuffled groups of
-    # 16 batches), so little compute goes to padding. On the real LUME split, where items run from
-    # 5 to 415 tokens, random batches of 8 process 3.3x the real tokens, grouped ones 1.3x.
+    # 16 batches), so little compute goes to padding where item lengths vary widely (README: speed).
     group_by_length: bool = False
     # Cut each batch, sorted by length, into micro-batches of at most this many padded tokens
     # (None: one micro-batch, or `gradient_accumulation_steps` equal pieces). The gradient is the same
@@ -126,33 +125,24 @@ class PrepareConfig:
 
 @dataclass
 class MethodConfig:
-    """The unlearning method and its knobs; each method reads the ones it needs."""
+    """The base of every method's settings: the method's name. Each method module declares its own
+    `Settings` subclass with only the knobs it reads (see methods/registry.py); the `method` section of
+    a config is parsed into the class its `name` selects, so a knob of another method is an error."""
 
     name: str = "sugd"
-    forget_loss: Literal["ascent", "npo"] = "ascent"
-    retain_loss: Literal["nll", "kl", "none"] = "nll"
-    retain_weight: float = 1.0  # lambda of gradient difference; also SUGD's positive_factor default
-    npo_beta: float = 0.1
-    chunk_size: int = 32
-    positive_ratio: int = 7
-    positive_factor: float = 0.5
-    interleaving_factor: float = 1.0
-    annealing_fraction: float = 0.25
-    final_annealing: bool = True
-    # Stop ascending an example once its mean token NLL passes this level (None: no ceiling).
-    # "gold_standard": the gold standard's mean forget-answer NLL from <workdir>/prepare_report.json.
-    forget_loss_ceiling: float | Literal["gold_standard"] | None = None
-    # What the ceiling is a level of. "answer": the example's mean NLL over its answer tokens.
-    # "document": the mean NLL over its whole text (prompt + answer), the quantity the MIA loss attack
-    # reads; ascent still acts on the answer only. "gold_standard" then means the gold standard's mean
-    # whole-text NLL on the forget items.
-    forget_loss_ceiling_scope: Literal["answer", "document"] = "answer"
+
+
+def _default_method() -> MethodConfig:
+    """The default method's own settings (imported late: the method modules import this module)."""
+    from methods.registry import get_method
+
+    return get_method(MethodConfig.name).Settings()
 
 
 @dataclass
 class EvaluationConfig:
     max_new_tokens: int = 256
-    batch_size: int = 64  # generation rows per batch (see benchmarks/README.md: 64 beat 32 and 128)
+    batch_size: int = 64  # generation rows per batch (benchmarks/README.md compares batch sizes)
     nll_batch_size: int = 16
     subset: int | None = None  # evaluate only the first N documents per split and task
     # "mmlu:DIR", "synthetic:FILE", "none"; None: the synthetic set of the embedded default.
@@ -173,7 +163,7 @@ class Config:
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     prepare: PrepareConfig = field(default_factory=PrepareConfig)
-    method: MethodConfig = field(default_factory=MethodConfig)
+    method: MethodConfig = field(default_factory=_default_method)
     training: TrainingConfig = field(
         default_factory=lambda: TrainingConfig(epochs=3, learning_rate=1e-4, batch_size=8))
     adapter: AdapterConfig = field(default_factory=AdapterConfig)
@@ -201,9 +191,39 @@ def from_dict(cls: type, data: Any, path: str = "") -> Any:
     return cls(**values)
 
 
+def method_from_dict(data: Any, path: str = "method") -> MethodConfig:
+    """The `method` section as the settings class of the method it names (default: MethodConfig's name).
+
+    A knob that another method declares is refused naming that method; any other unknown key as usual.
+    """
+    from methods.registry import METHODS, get_method
+
+    if not isinstance(data, dict):
+        raise UserError(f"config: {path} must be a mapping, got {type(data).__name__}")
+    name = data.get("name", MethodConfig.name)
+    if not isinstance(name, str):
+        raise UserError(f"config: {path}.name must be a string, got {name!r}")
+    if name not in METHODS:
+        raise UserError(f"config: {path}.name: unknown method '{name}' (known: {', '.join(METHODS)})")
+    settings = get_method(name).Settings
+    own = [item.name for item in dataclasses.fields(settings)]
+    for key in data:
+        if key in own:
+            continue
+        owners = sorted(other for other, module in METHODS.items()
+                        if key in {item.name for item in dataclasses.fields(module.Settings)})
+        if owners:
+            takes = ", ".join(k for k in own if k != "name") or "no settings but name"
+            raise UserError(f"config: {path}.{key} is not a setting of {name} (it belongs to {', '.join(owners)}); "
+                            f"{name} takes: {takes}")
+    return from_dict(settings, {**data, "name": name}, path)
+
+
 def _coerce(tp: Any, value: Any, where: str) -> Any:
     origin = typing.get_origin(tp)
     args = typing.get_args(tp)
+    if tp is MethodConfig:
+        return method_from_dict(value, where)
     if dataclasses.is_dataclass(tp):
         return from_dict(tp, value, where)
     if origin in (Union, types.UnionType):
@@ -299,6 +319,8 @@ AT_LEAST_ONE = Bound(low=1)
 NON_NEGATIVE = Bound(low=0)
 SEED = Bound(low=0, high=MAX_SEED)
 
+# Per class; a class's keys are bounded by the entries of the class and of all its bases. The methods'
+# settings classes add their own entries (see methods/engine/settings.py and each method module).
 BOUNDS: dict[type, dict[str, Bound]] = {
     SyntheticConfig: {"seed": SEED, "documents_per_task": AT_LEAST_ONE, "mia_nonmembers": AT_LEAST_ONE,
                       "general_facts": AT_LEAST_ONE, "general_corpus_repeats": AT_LEAST_ONE},
@@ -313,12 +335,6 @@ BOUNDS: dict[type, dict[str, Bound]] = {
     },
     AdapterConfig: {"lora_rank": AT_LEAST_ONE, "lora_alpha": AT_LEAST_ONE,
                     "lora_dropout": Bound(low=0, high=1, high_open=True), "last_k": AT_LEAST_ONE},
-    MethodConfig: {
-        "retain_weight": NON_NEGATIVE, "npo_beta": POSITIVE, "chunk_size": AT_LEAST_ONE,
-        "positive_ratio": NON_NEGATIVE, "positive_factor": NON_NEGATIVE, "interleaving_factor": POSITIVE,
-        "annealing_fraction": Bound(low=0, low_open=True, high=1),
-        "forget_loss_ceiling": Bound(low=0, low_open=True, nullable=True),
-    },
     EvaluationConfig: {
         "max_new_tokens": AT_LEAST_ONE, "batch_size": AT_LEAST_ONE, "nll_batch_size": AT_LEAST_ONE,
         "subset": Bound(low=1, nullable=True, text="at least 1 document per task (or null)"),
@@ -331,7 +347,7 @@ BOUNDS: dict[type, dict[str, Bound]] = {
 def check_ranges(config: Any, path: str = "") -> None:
     """Every number in the dataclass tree `config` within its `BOUNDS`; the first outside is a UserError."""
     hints = typing.get_type_hints(type(config))
-    bounds = BOUNDS.get(type(config), {})
+    bounds = bounds_of(type(config))
     for item in dataclasses.fields(config):
         value = getattr(config, item.name)
         where = f"{path}.{item.name}" if path else item.name
@@ -346,6 +362,14 @@ def check_ranges(config: Any, path: str = "") -> None:
         check_head_size(config, path)
 
 
+def bounds_of(cls: type) -> dict[str, Bound]:
+    """The bounds declared for `cls` and its bases (a subclass's entry wins)."""
+    bounds: dict[str, Bound] = {}
+    for klass in reversed(cls.__mro__):
+        bounds.update(BOUNDS.get(klass, {}))
+    return bounds
+
+
 def check_head_size(tiny: TinyModelConfig, path: str) -> None:
     """Heads split the hidden size evenly, and each head's size is even: rotary embeddings rotate pairs."""
     if tiny.hidden_size % tiny.num_heads:
@@ -357,6 +381,7 @@ def check_head_size(tiny: TinyModelConfig, path: str) -> None:
 
 
 def to_dict(config: Any) -> dict:
+    """Plain data; the method section holds only the keys its method's settings class declares."""
     return dataclasses.asdict(config)
 
 
@@ -389,14 +414,36 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
 
     Types and ranges are both checked here, so a bad value stops the command before any model loads.
     """
-    data: dict = {}
-    if path is not None:
-        data = read_yaml_mapping(path, "config file")
-        data = _normalise_yaml_numbers(data)
+    data = read_config_file(path) if path is not None else {}
     data = apply_overrides(data, overrides or [])
     config = from_dict(Config, data)
     check_ranges(config)
     return config
+
+
+def read_config_file(path: str | Path, chain: tuple[Path, ...] = ()) -> dict:
+    """A config file's settings over those of the file its `base:` names (relative to it, recursively), so a
+    config states only what differs from the one it starts from. Sections merge key by key; any other
+    value (a number, a list) replaces the base's."""
+    path = Path(path)
+    if path.resolve() in chain:
+        raise UserError(f"config file {path}: its 'base' chain comes back to itself")
+    data = _normalise_yaml_numbers(read_yaml_mapping(path, "config file"))
+    base = data.pop("base", None)
+    if base is None:
+        return data
+    if not isinstance(base, str) or not base.strip():
+        raise UserError(f"config file {path}: 'base' must name another config file (relative to this one), "
+                        f"got {base!r}")
+    return merge_sections(read_config_file(path.parent / base, (*chain, path.resolve())), data)
+
+
+def merge_sections(base: dict, override: dict) -> dict:
+    merged = dict(base)
+    for key, value in override.items():
+        both = isinstance(value, dict) and isinstance(merged.get(key), dict)
+        merged[key] = merge_sections(merged[key], value) if both else value
+    return merged
 
 
 def read_yaml_mapping(path: str | Path, what: str) -> dict:

@@ -1,5 +1,5 @@
-"""Files in and out: UTF-8 text read with a one-line error, output locations checked before any work,
-and atomic writes (a result or checkpoint is either the old complete file or the new complete one)."""
+"""Files in and out: UTF-8 text, JSON and JSONL read with a one-line error, output locations checked before
+any work, and atomic writes (a result or checkpoint is either the old complete file or the new complete one)."""
 
 from __future__ import annotations
 
@@ -8,22 +8,64 @@ import math
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
 
 from utils.errors import UserError
 
 
-def read_utf8_text(path: str | os.PathLike) -> str:
+def read_utf8_text(path: str | os.PathLike, what: str | None = None) -> str:
     """The whole file as text; a byte that is not UTF-8 is a one-line `UserError` naming its offset.
 
-    Decoded in one piece, so the offset is the byte's position in the file, not in a read buffer.
+    Decoded in one piece, so the offset is the byte's position in the file, not in a read buffer. With
+    `what` (the kind of file, "config file"), a missing file is the one-line `UserError` "{what} not found".
     """
-    data = Path(path).read_bytes()
+    path = Path(path)
+    if what is not None and not path.is_file():
+        raise UserError(f"{what} not found: {path}")
+    data = path.read_bytes()
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise UserError(f"{path}: not UTF-8 text (byte 0x{data[exc.start]:02x} at byte offset {exc.start})") from None
+
+
+def read_json(path: str | os.PathLike, what: str = "JSON file") -> dict[str, Any]:
+    """The JSON object in `path`; a missing file, a byte that is not UTF-8, invalid JSON or a value that is
+    not an object is a one-line `UserError` naming the file (`what` says which file it is meant to be)."""
+    try:
+        data = json.loads(read_utf8_text(path, what))
+    except json.JSONDecodeError as exc:
+        raise UserError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
+    if not isinstance(data, dict):
+        raise UserError(f"{path}: expected a JSON object, found {type(data).__name__}")
+    return data
+
+
+def read_jsonl(path: str | os.PathLike) -> list[tuple[int, dict[str, Any]]]:
+    """(line number, object) for every non-blank line; a malformed line is a one-line `UserError`.
+
+    Lines are split at line feeds only (a carriage return before one is blank space to JSON), so a U+2028
+    inside a string does not split a line, as `str.splitlines` would, and the numbers are an editor's.
+    """
+    rows = []
+    for line_number, line in enumerate(read_utf8_text(path).split("\n"), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise UserError(f"{path}: line {line_number} is not valid JSON ({exc.msg})") from None
+        if not isinstance(row, dict):
+            raise UserError(f"{path}: line {line_number} is not a JSON object")
+        rows.append((line_number, row))
+    return rows
+
+
+def is_finite_number(value: Any) -> bool:
+    """An int or float (not a bool, which JSON and Python would otherwise let through) that is finite."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def check_output_location(path: str | os.PathLike, kind: Literal["folder", "file"]) -> None:
@@ -64,22 +106,34 @@ def is_writable_folder(folder: Path) -> bool:
     return True
 
 
-def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> None:
+    """`write(tmp)` fills a temporary file beside `path`, which is then synced and renamed over `path`.
+
+    The one temp-file-and-rename of the project: a reader (or a crash) sees the old complete file or the new
+    complete one, never a half-written one; on an exception the temporary file is removed.
+    """
     path = Path(path)
     # os.replace would fail on a folder with a bare IsADirectoryError; the user chose the path, so say so.
     if path.is_dir():
         raise UserError(f"output file {path} exists and is a folder")
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
+        write(Path(tmp))
+        fd = os.open(tmp, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
 
 
 def atomic_write_json(path: str | os.PathLike, data: Any) -> None:

@@ -26,3 +26,9 @@ def checkout_folder(name: str) -> Path:
 
 def config_dir() -> Path:
     return checkout_folder("configs")
+
+
+def project_path(path: str | Path) -> Path:
+    """`path` itself when absolute, else the same path under the project root: a notebook's parameters
+    name project files the same way whichever folder the notebook runs in."""
+    return Path(path) if Path(path).is_absolute() else PROJECT_ROOT / path

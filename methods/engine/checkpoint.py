@@ -1,0 +1,90 @@
+"""A run's checkpoint: the trainable weights after the last finished phase, their hash and the state
+to continue from, swapped in whole (a kill never leaves half a checkpoint), verified before a resume."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+from methods.engine.trainer import TrainingDiverged, all_finite
+from utils.errors import UserError
+from utils.io import AtomicDirectory, atomic_write_json
+from utils.models.adapters import trainable_state
+
+CHECKPOINT = "checkpoint"
+STATE_FILE = "state.json"
+WEIGHTS_FILE = "trainable.safetensors"
+STATE_KEYS = ("phases_done", "phases_total", "global_step", "log_lines")
+
+
+def checkpoint_dir(run_dir: Path) -> Path:
+    """checkpoint/, or the previous one AtomicDirectory set aside when a kill fell between its two renames."""
+    current, previous = run_dir / CHECKPOINT, run_dir / f".{CHECKPOINT}.old"
+    if not (current / STATE_FILE).is_file() and (previous / STATE_FILE).is_file():
+        return previous
+    return current
+
+
+def load_checkpoint(run_dir: Path) -> dict | None:
+    """The checkpoint's state, None when there is none; a damaged one is a one-line UserError."""
+    state_path = checkpoint_dir(run_dir) / STATE_FILE
+    if not state_path.is_file():
+        return None
+    try:
+        state = json.loads(state_path.read_bytes().decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise UserError(f"{state_path} is damaged ({exc.__class__.__name__}): the run in {run_dir} cannot be "
+                        "resumed from it; choose another --out") from None
+    if not isinstance(state, dict) or any(not isinstance(state.get(key), int) for key in STATE_KEYS):
+        raise UserError(f"{state_path} is incomplete (it needs {', '.join(STATE_KEYS)}): the run in {run_dir} "
+                        "cannot be resumed from it; choose another --out")
+    return state
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def save_checkpoint(model, run_dir: Path, state: dict) -> None:
+    """Weights, then their hash and the state, swapped in whole; non-finite weights are never written."""
+    from safetensors.torch import save_file
+
+    weights = trainable_state(model)
+    if not all_finite(weights.values()):
+        raise TrainingDiverged(f"the weights are non-finite after phase {state['phases_done']}; the last good "
+                               f"checkpoint in {run_dir} is kept (lower the learning rate)")
+    with AtomicDirectory(run_dir / CHECKPOINT) as tmp:
+        save_file(weights, str(tmp / WEIGHTS_FILE))
+        atomic_write_json(tmp / STATE_FILE, {**state, "weights_sha256": file_sha256(tmp / WEIGHTS_FILE)})
+
+
+def verify_checkpoint(run_dir: Path, state: dict) -> None:
+    """The weights are the ones the state was written with (hash), before anything is loaded."""
+    weights = checkpoint_dir(run_dir) / WEIGHTS_FILE
+    if not weights.is_file():
+        raise UserError(f"{weights} is missing: the run in {run_dir} cannot be resumed; choose another --out")
+    expected = state.get("weights_sha256")
+    if expected is not None and file_sha256(weights) != expected:
+        raise UserError(f"{weights} is damaged (its hash differs from the one recorded in {STATE_FILE}): the run "
+                        f"in {run_dir} cannot be resumed from it; choose another --out")
+
+
+def restore_weights(model, run_dir: Path) -> None:
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    path = checkpoint_dir(run_dir) / WEIGHTS_FILE
+    try:
+        state = load_file(str(path))
+    except (SafetensorError, OSError) as exc:
+        raise UserError(f"{path} cannot be read ({str(exc).splitlines()[0] if str(exc) else exc.__class__.__name__})"
+                        f": the run in {run_dir} cannot be resumed from it; choose another --out") from None
+    missing = set(state) - {name for name, _ in model.named_parameters()}
+    if missing:
+        raise UserError(f"checkpoint in {run_dir} does not fit this model/adapter (e.g. {min(missing)})")
+    model.load_state_dict(state, strict=False)

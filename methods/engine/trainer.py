@@ -1,0 +1,314 @@
+"""The one training loop every method runs on.
+
+A method hands the loop *phases*: an ordered list of examples (each with a role and a weight) to be
+trained for some epochs with a fresh optimiser and learning-rate schedule, and a *loss function* that
+maps a batch to one loss per example. Everything else (batching, distributed sharding, gradient
+accumulation, clipping, the schedule, mixed precision, NaN checks, logging, progress) lives here, once.
+
+Batch semantics are global: `training.batch_size` examples make one optimiser step, and the step's
+loss is the mean over those examples of each example's loss, whatever the number of processes. Under
+DDP each process takes every W-th example of the global batch, so 1 process and W processes compute
+the same gradient (up to floating point).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from utils.config import TrainingConfig
+from utils.data.tokenization import Example, collate
+from utils.errors import UserError
+from utils.io import finite_or_null
+
+
+@dataclass
+class LossOutput:
+    """Per-example loss (what is optimised, weights applied) and per-example mean NLL (for logs)."""
+
+    per_example: torch.Tensor
+    nll: torch.Tensor
+
+
+LossFunction = Callable[[torch.nn.Module, dict], LossOutput]
+
+
+@dataclass
+class Phase:
+    """Examples trained together with one fresh optimiser and one LR schedule (a chunk, an annealing step)."""
+
+    name: str
+    examples: list[Example]
+    epochs: float
+    shuffle: bool = False
+    info: dict = field(default_factory=dict)
+
+
+@dataclass
+class PhaseResult:
+    name: str
+    steps: int
+    tokens: int
+    seconds: float
+    mean_loss: float
+    forget_nll: float | None
+    retain_nll: float | None
+
+
+class TrainingDiverged(UserError):
+    """A loss became NaN or infinite; the caller keeps the last good checkpoint."""
+
+
+def make_accelerator(mixed_precision: str = "no"):
+    """An Accelerator that works on GPUs and, for tests and laptops, on CPU processes (gloo)."""
+    from accelerate import Accelerator
+
+    use_cpu = not torch.cuda.is_available()
+    # Without cpu=True, CPU processes started by `accelerate launch` each train alone on all the data.
+    return Accelerator(cpu=use_cpu, mixed_precision="no" if use_cpu else mixed_precision)
+
+
+def lr_lambda(schedule: str, warmup_steps: int, total_steps: int) -> Callable[[int], float]:
+    def factor(step: int) -> float:
+        if warmup_steps and step < warmup_steps:
+            return (step + 1) / warmup_steps
+        if schedule == "constant":
+            return 1.0
+        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+        progress = min(max(progress, 0.0), 1.0)
+        if schedule == "linear":
+            return 1.0 - progress
+        return 0.5 * (1.0 + math.cos(math.pi * progress))
+
+    return factor
+
+
+def nll_per_example(model: torch.nn.Module, batch: dict) -> torch.Tensor:
+    """Mean token NLL of each example over its labelled tokens (one forward pass)."""
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    return token_nll_from_logits(logits, batch["labels"])[0]
+
+
+def token_nll_from_logits(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(mean NLL per example, summed NLL per example, labelled-token count per example)."""
+    shift_logits = logits[:, :-1, :].float()
+    shift_labels = labels[:, 1:]
+    mask = shift_labels != -100
+    token_nll = torch.nn.functional.cross_entropy(
+        shift_logits.reshape(-1, shift_logits.size(-1)), shift_labels.clamp(min=0).reshape(-1), reduction="none"
+    ).view(shift_labels.shape) * mask
+    counts = mask.sum(dim=1)
+    summed = token_nll.sum(dim=1)
+    return summed / counts.clamp(min=1), summed, counts
+
+
+def text_labels(batch: dict) -> torch.Tensor:
+    """Labels that score every real token of the text, prompt included (padding ignored): the whole-text
+    NLL the MIA loss attack reads."""
+    return batch["input_ids"].masked_fill(batch["attention_mask"] == 0, -100)
+
+
+def split_by_padded_tokens(examples: list[Example], budget: int) -> list[list[Example]]:
+    """Examples sorted by length, cut greedily into micro-batches whose padded size (rows x longest
+    row) stays within `budget` tokens; an example longer than the budget goes alone."""
+    ranked = sorted(examples, key=lambda e: len(e.input_ids))
+    pieces: list[list[Example]] = []
+    for example in ranked:
+        if pieces and (len(pieces[-1]) + 1) * len(example.input_ids) <= budget:
+            pieces[-1].append(example)
+        else:
+            pieces.append([example])
+    return pieces
+
+
+def global_batches(phase: Phase, phase_index: int, config: TrainingConfig) -> list[list[Example]]:
+    """The phase's global batches over all its epochs, shuffled per epoch from a seeded generator: what
+    the Trainer trains and what `unlearn run --dry-run` counts, so the two cannot disagree."""
+    size = config.batch_size
+    per_epoch = math.ceil(len(phase.examples) / size)
+    total = math.ceil(phase.epochs * per_epoch)
+    batches: list[list[Example]] = []
+    epoch = 0
+    while len(batches) < total:
+        order = list(range(len(phase.examples)))
+        if phase.shuffle:
+            generator = torch.Generator().manual_seed(config.seed * 1_000_003 + phase_index * 1009 + epoch)
+            order = torch.randperm(len(order), generator=generator).tolist()
+        if phase.shuffle and config.group_by_length:
+            epoch_batches = length_grouped(order, phase.examples, size, generator)
+        else:
+            epoch_batches = [[phase.examples[i] for i in order[s:s + size]] for s in range(0, len(order), size)]
+        batches.extend(epoch_batches)
+        epoch += 1
+    return batches[:total]
+
+
+def length_grouped(order: list[int], examples: list[Example], size: int, generator) -> list[list[Example]]:
+    """Batches of similar length: the shuffled order is cut into groups of 16 batches, each group
+    sorted by length and cut into batches, then the batches are shuffled (long ones not always first)."""
+    group = size * 16
+    batches = []
+    for start in range(0, len(order), group):
+        ranked = sorted(order[start:start + group], key=lambda i: len(examples[i].input_ids))
+        batches += [[examples[i] for i in ranked[s:s + size]] for s in range(0, len(ranked), size)]
+    return [batches[i] for i in torch.randperm(len(batches), generator=generator).tolist()]
+
+
+class Trainer:
+    """Runs phases on a model prepared once with accelerate; optimiser and schedule are per phase."""
+
+    def __init__(self, model, tokenizer, config: TrainingConfig, loss_fn: LossFunction, accelerator=None,
+                 log_path: str | Path | None = None, progress: bool = True):
+        self.accelerator = accelerator or make_accelerator(config.mixed_precision)
+        self.model = self.accelerator.prepare_model(model)
+        self.tokenizer = tokenizer
+        self.config = config
+        self.loss_fn = loss_fn
+        self.log_path = Path(log_path) if log_path else None
+        self.progress = progress
+        self.global_step = 0
+
+    @property
+    def unwrapped_model(self):
+        return self.accelerator.unwrap_model(self.model)
+
+    def batches_for(self, phase: Phase, phase_index: int) -> list[list[Example]]:
+        """The global batches this trainer runs for `phase` (see `global_batches`)."""
+        return global_batches(phase, phase_index, self.config)
+
+    def _local_micro_batches(self, batch: list[Example]) -> list[list[Example]]:
+        """This process's share of a global batch, split for gradient accumulation.
+
+        A process left without an example gets a zero-weight copy, so every process runs the same
+        number of forward/backward passes (DDP needs that) while the gradient is unchanged.
+        """
+        world, rank = self.accelerator.num_processes, self.accelerator.process_index
+        local = batch[rank::world]
+        if not local:
+            first = batch[0]
+            local = [dataclasses.replace(first, weight=0.0)]
+        budget = self.config.max_micro_batch_tokens
+        if budget:
+            pieces = split_by_padded_tokens(local, budget)
+            if world > 1:
+                # DDP syncs on the last micro-batch: every process must run as many as the busiest one.
+                # The extra ones are zero-weight copies of a short example (no gradient, not logged).
+                most = max(len(split_by_padded_tokens(batch[r::world] or batch[:1], budget)) for r in range(world))
+                pieces += [[dataclasses.replace(pieces[0][0], weight=0.0)]] * (most - len(pieces))
+            return pieces
+        pieces = max(1, min(self.config.gradient_accumulation_steps, len(local)))
+        size = math.ceil(len(local) / pieces)
+        return [local[i:i + size] for i in range(0, len(local), size)]
+
+    def train_phase(self, phase: Phase, phase_index: int = 0) -> PhaseResult:
+        if not phase.examples:
+            raise UserError(f"phase '{phase.name}' has no examples to train on")
+        torch.manual_seed(self.config.seed + phase_index)
+        batches = self.batches_for(phase, phase_index)
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        if not params:
+            raise UserError("the model has no trainable parameters (check the adapter settings)")
+        optimizer = torch.optim.AdamW(params, lr=self.config.learning_rate, weight_decay=self.config.weight_decay)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lr_lambda(self.config.lr_schedule, self.config.warmup_steps, len(batches)))
+        optimizer = self.accelerator.prepare_optimizer(optimizer)
+        self.model.train()
+        pad_id = self.tokenizer.pad_token_id
+        device = self.accelerator.device
+        world = self.accelerator.num_processes
+        started = time.perf_counter()
+        tokens = 0
+        loss_sum = 0.0
+        role_sums = {"forget": [0.0, 0], "retain": [0.0, 0]}
+        bar = tqdm(batches, desc=phase.name, leave=False, dynamic_ncols=True,
+                   disable=not (self.progress and self.accelerator.is_main_process))
+        for step, batch in enumerate(bar):
+            micro_batches = self._local_micro_batches(batch)
+            step_loss = 0.0
+            for micro_index, micro in enumerate(micro_batches):
+                tensors = {k: v.to(device) for k, v in collate(micro, pad_id).items()}
+                last = micro_index == len(micro_batches) - 1
+                context = self.accelerator.no_sync(self.model) if not last else contextlib.nullcontext()
+                with context, self.accelerator.autocast():
+                    output = self.loss_fn(self.model, tensors)
+                    # Sum of per-example losses over the global batch size; times W because DDP averages.
+                    loss = output.per_example.sum() * (world / len(batch))
+                    self.accelerator.backward(loss)
+                step_loss += loss.item() / world
+                tokens += int(tensors["attention_mask"].sum())
+                nll = output.nll.detach()
+                for role, selector in (("forget", tensors["is_forget"]), ("retain", ~tensors["is_forget"])):
+                    chosen = nll[selector & (tensors["weight"] != 0)]
+                    role_sums[role][0] += float(chosen.sum())
+                    role_sums[role][1] += int(chosen.numel())
+            if world > 1:
+                # Each process holds its share of the global batch: the step's loss is the sum of the shares,
+                # and every process must see it (a NaN share would otherwise stop its own process only).
+                step_loss = self._sum_over_processes([step_loss])[0]
+            if not math.isfinite(step_loss):
+                raise TrainingDiverged(
+                    f"loss became {step_loss} in phase '{phase.name}' at step {step + 1}; "
+                    "the last good checkpoint is kept (lower the learning rate or set a forget_loss_ceiling)")
+            if self.config.max_grad_norm and self.config.max_grad_norm > 0:
+                self.accelerator.clip_grad_norm_(params, self.config.max_grad_norm)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            if not all_finite(params):
+                raise TrainingDiverged(
+                    f"the weights became non-finite in phase '{phase.name}' at step {step + 1} (loss {step_loss:.4g}); "
+                    "the last good checkpoint is kept (lower the learning rate or set a forget_loss_ceiling)")
+            loss_sum += step_loss
+            self.global_step += 1
+            bar.set_postfix(loss=f"{step_loss:.3f}")
+            self._log({"phase": phase_index, "phase_name": phase.name, "step": step + 1, "global_step": self.global_step,
+                       "loss": step_loss, "lr": scheduler.get_last_lr()[0], **phase.info})
+        bar.close()
+        if world > 1:
+            totals = self._sum_over_processes([tokens, *role_sums["forget"], *role_sums["retain"]])
+            tokens = int(totals[0])
+            role_sums = {"forget": [totals[1], int(totals[2])], "retain": [totals[3], int(totals[4])]}
+        seconds = time.perf_counter() - started
+        return PhaseResult(
+            name=phase.name, steps=len(batches), tokens=tokens, seconds=seconds,
+            mean_loss=loss_sum / max(1, len(batches)),
+            forget_nll=role_sums["forget"][0] / role_sums["forget"][1] if role_sums["forget"][1] else None,
+            retain_nll=role_sums["retain"][0] / role_sums["retain"][1] if role_sums["retain"][1] else None,
+        )
+
+    def _sum_over_processes(self, values: list[float]) -> list[float]:
+        local = torch.tensor(values, dtype=torch.float64, device=self.accelerator.device)
+        return self.accelerator.reduce(local, reduction="sum").tolist()
+
+    def _log(self, record: dict) -> None:
+        if self.log_path is None or not self.accelerator.is_main_process:
+            return
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        with self.log_path.open("a", encoding="utf-8") as handle:
+            handle.write(json_line(record))
+
+
+def json_line(record: dict) -> str:
+    """One JSON line; a non-finite number becomes null (JSON has no NaN, and readers reject it)."""
+    return json.dumps(finite_or_null(record), allow_nan=False) + "\n"
+
+
+def all_finite(parameters) -> bool:
+    """Whether every value of `parameters` is finite, with one device-to-host sync for all of them."""
+    flags = [torch.isfinite(p.detach()).all() for p in parameters]
+    return bool(torch.stack(flags).all()) if flags else True
+
+
+def nll_loss(model, batch: dict) -> LossOutput:
+    """Plain weighted NLL: fine-tuning, pre-training, and the descent half of gradient difference."""
+    nll = nll_per_example(model, batch)
+    return LossOutput(per_example=nll * batch["weight"], nll=nll)

@@ -1,0 +1,179 @@
+"""The one experiment API: every entry point evaluates with the same settings, resumes the same way, and the
+layers import one way only."""
+
+from __future__ import annotations
+
+import ast
+import json
+import shutil
+from pathlib import Path
+
+import nbformat
+import pytest
+
+from utils.cli.main import main
+from utils.data.lume import load_lume
+from utils.errors import UserError
+from utils.experiment import Experiment
+from utils.experiment.sweep import SweepRun, run_sweep
+
+REPO = Path(__file__).resolve().parents[1]
+QUICK = ["training.epochs=1", "training.batch_size=4", "adapter.kind=lora", "adapter.lora_rank=4"]
+
+
+def write_mmlu(root: Path) -> Path:
+    (root / "test").mkdir(parents=True)
+    (root / "dev").mkdir()
+    (root / "test" / "astronomy_test.csv").write_text("What is the Sun?,A star,A planet,A moon,A comet,A\n"
+                                                      "Which is largest?,Mars,Jupiter,Venus,Earth,B\n")
+    (root / "dev" / "astronomy_dev.csv").write_text("Closest star?,Sirius,Vega,Rigel,The Sun,D\n")
+    return root
+
+
+def generation_ids(folder: Path) -> list[str]:
+    lines = (folder / "forget_generations.jsonl").read_text().splitlines()
+    return [json.loads(line)["id"] for line in lines]
+
+
+def test_quickstart_evaluates_the_gold_standard_like_every_method(tmp_path, small_world):
+    """Before the experiment API, quickstart scored the gold standard on every document, without the
+    configured MMLU shots or threshold, while each method got the subset and both settings."""
+    world = tmp_path / "world"
+    shutil.copytree(small_world.root, world)
+    mmlu = write_mmlu(tmp_path / "mmlu")
+    settings = ["evaluation.subset=1", f"evaluation.utility=mmlu:{mmlu}", "evaluation.mmlu_shots=1",
+                "evaluation.mmlu_threshold=0.99", *QUICK]
+    argv = ["quickstart", "--out", str(world), "--methods", "ga", "--quiet"]
+    for item in [*small_world.overrides, *settings]:
+        argv += ["--set", item]
+    assert main(argv) == 0
+    (runs,) = (world / "runs").iterdir()
+    gold, ga = (json.loads((runs / name / "results.json").read_text()) for name in ("gold_standard", "ga"))
+    for results in (gold, ga):
+        assert results["evaluated"]["subset_documents_per_task"] == 1
+        assert results["utility"]["benchmark"] == "mmlu-1shot"
+        assert any("threshold 0.99" in warning for warning in results["warnings"])
+    assert generation_ids(runs / "gold_standard") == generation_ids(runs / "ga")
+    all_forget_items = len(load_lume(small_world.data).forget)
+    assert len(generation_ids(runs / "ga")) < all_forget_items
+
+
+def test_quickstart_gives_each_method_only_the_method_keys_it_declares(tmp_path, small_world):
+    world = tmp_path / "world"
+    argv = ["quickstart", "--out", str(world), "--methods", "ga,gd", "--set", "method.chunk_size=4"]
+    with pytest.raises(UserError, match="method.chunk_size: none of the methods run"):
+        from utils.experiment.experiment import method_configs
+        from utils.project import config_dir
+
+        method_configs(["ga", "gd"], ["method.chunk_size=4"], config_dir())
+    assert main(argv) == 2 and not (world / "runs").exists()
+
+
+def test_a_sweep_resumes_from_the_checkpoint_a_kill_set_aside(tmp_path, small_world):
+    """A kill between the checkpoint's two renames leaves only `.checkpoint.old`; the sweep engine leaves
+    finding it to the run, which resumes instead of starting afresh."""
+    overrides = [*small_world.overrides, f"workdir={small_world.root}", *QUICK, "method.chunk_size=4",
+                 "evaluation.subset=1"]
+    out = tmp_path / "sweep"
+    run = SweepRun("run_000", REPO / "configs" / "sugd.yaml", overrides, {"training.learning_rate": 1e-3})
+    experiment = Experiment(run.load(), out / run.name)
+    assert experiment.run(stop_after_phases=1, progress=False) == {"stopped_after_phase": 1}
+    (out / run.name / "checkpoint").rename(out / run.name / ".checkpoint.old")
+    said: list[str] = []
+    (record,) = run_sweep([run], out, progress=False, log=said.append)
+    assert any("resuming after phase 1" in line for line in said), said
+    assert record["results"]["final_score"] is not None
+    assert (out / "run_summary.csv").read_text().splitlines()[1].startswith("run_000,sugd,0.001,")
+
+
+def test_in_notebook_paths_are_read_from_the_project_root(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    experiment = Experiment.in_notebook("configs/sugd.yaml", [], "runs/notebooks/x")
+    assert experiment.workdir == REPO / "artifacts" / "default"
+    assert experiment.run_dir == REPO / "runs" / "notebooks" / "x"
+    assert experiment.source == REPO / "configs" / "sugd.yaml"
+
+
+def test_evaluate_flags_are_taken_as_given_not_parsed(tmp_path):
+    from utils.config import load_config
+    from utils.experiment.experiment import replace_keys
+
+    config = replace_keys(load_config(None), {"model.name_or_path": "models/run:1 [a]", "evaluation.subset": 3})
+    assert config.model.name_or_path == "models/run:1 [a]" and config.evaluation.subset == 3
+    with pytest.raises(UserError, match="evaluation.subset"):
+        replace_keys(load_config(None), {"evaluation.subset": 0})
+
+
+# ----------------------------------------------------------------------------------------------
+# The shape of the code: notebooks thin, layers one way
+
+
+def code_lines(cell) -> list[str]:
+    """A cell's lines that are code: not blank, not comments, not imports."""
+    lines = [line for line in cell.source.splitlines() if line.strip() and not line.lstrip().startswith("#")]
+    return [line for line in lines if not line.startswith(("import ", "from "))]
+
+
+@pytest.mark.parametrize("path", sorted((REPO / "notebooks").glob("*.ipynb")), ids=lambda p: p.stem)
+def test_notebooks_are_one_call_per_step(path):
+    notebook = nbformat.read(path, as_version=4)
+    for cell in notebook.cells:
+        if cell.cell_type != "code" or "parameters" in cell.metadata.get("tags", []):
+            continue
+        assert len(code_lines(cell)) <= 15, cell.source
+        assert "sys.path" not in cell.source and "shutil" not in cell.source
+    source = "\n".join(cell.source for cell in notebook.cells)
+    assert "utils.cli" not in source and "run_unlearning" not in source
+
+
+# Lower layers first; a module may import its own layer and the ones before it, never a later one.
+LAYERS = [
+    ("infrastructure", ("utils.errors", "utils.io", "utils.environment", "utils.seeding", "utils.memory",
+                        "utils.project")),
+    ("config", ("utils.config",)),
+    ("data and models", ("utils.data", "utils.models")),
+    ("evaluation", ("utils.evaluation",)),
+    ("engine", ("methods.engine",)),
+    ("methods", ("methods",)),
+    ("experiment", ("utils.experiment",)),
+    ("interfaces", ("utils.cli", "lume_unlearning")),
+]
+# The config loader reads a method's own settings class from the method registry (a plug-in lookup).
+ALLOWED_UPWARD = {("utils.config", "methods.registry")}
+
+
+def layer_of(module: str) -> int:
+    best = None
+    for index, (_, prefixes) in enumerate(LAYERS):
+        for prefix in prefixes:
+            inside = module == prefix or module.startswith(prefix + ".")
+            if inside and (best is None or len(prefix) > best[1]):
+                best = (index, len(prefix))
+    assert best is not None, f"{module} belongs to no layer"
+    return best[0]
+
+
+def project_modules():
+    for package in ("utils", "methods", "lume_unlearning"):
+        for path in sorted((REPO / package).rglob("*.py")):
+            parts = path.relative_to(REPO).with_suffix("").parts
+            yield ".".join(parts[:-1] if parts[-1] == "__init__" else parts), path
+
+
+def test_imports_go_one_way_and_the_library_never_imports_the_cli():
+    wrong = []
+    for module, path in project_modules():
+        for node in ast.walk(ast.parse(path.read_text())):
+            targets = []
+            if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                targets = [node.module]
+            elif isinstance(node, ast.Import):
+                targets = [alias.name for alias in node.names]
+            for target in targets:
+                if target.split(".")[0] not in ("utils", "methods", "lume_unlearning"):
+                    continue
+                if (module, target) in ALLOWED_UPWARD:
+                    continue
+                if layer_of(target) > layer_of(module):
+                    wrong.append(f"{module} imports {target} ({LAYERS[layer_of(target)][0]})")
+    assert not wrong, "\n".join(wrong)

@@ -1,0 +1,1 @@
+"""Sub-commands of the `unlearn` CLI, one module each (see utils.cli.main)."""

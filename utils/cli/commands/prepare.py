@@ -1,0 +1,37 @@
+"""`unlearn prepare`: build (or reuse) the tiny world: data, tokenizer, pre-trained model, target, gold standard."""
+
+from __future__ import annotations
+
+import time
+
+from utils.cli.main import add_config_arguments
+from utils.experiment.experiment import Experiment
+from utils.io import check_output_location
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser("prepare", help="build the embedded default: mini-LUME, tokenizer, target, gold standard")
+    add_config_arguments(parser)
+    parser.add_argument("--out", default=None, help="work dir (default: the config's workdir)")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    parser.set_defaults(func=run)
+
+
+def run(args) -> int:
+    experiment = Experiment.from_config(args.config, args.overrides)
+    check_output_location(args.out or experiment.workdir, "folder")
+    started = time.perf_counter()
+    report = experiment.prepare(args.out, progress=not args.quiet)
+    print(format_report(report))
+    print(f"prepare finished in {time.perf_counter() - started:.1f} s; report in {report['workdir']}/prepare_report.json")
+    return 0
+
+
+def format_report(report: dict) -> str:
+    lines = ["model          forget regurg.  forget knowl.  retain regurg.  retain knowl.  utility"]
+    for name in ("target", "gold_standard"):
+        r = report[name]
+        utility = "n/a" if r["utility"] is None else f"{r['utility']:.3f}"
+        lines.append(f"{name:<14} {r['forget']['regurgitation']:>14.3f} {r['forget']['knowledge']:>14.3f} "
+                     f"{r['retain']['regurgitation']:>15.3f} {r['retain']['knowledge']:>14.3f}  {utility}")
+    return "\n".join(lines)

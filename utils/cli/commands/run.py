@@ -1,0 +1,65 @@
+"""`unlearn run CONFIG.yaml [--set ...] [--out DIR] [--resume]`: unlearn with one method, then evaluate.
+
+`--dry-run [--schedule-out FILE]` prints the schedule the run would train (utils/experiment/schedule.py) instead.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from utils.cli.main import add_config_arguments
+from utils.errors import UserError
+from utils.experiment.experiment import Experiment
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser("run", help="run one unlearning method (config) and evaluate it")
+    add_config_arguments(parser, positional=True)
+    parser.add_argument("--out", default=None, help="run folder (default: runs/<method>)")
+    parser.add_argument("--resume", action="store_true", help="continue a killed run from its last finished chunk")
+    parser.add_argument("--no-eval", action="store_true", help="skip the final evaluation")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace whatever run the --out folder holds, finished or not (says what it replaces)")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="print the schedule (phases, optimiser steps, examples and tokens per step, "
+                             "checkpoints) without loading a model or writing the run folder")
+    parser.add_argument("--schedule-out", default=None, metavar="FILE",
+                        help="with --dry-run: also write the schedule as JSON to FILE")
+    parser.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from utils.evaluation.metrics import summary_text
+
+    experiment = Experiment.from_config(args.config, args.overrides, run_dir=args.out)
+    if args.resume and args.overwrite:
+        raise UserError("--resume continues the run in --out and --overwrite replaces it: pass one of them")
+    if args.dry_run:
+        return dry_run(experiment, args)
+    if args.schedule_out:
+        raise UserError("--schedule-out writes the schedule of a dry run: pass it with --dry-run")
+    results = experiment.run(resume=args.resume, progress=not args.quiet, evaluate=not args.no_eval,
+                             overwrite=args.overwrite)
+    if results:
+        print(summary_text(results))
+        print(f"run folder: {experiment.run_dir}")
+    return 0
+
+
+def dry_run(experiment: Experiment, args) -> int:
+    from utils.experiment.schedule import check_schedule_out, schedule_table
+    from utils.io import atomic_write_json
+
+    if args.resume or args.overwrite:
+        flag = "--resume" if args.resume else "--overwrite"
+        raise UserError(f"--dry-run shows the whole schedule and leaves the run folder alone: drop {flag}")
+    schedule_out = Path(args.schedule_out) if args.schedule_out else None
+    if schedule_out is not None:
+        check_schedule_out(schedule_out, experiment.run_dir)
+    plan = experiment.plan()
+    print(schedule_table(plan))
+    if schedule_out is not None:
+        atomic_write_json(schedule_out, plan)
+        print(f"schedule: {schedule_out}")
+    return 0

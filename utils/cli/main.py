@@ -1,0 +1,94 @@
+"""The `unlearn` command: one sub-command per module in `utils/commands/`.
+
+Each command module exposes `register(subparsers)`, which adds its parser and sets `func`.
+A `UserError` anywhere ends the program with one line on stderr and exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import importlib
+import sys
+import typing
+
+from utils.errors import UserError
+
+COMMAND_MODULES = [
+    "utils.cli.commands.data",
+    "utils.cli.commands.prepare",
+    "utils.cli.commands.score",
+    "utils.cli.commands.evaluate",
+    "utils.cli.commands.run",
+    "utils.cli.commands.quickstart",
+    "utils.cli.commands.leaderboard",
+    "utils.cli.commands.sweep",
+]
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """A usage mistake ends like any other bad input: one `error:` line and exit code 2 (no usage block)."""
+
+    def error(self, message: str) -> typing.NoReturn:
+        raise UserError(f"{self.prog}: {message} (see {self.prog} --help)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = OneLineParser(
+        prog="unlearn", description="Parameter-efficient unlearning of LLMs on the SemEval-2025 Task 4 benchmark.")
+    subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name in COMMAND_MODULES:
+        importlib.import_module(name).register(subparsers)
+    return parser
+
+
+def add_config_arguments(parser: argparse.ArgumentParser, positional: bool = False) -> None:
+    """The config file and `--set key=value` overrides every command takes."""
+    if positional:
+        parser.add_argument("config", help="YAML config file")
+    else:
+        parser.add_argument("--config", default=None, help="YAML config file (default: the embedded default)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override any config key, e.g. --set training.learning_rate=1e-5 (repeatable)")
+
+
+@contextlib.contextmanager
+def library_progress_bars(enabled: bool):
+    """`--quiet` also silences the bars transformers draws on stderr while loading and saving weights."""
+    if enabled:
+        yield
+        return
+    from transformers.utils import logging as transformers_logging
+
+    was_enabled = transformers_logging.is_progress_bar_enabled()
+    transformers_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            transformers_logging.enable_progress_bar()
+
+
+def check_at_least(flag: str, value: float | None, low: int = 1) -> None:
+    """A numeric flag below `low` is refused before anything loads (unset, None, is left to the config)."""
+    if value is not None and value < low:
+        raise UserError(f"{flag} must be at least {low}, got {value}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+        with library_progress_bars(not getattr(args, "quiet", False)):
+            result = args.func(args)
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    return int(result or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

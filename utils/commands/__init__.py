@@ -1,1 +1,0 @@
-"""Sub-commands of the `unlearn` CLI, one module each (see utils.cli)."""

@@ -1,0 +1,126 @@
+"""Evaluation as one library call: the CLI, the unlearning runs, the notebooks and the tests use it.
+
+`evaluate_model` generates (batched greedy) for every benchmark item, scores regurgitation and
+knowledge with the official metrics, runs the MIA attacks and the utility benchmark, and returns the
+`results.json` dict plus the per-item generations. `write_evaluation` saves them in the layout
+`unlearn score` reads, so any run can be re-scored by the official-compatible path.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from utils.data.lume import TASKS, Item, LumeData
+from utils.environment import describe_environment
+from utils.io import atomic_write_json, write_jsonl
+
+
+@dataclass
+class Evaluation:
+    results: dict
+    generations: dict[str, list[dict]]  # split -> rows in the `unlearn score` format
+    mia_nll: dict[str, list[float]] | None
+
+
+def subset_items(items: list[Item], documents_per_task: int | None) -> list[Item]:
+    """The items of the first N documents of each task (file order), for quick in-training checks."""
+    if documents_per_task is None:
+        return items
+    kept: dict[str, list[str]] = {task: [] for task in TASKS}
+    out = []
+    for item in items:
+        documents = kept[item.task]
+        if item.document_id not in documents:
+            if len(documents) >= documents_per_task:
+                continue
+            documents.append(item.document_id)
+        out.append(item)
+    return out
+
+
+@torch.inference_mode()
+def evaluate_model(model, tokenizer, lume: LumeData, *, mia_documents: dict[str, list[str]] | None = None,
+                   utility_spec: str | None = None, max_new_tokens: int = 256, batch_size: int = 64,
+                   nll_batch_size: int = 16, mmlu_shots: int = 0, mmlu_threshold: float = 0.371,
+                   subset: int | None = None, evaluated: dict | None = None, progress: bool = True,
+                   warnings: list[str] | None = None) -> Evaluation:
+    """Generate, score, attack and measure utility; `warnings` (e.g. why the MIA is missing) join the
+    results' own, as do the counts of prompts and MIA documents cut to the model's context."""
+    from utils.evaluation.generation import generate_greedy
+    from utils.evaluation.metrics import build_results, compute_terms
+    from utils.evaluation.mia import run_mia
+    from utils.evaluation.mmlu import evaluate_utility
+
+    model.eval()
+    notes = list(warnings or [])
+    timings: dict[str, float] = {}
+    items = subset_items(lume.forget, subset) + subset_items(lume.retain, subset)
+    started = time.perf_counter()
+    # One call for both splits: longer, better-filled batches.
+    outputs = generate_greedy(model, tokenizer, [i.input for i in items], max_new_tokens=max_new_tokens,
+                              batch_size=batch_size, progress=progress, warn=notes.append)
+    timings["generation"] = time.perf_counter() - started
+    records = [{"id": i.id, "task": i.task, "split": i.split, "expected_output": i.output, "model_output": o}
+               for i, o in zip(items, outputs)]
+    scores = compute_terms(records)
+
+    mia = None
+    if mia_documents is not None:
+        started = time.perf_counter()
+        mia = run_mia(model, tokenizer, mia_documents["member"], mia_documents["nonmember"],
+                      batch_size=nll_batch_size, progress=progress, warn=notes.append)
+        timings["mia"] = time.perf_counter() - started
+
+    utility = None
+    if utility_spec and utility_spec != "none":
+        started = time.perf_counter()
+        utility = evaluate_utility(model, tokenizer, utility_spec, shots=mmlu_shots, batch_size=nll_batch_size,
+                                   progress=progress)
+        timings["utility"] = time.perf_counter() - started
+
+    results = build_results(
+        scores,
+        mia_auc=None if mia is None else mia["auc"],
+        mia_attacks=None if mia is None else mia["attacks"],
+        utility_benchmark=None if utility is None else utility["benchmark"],
+        utility_score=None if utility is None else utility["score"],
+        mmlu_threshold=mmlu_threshold,
+        timings=timings,
+        evaluated={**(evaluated or {}), "subset_documents_per_task": subset, "max_new_tokens": max_new_tokens},
+        warnings=notes,
+    )
+    if utility is not None and utility.get("details") is not None:
+        results["utility"]["details"] = utility["details"]
+    results["environment"] = describe_environment(model)
+    generations = {
+        split: [{k: r[k] for k in ("id", "task", "expected_output", "model_output")}
+                for r in records if r["split"] == split]
+        for split in ("forget", "retain")
+    }
+    mia_nll = None if mia is None else {"member": mia["member_nll"], "nonmember": mia["nonmember_nll"]}
+    return Evaluation(results=results, generations=generations, mia_nll=mia_nll)
+
+
+def write_evaluation(evaluation: Evaluation, out_dir: str | Path) -> Path:
+    """Write results.json and the re-scorable generations; each file atomically."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    write_jsonl(out_dir / "forget_generations.jsonl", evaluation.generations["forget"])
+    write_jsonl(out_dir / "retain_generations.jsonl", evaluation.generations["retain"])
+    # A file this evaluation does not produce is removed: `unlearn score` would otherwise re-score these
+    # generations with the MIA or MMLU of whatever model was evaluated into the folder before.
+    if evaluation.mia_nll is not None:
+        atomic_write_json(out_dir / "mia_nll.json", evaluation.mia_nll)
+    else:
+        (out_dir / "mia_nll.json").unlink(missing_ok=True)
+    utility = evaluation.results.get("utility")
+    if utility and str(utility.get("benchmark", "")).startswith("mmlu"):
+        atomic_write_json(out_dir / "mmlu_metrics.json", {"average_acc": utility["score"]})
+    else:
+        (out_dir / "mmlu_metrics.json").unlink(missing_ok=True)
+    atomic_write_json(out_dir / "results.json", evaluation.results)
+    return out_dir / "results.json"

@@ -1,0 +1,263 @@
+"""One experiment, resolved once: what the CLI, the notebooks, quickstart and the benchmarks all call.
+
+An `Experiment` is a validated `Config` plus the places it resolves to: the model a run starts from,
+the target, the gold standard, the data folder and split, the MIA documents, the utility benchmark
+and the run folder. Every entry point goes through it, so they cannot disagree on what "evaluate with
+this config" means (the same subset, MMLU shots and threshold, MIA folder and utility set everywhere).
+
+    experiment = Experiment.from_config("configs/sugd.yaml", ["training.epochs=1"], run_dir="runs/sugd")
+    experiment.prepare()            # the tiny world (cached); a no-op for real checkpoints
+    results = experiment.run()      # unlearn, checkpoint per phase, evaluate; resumes a killed run
+    experiment.evaluate_checkpoint(experiment.gold_standard, "runs/gold")   # any checkpoint, same evaluation
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from utils.config import Config, check_ranges, load_config
+from utils.errors import UserError
+from utils.project import project_path
+
+
+def resolve_utility_spec(spec: str | None, workdir: str | Path) -> str | None:
+    """An explicit spec, else the prepared world's synthetic set when it exists, else none."""
+    if spec:
+        kind, _, target = spec.partition(":")
+        if kind == "none":
+            return None
+        if kind not in ("mmlu", "synthetic") or not target:
+            raise UserError(f"--utility must be mmlu:DIR, synthetic:FILE or none, got {spec!r}")
+        if not Path(target).exists():
+            raise UserError(f"utility data not found: {target}")
+        return spec
+    default = Path(workdir) / "data" / "general" / "multiple_choice.jsonl"
+    return f"synthetic:{default}" if default.is_file() else None
+
+
+def replace_keys(config: Config, values: dict[str, Any]) -> Config:
+    """`config` with dotted keys set to values a command-line flag already typed (None: left as is); the
+    values are taken as given, not parsed as YAML, so a path such as `run:1` stays a path."""
+    for key, value in values.items():
+        if value is None:
+            continue
+        *sections, name = key.split(".")
+        nodes = [config]
+        for section in sections:
+            nodes.append(getattr(nodes[-1], section))
+        new = dataclasses.replace(nodes[-1], **{name: value})
+        for node, section in zip(reversed(nodes[:-1]), reversed(sections)):
+            new = dataclasses.replace(node, **{section: new})
+        config = new
+    check_ranges(config)
+    return config
+
+
+class Experiment:
+    """A config and everything it resolves to; data and MIA documents are read once, on first use."""
+
+    def __init__(self, config: Config, run_dir: str | Path | None = None, *, source: str | Path | None = None,
+                 overrides: Sequence[str] = ()):
+        self.config = config
+        self.run_dir = Path(run_dir) if run_dir is not None else Path("runs") / config.method.name
+        # Where the config came from: a sweep rebuilds each run's config from these.
+        self.source = Path(source) if source is not None else None
+        self.overrides = list(overrides)
+        self.workdir = Path(config.workdir)
+        self.target = config.model.name_or_path or str(self.workdir / "target")
+        # The gold standard starts from the model before memorisation; every unlearning method from the target.
+        self.start_model = (config.model.name_or_path or str(self.workdir / "pretrained")
+                            if config.method.name == "gold_standard" else self.target)
+        self.gold_standard = str(self.workdir / "gold_standard")
+        self.data_dir = config.data.path or str(self.workdir / "data")
+        self.split = config.data.split
+        self._lume = None
+        self._mia = None
+
+    @classmethod
+    def from_config(cls, path: str | Path | None = None, overrides: Sequence[str] = (),
+                    run_dir: str | Path | None = None) -> Experiment:
+        """Load and validate a config (YAML + `key=value` overrides)."""
+        return cls(load_config(path, overrides), run_dir, source=path, overrides=overrides)
+
+    @classmethod
+    def in_notebook(cls, config_path: str | Path, overrides: Sequence[str] = (),
+                    run_dir: str | Path | None = None) -> Experiment:
+        """`from_config` with the config, the work dir and the run folder read relative to the project root,
+        so a notebook (or a scheduled notebook job) works from any current folder."""
+        path = project_path(config_path)
+        workdir = project_path(load_config(path, overrides).workdir)
+        overrides = [*overrides, f"workdir={workdir}"]
+        return cls.from_config(path, overrides, None if run_dir is None else project_path(run_dir))
+
+    def with_config(self, config: Config, run_dir: str | Path | None = None) -> Experiment:
+        return Experiment(config, run_dir if run_dir is not None else self.run_dir, source=self.source,
+                          overrides=self.overrides)
+
+    # ------------------------------------------------------------------------------------------
+    # Inputs, resolved once
+
+    @property
+    def utility(self) -> str | None:
+        """The utility benchmark spec (checked: a named file that is missing is a UserError)."""
+        return resolve_utility_spec(self.config.evaluation.utility, self.workdir)
+
+    def lume(self):
+        """The benchmark items of the configured folder and split (read and validated once)."""
+        if self._lume is None:
+            from utils.data.lume import load_lume
+
+            self._lume = load_lume(self.data_dir, self.split)
+        return self._lume
+
+    def mia(self) -> tuple[Path | None, dict | None, str | None]:
+        """(MIA folder, member/nonmember documents, why the MIA is not measured): `data.mia_path`, 'none',
+        or the folder found next to the data."""
+        if self._mia is None:
+            from utils.data.lume import resolve_mia
+
+            self._mia = resolve_mia(self.config.data.mia_path, self.data_dir, self.split)
+        return self._mia
+
+    def check_inputs(self) -> None:
+        """Read everything a run or an evaluation needs, so a bad input stops it before a model loads."""
+        self.utility  # noqa: B018 (resolving the spec checks the file exists)
+        self.lume()
+        self.mia()
+
+    # ------------------------------------------------------------------------------------------
+    # Steps
+
+    def prepare(self, out: str | Path | None = None, progress: bool = True, log=print) -> dict:
+        """Build (or reuse, from its cache) the tiny world the config describes."""
+        from utils.experiment.world import prepare
+
+        return prepare(self.config, out, progress=progress, log=log)
+
+    def evaluate(self, model, tokenizer, out: str | Path | None = None, *, evaluated: dict | None = None,
+                 progress: bool = True, warnings: Sequence[str] = ()):
+        """Score `model` the official way with this config's evaluation settings; written to `out` if given."""
+        from utils.evaluation.evaluate import evaluate_model, write_evaluation
+
+        settings = self.config.evaluation
+        mia_dir, mia_documents, mia_missing = self.mia()
+        evaluation = evaluate_model(
+            model, tokenizer, self.lume(), mia_documents=mia_documents, utility_spec=self.utility,
+            max_new_tokens=settings.max_new_tokens, batch_size=settings.batch_size,
+            nll_batch_size=settings.nll_batch_size, mmlu_shots=settings.mmlu_shots,
+            mmlu_threshold=settings.mmlu_threshold, subset=settings.subset,
+            evaluated={"data": self.data_dir, "split": self.split,
+                       "mia": None if mia_documents is None else str(mia_dir), "utility": self.utility,
+                       **(evaluated or {})},
+            progress=progress, warnings=[*([mia_missing] if mia_missing else []), *warnings])
+        if out is not None:
+            write_evaluation(evaluation, out)
+        return evaluation
+
+    def load(self, model_name: str, tokenizer: str | None = None):
+        """(model, tokenizer) of a checkpoint with this config's dtype and remote-code setting, on the GPU if any."""
+        import torch
+
+        from utils.models.loading import load_model_and_tokenizer
+
+        model, tokenizer = load_model_and_tokenizer(model_name, tokenizer, self.config.model.dtype,
+                                                    self.config.model.trust_remote_code)
+        if torch.cuda.is_available():
+            model.to("cuda")
+        return model, tokenizer
+
+    def evaluate_checkpoint(self, model_name: str, out: str | Path | None = None, tokenizer: str | None = None,
+                            label: str | None = None, progress: bool = True) -> dict:
+        """Load a checkpoint (folder, hub name or LoRA adapter) and evaluate it; returns results.json's dict."""
+        import time
+
+        self.check_inputs()
+        started = time.perf_counter()
+        model, loaded_tokenizer = self.load(model_name, tokenizer)
+        evaluation = self.evaluate(model, loaded_tokenizer, evaluated={"model": model_name}, progress=progress)
+        evaluation.results["timings"]["total"] = time.perf_counter() - started
+        if label is not None:
+            evaluation.results["method"] = label
+        if out is not None:
+            from utils.evaluation.evaluate import write_evaluation
+
+            write_evaluation(evaluation, out)
+        return evaluation.results
+
+    def run(self, resume: bool = False, overwrite: bool = False, evaluate: bool = True, progress: bool = True,
+            accelerator=None, log=print, stop_after_phases: int | None = None, num_processes: int = 1) -> dict:
+        """Unlearn with the configured method into `run_dir`, then evaluate (see utils.experiment.run).
+
+        `num_processes > 1` launches the run on that many processes with accelerate's notebook_launcher
+        and returns the results it wrote.
+        """
+        from utils.experiment.run import run_experiment
+
+        if num_processes > 1:
+            from accelerate import notebook_launcher
+
+            notebook_launcher(run_experiment, (self, resume, progress, evaluate, overwrite),
+                              num_processes=num_processes)
+            return self.finished_results() or {}
+        return run_experiment(self, resume=resume, progress=progress, evaluate=evaluate, overwrite=overwrite,
+                              accelerator=accelerator, log=log, stop_after_phases=stop_after_phases)
+
+    def plan(self) -> dict:
+        """The schedule `run()` would train, without loading a model (`unlearn run --dry-run`)."""
+        from utils.experiment.schedule import plan_run
+
+        return plan_run(self)
+
+    def finished_results(self) -> dict | None:
+        """The run folder's results.json, None when the run has not finished."""
+        from utils.io import read_json
+
+        path = self.run_dir / "results.json"
+        return read_json(path, "results file") if path.is_file() else None
+
+    def reference_rows(self, progress: bool = True) -> list[dict]:
+        """Leaderboard rows of the references this run is read against: the gold standard (what perfect
+        unlearning looks like) and the target (before unlearning); a gold-standard run gets the target only."""
+        from utils.evaluation.leaderboard import row_from_results
+
+        names = {"target": self.target}
+        if self.config.method.name != "gold_standard":
+            names = {"gold_standard": self.gold_standard, **names}
+        return [row_from_results(name, self.evaluate_checkpoint(path, progress=progress))
+                for name, path in names.items()]
+
+    def sweep(self, grid: dict[str, list], out: str | Path, progress: bool = True, log=print) -> list[dict]:
+        """Every combination of `grid` (config key -> values) as its own resumable run under `out`."""
+        from utils.experiment.sweep import GridSweep, run_sweep
+
+        if self.source is None:
+            raise UserError("a sweep rebuilds each run's config from its file: create the experiment with "
+                            "Experiment.from_config")
+        spec = GridSweep(base=self.source, grid=grid, overrides=self.overrides)
+        return run_sweep(spec.runs(), out, progress=progress, log=log)
+
+
+def method_configs(names: Sequence[str], overrides: Sequence[str], folder: Path) -> dict[str, Config]:
+    """`folder/<name>.yaml` for each name, each with the `overrides` that apply to it: a `method.*` key goes
+    only to the methods that declare it (a key no method declares is an error)."""
+    configs = {}
+    for name in names:
+        path = folder / f"{name}.yaml"
+        if not path.is_file():
+            raise UserError(f"--methods: no config configs/{name}.yaml")
+        configs[name] = path
+    loaded = {}
+    method_keys = {o.split("=", 1)[0] for o in overrides if o.startswith("method.")}
+    used: set[str] = set()
+    for name, path in configs.items():
+        declared = {f"method.{f.name}" for f in dataclasses.fields(load_config(path).method)}
+        own = [o for o in overrides if not o.startswith("method.") or o.split("=", 1)[0] in declared]
+        used |= method_keys & declared
+        loaded[name] = load_config(path, own)
+    unused = sorted(method_keys - used)
+    if unused:
+        raise UserError(f"--set {unused[0]}: none of the methods run ({', '.join(configs)}) has that setting")
+    return loaded

@@ -1,0 +1,308 @@
+"""One unlearning run from config to results: load, adapt, unlearn phase by phase, evaluate, plot.
+
+The run folder holds:
+  config.yaml        the resolved config (what actually ran)
+  log.jsonl          one line per optimiser step
+  phases.jsonl       one line per finished chunk/phase: losses and a quick forget/retain check
+  checkpoint/        trainable weights + state after the last finished phase (atomic)
+  model/             the final model (LoRA merged unless adapter.merge_at_end is false)
+  results.json, *_generations.jsonl, mia_nll.json   the final evaluation (utils.evaluation.evaluate)
+  *.png              plots
+A killed run restarted with `resume=True` reloads the checkpoint and continues with the next phase.
+Every phase is seeded by its index (weights at a phase boundary + the phase index determine the rest),
+so a resumed run ends with the same weights as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+import time
+from pathlib import Path
+from types import ModuleType
+
+import torch
+
+from methods.engine.checkpoint import (
+    STATE_FILE,
+    checkpoint_dir,
+    load_checkpoint,
+    restore_weights,
+    save_checkpoint,
+    verify_checkpoint,
+)
+from methods.engine.trainer import Phase, Trainer, json_line, make_accelerator
+from utils.config import Config, TrainingConfig, save_config, to_dict
+from utils.data.lume import Item, LumeData
+from utils.data.tokenization import Example, encode_item
+from utils.errors import UserError
+from utils.io import atomic_write_text, check_output_location, read_json
+from utils.memory import PeakMemory
+from utils.models.adapters import apply_adapter, finalise
+from utils.seeding import seed_everything
+
+# What decides the weights a run ends with; a resume must not change any of it.
+RESUME_SECTIONS = ("model", "data", "method", "training", "adapter")
+
+
+def resolve_paths(config: Config) -> tuple[str, str]:
+    """(model a run starts from, data folder), as the experiment resolves them."""
+    from utils.experiment.experiment import Experiment
+
+    experiment = Experiment(config)
+    return experiment.start_model, experiment.data_dir
+
+
+def resolve_forget_loss_ceiling(config: Config) -> Config:
+    """Turn `forget_loss_ceiling: gold_standard` into the number `unlearn prepare` measured.
+
+    The gold standard never saw the forget set, so its NLL on the forget answers is the level an
+    unlearned model should reach; ascending past it is what drives MIA AUC below 0.5 (over-forgetting).
+    """
+    if getattr(config.method, "forget_loss_ceiling", None) != "gold_standard":  # (only some methods have one)
+        return config
+    report_path = Path(config.workdir) / "prepare_report.json"
+    # The answer-level ceiling reads the gold standard's answer NLL; the document-level one its whole-text NLL.
+    key = "text_nll" if config.method.forget_loss_ceiling_scope == "document" else "output_nll"
+    try:
+        level = json.loads(report_path.read_text())["gold_standard"]["forget"][key]
+    except (OSError, KeyError, json.JSONDecodeError):
+        raise UserError(f"method.forget_loss_ceiling=gold_standard needs {report_path} with the gold standard's "
+                        f"forget {key} (run `unlearn prepare`), or give a number") from None
+    return dataclasses.replace(config, method=dataclasses.replace(config.method, forget_loss_ceiling=float(level)))
+
+
+def check_resumable(config: Config, run_dir: Path) -> None:
+    """A resumed run must continue the same training: the saved config.yaml has to agree on what trains."""
+    import yaml
+
+    saved_path = run_dir / "config.yaml"
+    if not saved_path.is_file():
+        return
+    saved = yaml.safe_load(saved_path.read_text())
+    current = to_dict(config)
+    if isinstance(saved, dict) and isinstance(saved.get("method"), dict):
+        # Only the method's own settings decide its training (a run saved before the settings were typed
+        # holds every method's keys).
+        saved["method"] = {k: v for k, v in saved["method"].items() if k in current["method"]}
+    for section in RESUME_SECTIONS:
+        if saved.get(section) != current[section]:
+            key = next((f"{section}.{k}" for k in current[section]
+                        if (saved.get(section) or {}).get(k) != current[section][k]), section)
+            raise UserError(f"{run_dir} holds a run with a different {key} than this config "
+                            f"({saved_path}); resume it with the same settings or choose another --out")
+    saved_paths = resolve_paths(Config(workdir=saved.get("workdir", config.workdir), model=config.model,
+                                       data=config.data, method=config.method))
+    if saved_paths != resolve_paths(config):
+        raise UserError(f"{run_dir} holds a run of {saved_paths[0]} on {saved_paths[1]}; "
+                        "resume it with the same workdir or choose another --out")
+
+
+def truncate_lines(path: Path, keep: int) -> None:
+    """Drop log lines written after the checkpoint, so a resumed log reads like an uninterrupted one."""
+    if path.is_file():
+        lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
+        atomic_write_text(path, "".join(lines[:keep]))
+
+
+def count_lines(path: Path) -> int:
+    return len(path.read_text(encoding="utf-8").splitlines()) if path.is_file() else 0
+
+
+def describe_run_folder(run_dir: Path) -> str:
+    """What a run folder holds, in a few words, for messages about replacing it."""
+    results = run_dir / "results.json"
+    if results.is_file():
+        try:
+            score = json.loads(results.read_bytes().decode("utf-8")).get("final_score")
+        except (UnicodeDecodeError, json.JSONDecodeError, AttributeError):
+            score = "unreadable"
+        return f"a finished run, final_score {score}"
+    state_path = checkpoint_dir(run_dir) / STATE_FILE
+    if state_path.is_file():
+        return "an unfinished run with a checkpoint"
+    return f"{sum(1 for _ in run_dir.rglob('*'))} files"
+
+
+def read_finished_results(path: Path) -> dict:
+    return read_json(path, "results file")
+
+
+def training_examples(items: list[Item], role: str, tokenizer, training: TrainingConfig) -> list[Example]:
+    """The items as training examples. Without a tokenizer (a dry run that has none locally): token-less
+    stand-ins in the same order, which give the same phases and step counts (those never read tokens)."""
+    if tokenizer is None:
+        return [Example(input_ids=[], labels=[], item_id=item.id, role=role) for item in items]
+    return [encode_item(tokenizer, item, "output", training.max_length, role=role) for item in items]
+
+
+def build_run_phases(method: ModuleType, config: Config, lume: LumeData, tokenizer) -> list[Phase]:
+    """The phases a run of `config` trains, built by the method itself: shared by `run_unlearning` and
+    `unlearn run --dry-run`, so the schedule a dry run shows is the one a run trains."""
+    training = config.training
+    forget = training_examples(lume.forget, "forget", tokenizer, training)
+    retain = training_examples(lume.retain, "retain", tokenizer, training)
+    return method.build_phases(forget, retain, config.method, training, training.seed)
+
+
+def run_unlearning(config: Config, out_dir: str | Path, resume: bool = False, progress: bool = True,
+                   evaluate: bool = True, accelerator=None, log=print, stop_after_phases: int | None = None,
+                   overwrite: bool = False) -> dict:
+    """`Experiment(config, out_dir).run(...)`, for callers that hold a config rather than an experiment."""
+    from utils.experiment.experiment import Experiment
+
+    return run_experiment(Experiment(config, out_dir), resume=resume, progress=progress, evaluate=evaluate,
+                          accelerator=accelerator, log=log, stop_after_phases=stop_after_phases, overwrite=overwrite)
+
+
+def run_experiment(experiment, resume: bool = False, progress: bool = True, evaluate: bool = True,
+                   overwrite: bool = False, accelerator=None, log=print, stop_after_phases: int | None = None) -> dict:
+    """Run the experiment's method into its run folder; returns the final results dict (or the state when
+    stopped early). A finished run (results.json) is never replaced unless `overwrite`; `resume` on it
+    returns its results; `resume` with no checkpoint starts afresh."""
+    from methods.registry import get_method, make_loss, prepare_reference
+
+    run_dir = experiment.run_dir
+    check_output_location(run_dir, "folder")
+    # The saved config holds resolved values (a gold-standard ceiling as its number): compare like with like.
+    config = resolve_forget_loss_ceiling(experiment.config)
+    experiment = experiment.with_config(config)
+    finished = run_dir / "results.json"
+    if finished.is_file() and not overwrite:
+        if not resume:
+            raise UserError(f"{run_dir} already holds a finished run ({finished}); choose another --out")
+        check_resumable(config, run_dir)
+        log(f"[run] {run_dir} is already finished ({finished}); nothing to do")
+        return read_finished_results(finished)
+    accelerator = accelerator or make_accelerator(config.training.mixed_precision)
+    state = None if overwrite else load_checkpoint(run_dir)
+    if state is not None and not resume:
+        raise UserError(f"{run_dir} already holds a run (checkpoint after phase {state['phases_done']}); "
+                        "pass --resume to continue it or choose another --out")
+    if state is not None:
+        check_resumable(config, run_dir)
+        verify_checkpoint(run_dir, state)
+    method = get_method(config.method.name)
+    if evaluate:
+        experiment.check_inputs()  # the utility set and MIA folder now, not after the whole unlearning
+    lume = experiment.lume()
+    model, tokenizer = experiment.load(experiment.start_model, config.model.tokenizer)
+    training = config.training
+    phases = build_run_phases(method, config, lume, tokenizer)
+
+    # The LoRA matrices are initialised from the global generator: seeded, a run is reproducible and all
+    # processes of a distributed run start from the same adapter.
+    seed_everything(training.seed)
+    model = apply_adapter(model, config.adapter)
+    # Before any training (and before a resumed run restores its weights): the reference is the start model.
+    reference = prepare_reference(config.method, model, config.adapter.kind, phases, tokenizer,
+                                  config.evaluation.nll_batch_size, accelerator.device)
+    # Only now, with every input checked, does the run folder get written.
+    if accelerator.is_main_process:
+        if overwrite and run_dir.is_dir() and any(run_dir.iterdir()):
+            log(f"[run] --overwrite: replacing the run in {run_dir} ({describe_run_folder(run_dir)})")
+            shutil.rmtree(run_dir)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        save_config(config, run_dir / "config.yaml")
+        if state is None:
+            # Lines of an attempt killed before its first checkpoint would otherwise lead the new log.
+            truncate_lines(run_dir / "log.jsonl", 0)
+            truncate_lines(run_dir / "phases.jsonl", 0)
+    loss_fn = make_loss(config.method, reference)
+    trainer = Trainer(model, tokenizer, training, loss_fn, accelerator=accelerator,
+                      log_path=run_dir / "log.jsonl", progress=progress)
+
+    phases_done = 0
+    elapsed = 0.0
+    if state is not None:
+        restore_weights(trainer.unwrapped_model, run_dir)
+        phases_done = state["phases_done"]
+        elapsed = state.get("seconds", 0.0)
+        trainer.global_step = state["global_step"]
+        if accelerator.is_main_process:
+            truncate_lines(run_dir / "log.jsonl", state["log_lines"])
+            truncate_lines(run_dir / "phases.jsonl", phases_done)
+        log(f"[run] resuming after phase {phases_done} of {len(phases)}")
+
+    with PeakMemory() as peak_memory:
+        from tqdm.auto import tqdm
+
+        for index in tqdm(range(phases_done, len(phases)), desc=f"{config.method.name}: phases", initial=phases_done,
+                          total=len(phases), disable=not (progress and accelerator.is_main_process),
+                          dynamic_ncols=True):
+            started = time.perf_counter()
+            phase = phases[index]
+            result = trainer.train_phase(phase, index)
+            elapsed += time.perf_counter() - started
+            accelerator.wait_for_everyone()
+            if accelerator.is_main_process:
+                record = {"phase": index, "name": phase.name, **phase.info, "steps": result.steps,
+                          "seconds": result.seconds, "loss": result.mean_loss,
+                          "forget_nll": result.forget_nll, "retain_nll": result.retain_nll}
+                record.update(_quick_check(trainer.unwrapped_model, tokenizer, lume, config, progress))
+                with (run_dir / "phases.jsonl").open("a", encoding="utf-8") as handle:
+                    handle.write(json_line(record))
+                save_checkpoint(trainer.unwrapped_model, run_dir, {
+                    "phases_done": index + 1, "phases_total": len(phases), "global_step": trainer.global_step,
+                    "log_lines": count_lines(run_dir / "log.jsonl"), "seconds": elapsed,
+                    "method": config.method.name})
+            accelerator.wait_for_everyone()
+            if stop_after_phases is not None and index + 1 >= stop_after_phases:
+                return {"stopped_after_phase": index + 1}
+
+    final = finalise(trainer.unwrapped_model, config.adapter)
+    results: dict = {}
+    if accelerator.is_main_process:
+        from utils.models.loading import save_model
+
+        save_model(final, tokenizer, run_dir / "model")
+        if evaluate:
+            results = evaluate_run(experiment, final, tokenizer, elapsed, peak_memory.result(), progress)
+        from utils.evaluation.plots import plot_run
+
+        plot_run(run_dir)
+    accelerator.wait_for_everyone()
+    return results
+
+
+def _quick_check(model, tokenizer, lume, config: Config, progress: bool) -> dict:
+    """Mean forget/retain regurgitation and knowledge on a few documents, for the per-chunk curves."""
+    subset = config.evaluation.per_phase_subset
+    if not subset:
+        return {}
+    from utils.evaluation.evaluate import subset_items
+    from utils.evaluation.generation import generate_greedy
+    from utils.evaluation.metrics import knowledge_score, regurgitation_score
+
+    model.eval()
+    out = {}
+    for split in ("forget", "retain"):
+        items = subset_items(lume.split_items(split), subset)
+        with torch.inference_mode():
+            outputs = generate_greedy(model, tokenizer, [i.input for i in items],
+                                      max_new_tokens=config.evaluation.per_phase_max_new_tokens,
+                                      batch_size=config.evaluation.batch_size, progress=False)
+        regurgitation = [regurgitation_score(i.output, o) for i, o in zip(items, outputs) if i.kind == "sc"]
+        knowledge = [knowledge_score(i.output, o) for i, o in zip(items, outputs) if i.kind == "qa"]
+        out[f"{split}_regurgitation"] = sum(regurgitation) / max(1, len(regurgitation))
+        out[f"{split}_knowledge"] = sum(knowledge) / max(1, len(knowledge))
+    model.train()
+    return out
+
+
+def evaluate_run(experiment, model, tokenizer, train_seconds: float, memory: dict | None, progress: bool) -> dict:
+    """The final evaluation of a run, written into its folder with the run's method, time and memory."""
+    config = experiment.config
+    evaluation = experiment.evaluate(
+        model, tokenizer, progress=progress,
+        evaluated={"model": str(experiment.run_dir / "model"), "unlearned_from": experiment.start_model,
+                   "method": config.method.name, "config": to_dict(config)})
+    evaluation.results["method"] = config.method.name
+    evaluation.results["timings"]["unlearning"] = train_seconds
+    # Measured over the unlearning phases only (not loading, not this evaluation).
+    evaluation.results["memory"] = dict(memory or {})
+    from utils.evaluation.evaluate import write_evaluation
+
+    write_evaluation(evaluation, experiment.run_dir)
+    return evaluation.results

@@ -1,0 +1,251 @@
+"""`unlearn prepare`: the embedded default world, built once and cached.
+
+Stages, each in its own folder under the work dir and skipped when its inputs are unchanged:
+  data/            the mini-LUME in the official layout + the general corpus and its questions
+  tokenizer/       byte-level BPE trained on retain + general text (never forget or MIA documents)
+  pretrained/      the tiny OLMo pre-trained on the general corpus
+  target/          pretrained + memorised forget and retain (what the organisers released)
+  gold_standard/   pretrained + retain only (what perfect unlearning would look like)
+Each stage's cache key is a hash of its own settings and of its inputs' keys, so changing the model
+size rebuilds the models but not the data.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+
+from utils.config import AdapterConfig, Config
+from utils.data.lume import LumeData, load_lume
+from utils.environment import describe_environment
+from utils.errors import UserError
+from utils.io import AtomicDirectory, atomic_write_json, read_jsonl
+
+STAGE_FILE = "stage.json"
+REPORT_VERSION = 3  # bump when the report gains fields, so cached reports are recomputed
+
+
+def stable_hash(*parts) -> str:
+    text = json.dumps(parts, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def stage_is_current(directory: Path, key: str) -> bool:
+    marker = directory / STAGE_FILE
+    if not marker.is_file():
+        return False
+    try:
+        return json.loads(marker.read_text()).get("key") == key
+    except json.JSONDecodeError:
+        return False
+
+
+def read_texts(path: Path) -> list[str]:
+    """The `text` field of every row of a JSONL file (the general corpus and its question drill)."""
+    if not path.is_file():
+        raise UserError(f"general corpus file not found: {path}")
+    return [row["text"] for _, row in read_jsonl(path)]
+
+
+def fresh_log(path: Path) -> Path:
+    """A stage's training log, emptied first: the trainer appends, so a rebuilt (or once killed) stage
+    would otherwise continue the old curve with step numbers starting again at 1."""
+    path.unlink(missing_ok=True)
+    return path
+
+
+# Training settings added after worlds were first built, with the value that means "as before": left
+# out of the cache key at that value, so a new option does not rebuild every existing world.
+LATER_TRAINING_SETTINGS = {"group_by_length": False, "max_micro_batch_tokens": None}
+
+
+def training_key(training) -> dict:
+    """The training settings as a cache key (see LATER_TRAINING_SETTINGS)."""
+    settings = asdict(training)
+    for name, neutral in LATER_TRAINING_SETTINGS.items():
+        if settings.get(name) == neutral:
+            settings.pop(name, None)
+    return settings
+
+
+def lume_fingerprint(data: LumeData) -> str:
+    return stable_hash([(i.id, i.input, i.output) for i in data.forget], [(i.id, i.input, i.output) for i in data.retain])
+
+
+class World:
+    """Paths of a prepared world, for the commands that use it."""
+
+    def __init__(self, workdir: str | Path):
+        self.root = Path(workdir)
+        self.data = self.root / "data"
+        self.tokenizer = self.root / "tokenizer"
+        self.pretrained = self.root / "pretrained"
+        self.target = self.root / "target"
+        self.gold_standard = self.root / "gold_standard"
+        self.report = self.root / "prepare_report.json"
+        self.multiple_choice = self.data / "general" / "multiple_choice.jsonl"
+
+
+def prepare(config: Config, out: str | Path | None = None, progress: bool = True, log=print) -> dict:
+    """Build (or reuse) every stage of the world and return the prepare report."""
+    from methods.engine.finetune import finetune
+    from utils.data.synthetic import generate_mini_lume
+    from utils.data.tokenization import encode_item, encode_text
+    from utils.models.loading import build_tiny_model, load_tokenizer, train_tokenizer
+
+    world = World(out or config.workdir)
+    world.root.mkdir(parents=True, exist_ok=True)
+    timings: dict[str, float] = {}
+
+    data_key = stable_hash(asdict(config.synthetic))
+    if not stage_is_current(world.data, data_key):
+        log(f"[prepare] generating the mini-LUME into {world.data}")
+        started = time.perf_counter()
+        with AtomicDirectory(world.data) as tmp:
+            generate_mini_lume(tmp, config.synthetic)
+            atomic_write_json(tmp / STAGE_FILE, {"key": data_key})
+        timings["data"] = time.perf_counter() - started
+    lume = load_lume(config.data.path or world.data, config.data.split)
+    # Pre-training reads the whole general corpus; the memorisation stages rehearse only the
+    # question drill, which keeps the facts the utility benchmark asks about at a quarter of the cost.
+    drill = read_texts(world.data / "general" / "qa_drill.jsonl")
+    general = read_texts(world.data / "general" / "corpus.jsonl") + drill
+    lume_key = lume_fingerprint(lume)
+
+    tokenizer_key = stable_hash(data_key, lume_key, config.model.tiny.vocab_size)
+    if not stage_is_current(world.tokenizer, tokenizer_key):
+        log("[prepare] training the tokenizer on retain + general text")
+        started = time.perf_counter()
+        texts = [i.training_text for i in lume.retain] + general
+        tokenizer = train_tokenizer(texts, config.model.tiny.vocab_size)
+        with AtomicDirectory(world.tokenizer) as tmp:
+            tokenizer.save_pretrained(tmp)
+            atomic_write_json(tmp / STAGE_FILE, {"key": tokenizer_key})
+        timings["tokenizer"] = time.perf_counter() - started
+    tokenizer = load_tokenizer(str(world.tokenizer))
+
+    def text_examples(texts: list[str], max_length: int):
+        return [encode_text(tokenizer, text, max_length=max_length, item_id=f"general{n}")
+                for n, text in enumerate(texts)]
+
+    def item_examples(items, training):
+        return [encode_item(tokenizer, item, loss_on=training.loss_on, max_length=training.max_length, role="train")
+                for item in items]
+
+    prepare_cfg = config.prepare
+    pretrain_key = stable_hash(tokenizer_key, asdict(config.model.tiny), training_key(prepare_cfg.pretrain))
+    if not stage_is_current(world.pretrained, pretrain_key):
+        log("[prepare] pre-training the tiny OLMo on the general corpus")
+        started = time.perf_counter()
+        tiny = config.model.tiny
+        model = build_tiny_model(tokenizer, tiny.hidden_size, tiny.num_layers, tiny.num_heads,
+                                 tiny.intermediate_size, tiny.max_position_embeddings, seed=prepare_cfg.pretrain.seed)
+        model, result = finetune(model, tokenizer, text_examples(general, prepare_cfg.pretrain.max_length),
+                                 prepare_cfg.pretrain, AdapterConfig(kind="full"), name="pretrain",
+                                 log_path=fresh_log(world.root / "logs" / "pretrain.jsonl"), progress=progress)
+        _save_stage(model, tokenizer, world.pretrained, pretrain_key, result)
+        timings["pretrain"] = time.perf_counter() - started
+
+    stages = (
+        ("target", world.target, lume.forget + lume.retain, prepare_cfg.target, None),
+        ("gold_standard", world.gold_standard, lume.retain, prepare_cfg.gold_standard,
+         prepare_cfg.gold_standard_adapter),
+    )
+    model_keys = {}
+    for name, directory, items, training, adapter in stages:
+        adapter = adapter or AdapterConfig(kind="full")
+        key = stable_hash(pretrain_key, lume_key, training_key(training), asdict(adapter))
+        model_keys[name] = key
+        if stage_is_current(directory, key):
+            continue
+        log(f"[prepare] training the {name.replace('_', ' ')} on {len(items)} items + the general question drill")
+        started = time.perf_counter()
+        model, _ = _load_local(world.pretrained)
+        examples = item_examples(items, training) + text_examples(drill, training.max_length)
+        model, result = finetune(model, tokenizer, examples, training, adapter, name=name,
+                                 log_path=fresh_log(world.root / "logs" / f"{name}.jsonl"), progress=progress)
+        _save_stage(model, tokenizer, directory, key, result)
+        timings[name] = time.perf_counter() - started
+
+    report_key = stable_hash(model_keys, asdict(config.evaluation), REPORT_VERSION)
+    if world.report.is_file():
+        cached = json.loads(world.report.read_text())
+        if cached.get("key") == report_key:
+            log(f"[prepare] everything is up to date in {world.root}")
+            return cached
+    started = time.perf_counter()
+    report: dict = {"key": report_key, "workdir": str(world.root), "data": str(config.data.path or world.data)}
+    for name, directory in (("target", world.target), ("gold_standard", world.gold_standard)):
+        log(f"[prepare] scoring the {name.replace('_', ' ')}")
+        model, model_tokenizer = _load_local(directory)
+        report[name] = memorisation_report(model, model_tokenizer, lume, world.multiple_choice, config, progress)
+    timings["report"] = time.perf_counter() - started
+    report["timings"] = timings
+    report["environment"] = describe_environment(model)
+    atomic_write_json(world.report, report)
+    return report
+
+
+def _load_local(directory: Path):
+    from utils.models.loading import load_model_and_tokenizer
+
+    return load_model_and_tokenizer(str(directory))
+
+
+def _save_stage(model, tokenizer, directory: Path, key: str, result) -> None:
+    from utils.models.loading import save_model
+
+    save_model(model, tokenizer, directory)
+    atomic_write_json(directory / STAGE_FILE, {"key": key, "seconds": result.seconds, "steps": result.steps,
+                                              "tokens": result.tokens, "final_loss": result.mean_loss})
+
+
+@torch.inference_mode()
+def mean_nlls(model, tokenizer, items, batch_size: int) -> dict[str, float]:
+    """Means over items, from one forward pass each: `output_nll`, the mean token NLL of the answer
+    given the prompt, and `text_nll`, that of the whole text (the two levels `method.forget_loss_ceiling:
+    gold_standard` reads, for the answer and the document scope)."""
+    from methods.engine.trainer import text_labels, token_nll_from_logits
+    from utils.data.tokenization import collate, encode_item
+
+    examples = [encode_item(tokenizer, item, "output") for item in items]
+    device = next(model.parameters()).device
+    totals = {"output_nll": 0.0, "text_nll": 0.0}
+    for start in range(0, len(examples), batch_size):
+        batch = collate(examples[start:start + batch_size], tokenizer.pad_token_id)
+        batch = {k: v.to(device) for k, v in batch.items()}
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        totals["output_nll"] += float(token_nll_from_logits(logits, batch["labels"])[0].sum())
+        totals["text_nll"] += float(token_nll_from_logits(logits, text_labels(batch))[0].sum())
+    return {name: total / len(examples) for name, total in totals.items()}
+
+
+@torch.inference_mode()
+def memorisation_report(model, tokenizer, lume: LumeData, multiple_choice: Path, config: Config,
+                        progress: bool) -> dict:
+    """Mean regurgitation / knowledge per split (SPEC metrics, greedy) and utility on the synthetic set."""
+    from utils.evaluation.generation import generate_greedy
+    from utils.evaluation.metrics import knowledge_score, regurgitation_score
+    from utils.evaluation.mmlu import evaluate_utility
+
+    out: dict = {}
+    for split in ("forget", "retain"):
+        items = lume.split_items(split)
+        generations = generate_greedy(model, tokenizer, [i.input for i in items],
+                                      max_new_tokens=config.evaluation.max_new_tokens,
+                                      batch_size=config.evaluation.batch_size, progress=progress)
+        regurgitation = [regurgitation_score(i.output, g) for i, g in zip(items, generations) if i.kind == "sc"]
+        knowledge = [knowledge_score(i.output, g) for i, g in zip(items, generations) if i.kind == "qa"]
+        out[split] = {"regurgitation": sum(regurgitation) / len(regurgitation),
+                      "knowledge": sum(knowledge) / len(knowledge),
+                      # The gold standard's levels are natural `method.forget_loss_ceiling`s.
+                      **mean_nlls(model, tokenizer, items, config.evaluation.nll_batch_size)}
+    utility = evaluate_utility(model, tokenizer, f"synthetic:{multiple_choice}", progress=progress)
+    out["utility"] = utility["score"] if utility else None
+    out["utility_benchmark"] = utility["benchmark"] if utility else None
+    return out

@@ -1,0 +1,166 @@
+"""Loading any causal LM the same way, and building the tiny OLMo world from scratch.
+
+`load_model_and_tokenizer` is what users call with an OLMo hub name on a GPU box and what the tests
+call with a local folder: one code path. A folder holding a LoRA adapter (adapter_config.json) is
+loaded as base model + adapter. `trust_remote_code` stays off unless the config asks for it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from utils.errors import UserError
+from utils.io import AtomicDirectory, read_json
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+EOS_TOKEN = "<|endoftext|>"
+PAD_TOKEN = "<|padding|>"
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
+                "pytorch_model.bin.index.json", "adapter_model.safetensors", "adapter_model.bin")
+
+
+# Any one of these makes a folder loadable as a tokenizer (a fast tokenizer's file, or a slow one's vocabulary).
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "vocab.txt", "spiece.model")
+
+
+def _check_local_model_folder(path: Path) -> None:
+    if not path.is_dir():
+        return
+    if not (path / "config.json").is_file() and not (path / "adapter_config.json").is_file():
+        raise UserError(f"model folder {path} has no config.json (not a Hugging Face model folder)")
+    if not any((path / name).is_file() for name in WEIGHT_FILES):
+        raise UserError(f"model folder {path} has no weights (expected model.safetensors or an adapter)")
+    for weights in sorted(path.glob("*.safetensors")):
+        check_safetensors_file(weights)
+
+
+def check_safetensors_file(path: Path) -> None:
+    """A truncated or corrupt safetensors file is one line naming it, before the slow load.
+
+    Opening reads only the header and checks that the file holds every tensor the header lists.
+    """
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), framework="pt"):
+            pass
+    except SafetensorError as exc:
+        raise UserError(f"{path}: not a complete safetensors file ({exc}); it may have been cut short") from None
+
+
+def _check_local_tokenizer_folder(path: Path) -> None:
+    """An empty (or weightless) tokenizer folder would otherwise fail with advice to install sentencepiece."""
+    if path.is_dir() and not any((path / name).is_file() for name in TOKENIZER_FILES):
+        raise UserError(f"tokenizer folder {path} has no tokenizer files (expected tokenizer.json, "
+                        "or vocab.json + merges.txt, or tokenizer.model)")
+
+
+def context_length(model) -> int | None:
+    """How many positions the model was built for (`max_position_embeddings`), when its config says."""
+    positions = getattr(getattr(model, "config", None), "max_position_embeddings", None)
+    return positions if isinstance(positions, int) and positions > 0 else None
+
+
+def looks_like_local_path(name: str) -> bool:
+    return name.startswith((".", "/", "~")) or Path(name).exists() or name.count("/") > 1
+
+
+def load_tokenizer(name_or_path: str, trust_remote_code: bool = False):
+    from transformers import AutoTokenizer
+
+    path = Path(name_or_path).expanduser()
+    if looks_like_local_path(name_or_path) and not path.is_dir():
+        raise UserError(f"tokenizer folder not found: {name_or_path}")
+    _check_local_tokenizer_folder(path)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(path) if path.is_dir() else name_or_path,
+                                                  trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as exc:
+        raise UserError(f"cannot load tokenizer {name_or_path}: {str(exc).splitlines()[0]}") from None
+    if tokenizer.pad_token is None:
+        # OLMo-style tokenizers have no pad token; padding positions are masked anyway.
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def load_model_and_tokenizer(name_or_path: str, tokenizer: str | None = None, dtype: str = "float32",
+                             trust_remote_code: bool = False, device: str | torch.device | None = None):
+    """(model, tokenizer) from a hub name, a local model folder, or a LoRA adapter folder."""
+    from transformers import AutoModelForCausalLM
+
+    path = Path(name_or_path).expanduser()
+    if looks_like_local_path(name_or_path) and not path.exists():
+        raise UserError(f"model folder not found: {name_or_path}")
+    _check_local_model_folder(path)
+    # The tokenizer is checked before the model loads, so a bad folder costs no load time.
+    if tokenizer is not None or not (path / "adapter_config.json").is_file():
+        _check_local_tokenizer_folder(Path(tokenizer or name_or_path).expanduser())
+    torch_dtype = DTYPES[dtype]
+    adapter_config = path / "adapter_config.json"
+    try:
+        if adapter_config.is_file():
+            from peft import PeftModel
+
+            base_name = read_json(adapter_config, "adapter config").get("base_model_name_or_path")
+            if not base_name:
+                raise UserError(f"{adapter_config} does not name its base model (base_model_name_or_path)")
+            base, base_tokenizer = load_model_and_tokenizer(base_name, tokenizer, dtype, trust_remote_code)
+            model = PeftModel.from_pretrained(base, str(path))
+            model = model.merge_and_unload()
+            tokenizer_obj = base_tokenizer if tokenizer is None else load_tokenizer(tokenizer, trust_remote_code)
+        else:
+            model = AutoModelForCausalLM.from_pretrained(str(path) if path.is_dir() else name_or_path,
+                                                         dtype=torch_dtype, trust_remote_code=trust_remote_code)
+            tokenizer_source = tokenizer or (str(path) if path.is_dir() else name_or_path)
+            tokenizer_obj = load_tokenizer(tokenizer_source, trust_remote_code)
+    except OSError as exc:
+        raise UserError(f"cannot load model {name_or_path}: {str(exc).splitlines()[0]}") from None
+    if model.config.pad_token_id is None:
+        model.config.pad_token_id = tokenizer_obj.pad_token_id
+    if device is not None:
+        model.to(device)
+    return model, tokenizer_obj
+
+
+def train_tokenizer(texts: list[str], vocab_size: int):
+    """A byte-level BPE tokenizer (GPT/OLMo style, no BOS, EOS at document ends) as a HF fast tokenizer.
+
+    It must be trained on retain + general text only: training it on the forget set would give
+    forget-only tokens that a retain-trained gold standard never sees (SPEC.md §6).
+    """
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    core = Tokenizer(models.BPE())
+    core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    core.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=[EOS_TOKEN, PAD_TOKEN],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    core.train_from_iterator(texts, trainer=trainer)
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=core, eos_token=EOS_TOKEN, pad_token=PAD_TOKEN,
+                                        model_max_length=100_000)
+    return tokenizer
+
+
+def build_tiny_model(tokenizer, hidden_size: int = 128, num_layers: int = 4, num_heads: int = 4,
+                     intermediate_size: int = 512, max_position_embeddings: int = 512, seed: int = 0):
+    """A randomly initialised Olmo2ForCausalLM sized for CPU tests, sharing OLMo's architecture."""
+    from transformers import Olmo2Config, Olmo2ForCausalLM
+
+    config = Olmo2Config(
+        vocab_size=len(tokenizer), hidden_size=hidden_size, num_hidden_layers=num_layers,
+        num_attention_heads=num_heads, num_key_value_heads=num_heads, intermediate_size=intermediate_size,
+        max_position_embeddings=max_position_embeddings, pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id, bos_token_id=None, tie_word_embeddings=False,
+    )
+    torch.manual_seed(seed)
+    return Olmo2ForCausalLM(config)
+
+
+def save_model(model, tokenizer, directory: str | Path) -> None:
+    """Save weights (safetensors) and tokenizer into a folder atomically."""
+    with AtomicDirectory(directory) as tmp:
+        model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
