@@ -92,6 +92,13 @@ def test_notebook_executes_without_error(name, tmp_path, small_world):
     else:
         assert "task aggregate" in outputs
         assert (tmp_path / "run" / "results.json").is_file()
+        # The last table reads the run against its references: the target always, the gold standard for a
+        # method (the Gold-Standard notebook compares the gold standard with the target, not with itself).
+        table = notebook.cells[-1].outputs[-1]["text"]
+        names = [line.split()[0] for line in table.splitlines()[2:]]
+        run_name = {"Gold-Standard": "gold_standard", "AGAD": "agad", "SUGD": "sugd"}[name]
+        expected = ["target", run_name] if name == "Gold-Standard" else ["gold_standard", "target", run_name]
+        assert names == expected, table
 
 
 def test_committed_notebooks_have_no_outputs():
