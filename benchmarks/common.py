@@ -36,7 +36,7 @@ def ensure_world(workdir: str | Path):
     world = World(workdir)
     ready = (world.target / "model.safetensors").is_file() and world.report.is_file()
     if not ready:
-        print(f"[benchmark] no prepared world in {world.root}: building it (about 3.5 minutes on 2 cores)",
+        print(f"[benchmark] no prepared world in {world.root}: building it (a few minutes on a CPU)",
               flush=True)
         Experiment.from_config(None, [f"workdir={workdir}"]).prepare(progress=False)
     return world

@@ -172,7 +172,7 @@ def main(argv=None) -> int:
     print()
     print(common.table(speed_rows, ["contender", "median s", "items/s", "min s", "max s"]))
     speedup = common.median(ratios)
-    print(f"\nspeed-up official/project (median of {args.repeats} per-round ratios): {speedup:.2f}x "
+    print(f"\nspeed-up official/project (common.median of {args.repeats} per-round ratios): {speedup:.2f}x "
           f"[{min(ratios):.2f}-{max(ratios):.2f}]; generation part alone {common.median(generation_ratios):.2f}x "
           f"(target >= 5x: {'met' if speedup >= 5 else 'NOT met'})")
     print("terms identical: " + ("yes" if ok else "NO"))

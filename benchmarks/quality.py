@@ -37,7 +37,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from benchmarks.common import REAL_DATA, REAL_WORLD, RESULTS_DIR, environment
+from benchmarks import common
 from utils.evaluation.leaderboard import COLUMNS, plot_leaderboard, row_from_results
 from utils.experiment.sweep import SweepRun, run_sweep
 from utils.io import atomic_write_json, atomic_write_text
@@ -48,9 +48,8 @@ METHODS = ["ga", "gd", "kl", "npo", "agad", "sugd", "sugd_ceiling", "sugd_doc_ce
 # AUC near 1 (README: Results); the document-level ceiling is the variant that fits, and the hour is short.
 REAL_METHODS = [m for m in METHODS if m != "sugd_ceiling"]
 REAL_WORLD_CONFIG = REPO / "configs" / "real" / "world.yaml"
-# Shared grid per data. Real split, one epoch: at 1e-4 every method under-forgets (a first sweep with
-# {1e-4, 3e-4}: MIA AUC 1.0 for all), so the grid starts at 3e-4. Mini-LUME (a 1M model, 3 epochs):
-# {1e-4, 3e-4, 1e-3}.
+# Shared grid per data. Real split, one epoch: a first sweep found every method under-forgetting at
+# 1e-4, so the grid starts at 3e-4. Mini-LUME (a 1M model, 3 epochs): {1e-4, 3e-4, 1e-3}.
 DEFAULT_LRS = {"real": "3e-4,1e-3", "mini": "1e-4,3e-4,1e-3"}
 # Speed settings for every run on the real split (same gradients, less padding: see
 # training.max_micro_batch_tokens); the mini-LUME's items are short and need none.
@@ -114,7 +113,7 @@ def run_jobs(jobs: list[dict], jobs_at_once: int, threads: int, setting: Setting
                       f"training.seed={j['seed']}", *extra], {"method": j["method"], "lr": j["lr"], "seed": j["seed"]})
             for j in ordered]
     records = run_sweep(runs, work / "runs", progress=False, log=log, in_subprocess=True, jobs=jobs_at_once,
-                        threads=threads)
+                        threads=threads, restart_unfinished=True)
     for record in records:
         log("  " + describe(record))
     return records
@@ -126,9 +125,10 @@ def describe(record: dict) -> str:
         last = record["error"].strip().splitlines()[-1:] or ["?"]
         return f"{head}  FAILED: {last[0]}"
     r = record["results"]
+    seconds = record.get("wall_seconds")
     return (f"{head}  final {r['final_score']:.3f}  agg {r['task_aggregate']:.3f}  MIA {r['mia_score']:.3f} "
             f"(AUC {r['mia_auc']:.3f})  utility {(r.get('utility') or {}).get('score') or 0:.3f}  "
-            f"{record['wall_seconds']:.0f} s")
+            + (f"{seconds:.0f} s" if seconds is not None else "(time not kept)"))
 
 
 def evaluate_checkpoint(name: str, model: str | Path, setting: Setting, config: Path, extra: list[str],
@@ -279,8 +279,8 @@ def resolve_data(choice: str | None) -> tuple[Path | None, str]:
     from utils.errors import UserError
 
     try:
-        find_split_files(REAL_DATA)
-        return REAL_DATA.resolve(), "real"
+        find_split_files(common.REAL_DATA)
+        return common.REAL_DATA.resolve(), "real"
     except UserError:
         return None, "mini"
 
@@ -317,7 +317,7 @@ def main(argv: list[str] | None = None) -> int:
 
     log = print
     configs = Path(args.configs).resolve()
-    real_default = args.data != "mini" and not args.gold and (args.data or REAL_DATA.is_dir())
+    real_default = args.data != "mini" and not args.gold and (args.data or common.REAL_DATA.is_dir())
     methods = [m for m in (args.methods or ",".join(REAL_METHODS if real_default else METHODS)).split(",") if m]
     for method in methods:
         if not (configs / f"{method}.yaml").is_file():
@@ -345,7 +345,7 @@ def main(argv: list[str] | None = None) -> int:
                                         for m in methods[:1])
     else:
         data, label = resolve_data(args.data)
-        workdir = Path(args.workdir or (REAL_WORLD if label != "mini" else REPO / "artifacts" / "default")).resolve()
+        workdir = Path(args.workdir or (common.REAL_WORLD if label != "mini" else REPO / "artifacts" / "default")).resolve()
         world_config = Path(args.world_config) if args.world_config else (
             REAL_WORLD_CONFIG if label != "mini" else None)
         report = prepare_world(workdir, data, world_config, args.world_extra, log)
@@ -363,7 +363,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.epochs is not None:
         args.extra = [f"training.epochs={args.epochs:g}", *args.extra]
     lrs = [float(x) for x in lrs_text.split(",")]
-    out = Path(args.out or RESULTS_DIR / f"quality_{label}").resolve()
+    out = Path(args.out or common.RESULTS_DIR / f"quality_{label}").resolve()
     out.mkdir(parents=True, exist_ok=True)
     # Run folders (models, checkpoints: tens of MB each) stay out of benchmarks/results.
     work = Path(args.work or (out / "work" if args.out else REPO / "artifacts" / f"quality_{label}")).resolve()
@@ -427,7 +427,7 @@ def main(argv: list[str] | None = None) -> int:
     atomic_write_text(out / "quality.csv", csv_text(rows, gold_auc))
     atomic_write_json(out / "quality.json", {"rows": rows, "gold_mia_auc": gold_auc, "notes": notes,
                                              "prepare_report": report, "lrs": lrs, "seeds": seeds,
-                                             "environment": environment(),
+                                             "environment": common.environment(),
                                              "records": [{k: v for k, v in r.items() if k != "results"}
                                                          for r in records]})
     title = {"real": "the real LUME validation split", "mini": "the mini-LUME"}.get(label, str(data))

@@ -33,7 +33,7 @@ if str(REPO) not in sys.path:
 
 import torch
 
-from benchmarks.common import RESULTS_DIR, add_world_arguments, environment, resolve_world, unlearn_subprocess
+from benchmarks import common
 from utils.data.lume import LumeData, load_lume
 from utils.io import atomic_write_json, atomic_write_text, write_jsonl
 
@@ -64,7 +64,7 @@ def write_lume(lume: LumeData, folder: Path) -> Path:
 
 def sugd_seconds(workdir: Path, data: Path, chunk_size: int, epochs: float, threads: int, scratch: Path) -> dict:
     run_dir = scratch / f"sugd_{data.name}_chunk{chunk_size}"
-    child = unlearn_subprocess(REPO / "configs" / "sugd.yaml", run_dir,
+    child = common.unlearn_subprocess(REPO / "configs" / "sugd.yaml", run_dir,
                                [f"workdir={workdir}", f"data.path={data}", f"method.chunk_size={chunk_size}",
                                 f"training.epochs={epochs}", "evaluation.per_phase_subset=0",
                                 # as in benchmarks/quality.py: the same gradient, far less padding
@@ -108,17 +108,17 @@ def linear_fit(xs: list[float], ys: list[float]) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_world_arguments(parser)
+    common.add_world_arguments(parser)
     parser.add_argument("--fractions", default="0.25,0.5,1")
     parser.add_argument("--chunk-sizes", default="8,16,32,64")
     parser.add_argument("--chunk-fraction", type=float, default=0.25, help="data fraction for the chunk-size part")
     parser.add_argument("--epochs", type=float, default=1.0, help="SUGD epochs per chunk")
     parser.add_argument("--eval-repeats", type=int, default=2)
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--out", default=str(RESULTS_DIR / "scaling"), help="output folder")
+    parser.add_argument("--out", default=str(common.RESULTS_DIR / "scaling"), help="output folder")
     args = parser.parse_args(argv)
 
-    workdir, data = resolve_world(args.workdir, args.data)
+    workdir, data = common.resolve_world(args.workdir, args.data)
     data_dir = data or workdir / "data"
     torch.set_num_threads(args.threads)
     out = Path(args.out).resolve()
@@ -185,7 +185,7 @@ def main(argv: list[str] | None = None) -> int:
     print(text)
     atomic_write_text(out / "scaling.md", text)
     atomic_write_json(out / "scaling.json", {"sizes": size_rows, "chunks": chunk_rows, "sugd_fit": sugd_fit,
-                                             "eval_fit": eval_fit, "notes": notes, "environment": environment(),
+                                             "eval_fit": eval_fit, "notes": notes, "environment": common.environment(),
                                              "arguments": vars(args)})
     return 0
 

@@ -33,8 +33,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from benchmarks import eval_speed, train_loop_speed
-from benchmarks.common import RESULTS_DIR, add_world_arguments, environment, resolve_world, unlearn_subprocess
+from benchmarks import common, eval_speed, train_loop_speed
 from utils.io import atomic_write_json, atomic_write_text
 
 PARTS = ("evaluation", "loop", "methods", "memory")
@@ -57,7 +56,7 @@ def time_methods(workdir: Path, data: Path | None, epochs: float, repeats: int, 
     for round_index in range(repeats):
         shift = round_index % len(TIMED_METHODS)
         for method in TIMED_METHODS[shift:] + TIMED_METHODS[:shift]:
-            child = unlearn_subprocess(REPO / "configs" / f"{method}.yaml", scratch / f"time_{method}",
+            child = common.unlearn_subprocess(REPO / "configs" / f"{method}.yaml", scratch / f"time_{method}",
                                        method_overrides(workdir, data, epochs), threads)
             if not child["ok"]:
                 raise SystemExit(f"{method} failed: see {child['log']}")
@@ -75,7 +74,7 @@ def lora_memory(workdir: Path, data: Path | None, epochs: float, threads: int, s
     out = {}
     for method in MEMORY_METHODS:
         overrides = method_overrides(workdir, data, epochs) + ["adapter.kind=lora"]
-        child = unlearn_subprocess(REPO / "configs" / f"{method}.yaml", scratch / f"memory_{method}", overrides, threads)
+        child = common.unlearn_subprocess(REPO / "configs" / f"{method}.yaml", scratch / f"memory_{method}", overrides, threads)
         if not child["ok"]:
             raise SystemExit(f"{method} (LoRA) failed: see {child['log']}")
         memory = child["results"]["memory"]
@@ -89,14 +88,14 @@ def lora_memory(workdir: Path, data: Path | None, epochs: float, threads: int, s
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_world_arguments(parser)
+    common.add_world_arguments(parser)
     parser.add_argument("--eval-repeats", type=int, default=3)
     parser.add_argument("--loop-steps", type=int, default=15)
     parser.add_argument("--loop-repeats", type=int, default=3)
     parser.add_argument("--method-epochs", type=float, default=1.0, help="epochs per method for parts 3 and 4")
     parser.add_argument("--method-repeats", type=int, default=2)
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--out", default=str(RESULTS_DIR / "speed"), help="output folder")
+    parser.add_argument("--out", default=str(common.RESULTS_DIR / "speed"), help="output folder")
     parser.add_argument("--parts", default=",".join(PARTS),
                         help=f"comma-separated parts to measure, of {','.join(PARTS)} (default: all)")
     args = parser.parse_args(argv)
@@ -105,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
     if unknown or not parts:
         parser.error(f"--parts: unknown part(s) {', '.join(unknown) or '(none given)'}; choose from {', '.join(PARTS)}")
 
-    workdir, data = resolve_world(args.workdir, args.data)
+    workdir, data = common.resolve_world(args.workdir, args.data)
     data_dir = data or workdir / "data"
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
@@ -170,7 +169,7 @@ def main(argv: list[str] | None = None) -> int:
     atomic_write_json(out / "speed.json", {"rows": [dict(zip(("comparison", "ratio", "range", "detail"), r))
                                                     for r in rows],
                                            "evaluation": evaluation, "loop": loop, "methods": methods,
-                                           "lora_memory": memory, "environment": environment(),
+                                           "lora_memory": memory, "environment": common.environment(),
                                            "arguments": vars(args)})
     return eval_status
 

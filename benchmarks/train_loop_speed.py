@@ -228,7 +228,7 @@ def main(argv=None) -> int:
     print(f"\nmax |weight difference| vs bare after {args.steps} steps (target model): "
           + ", ".join(f"{k} {v:.2e}" for k, v in difference.items()))
     ratio = summary["loop"]["median_ratio_vs_bare"]
-    print(f"loop / bare tokens/s, median of {args.repeats} per-round ratios: {ratio:.3f} "
+    print(f"loop / bare tokens/s, common.median of {args.repeats} per-round ratios: {ratio:.3f} "
           f"(target >= 0.90: {'met' if ratio >= 0.90 else 'NOT met'})")
     predicted = None
     if null_summary:

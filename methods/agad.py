@@ -48,8 +48,8 @@ BOUNDS[Settings] = {"chunk_size": AT_LEAST_ONE, "interleaving_factor": POSITIVE,
                     "annealing_fraction": Bound(low=0, low_open=True, high=1)}
 
 
-def loss_kinds(method: Settings) -> tuple[str, str]:
-    return method.forget_loss, method.retain_loss
+def loss_kinds(settings: Settings) -> tuple[str, str]:
+    return settings.forget_loss, settings.retain_loss
 
 
 def anneals_after(chunk_number: int, factor: float) -> int:
@@ -66,33 +66,33 @@ def annealing_subset(retain: list[Example], fraction: float, seed: int, index: i
     return [retain[i] for i in chosen]
 
 
-def build_phases(forget: list[Example], retain: list[Example], method: Settings, training: TrainingConfig,
+def build_phases(forget: list[Example], retain: list[Example], settings: Settings, training: TrainingConfig,
                  seed: int) -> list[Phase]:
-    forget_loss, retain_loss = loss_kinds(method)
-    check_chunk_size(NAME, method)
-    if not 0 < method.annealing_fraction <= 1:
-        raise UserError(f"{NAME}: method.annealing_fraction must be in (0, 1], got {method.annealing_fraction}")
-    if not method.interleaving_factor > 0:
-        raise UserError(f"{NAME}: method.interleaving_factor must be positive, got {method.interleaving_factor}")
+    forget_loss, retain_loss = loss_kinds(settings)
+    check_chunk_size(NAME, settings)
+    if not 0 < settings.annealing_fraction <= 1:
+        raise UserError(f"{NAME}: method.annealing_fraction must be in (0, 1], got {settings.annealing_fraction}")
+    if not settings.interleaving_factor > 0:
+        raise UserError(f"{NAME}: method.interleaving_factor must be positive, got {settings.interleaving_factor}")
     if retain_loss == "none":
         raise UserError(f"{NAME}: the annealing phases need a retain loss; set method.retain_loss to nll or kl")
-    pieces = chunks(forget, method.chunk_size) if forget else []
-    anneal_count = sum(anneals_after(n, method.interleaving_factor) for n in range(1, len(pieces) + 1))
-    needs_retain = anneal_count > 0 or method.final_annealing
-    check_common(NAME, forget, retain, method, training, forget_loss, retain_loss, retain_needed=needs_retain)
+    pieces = chunks(forget, settings.chunk_size) if forget else []
+    anneal_count = sum(anneals_after(n, settings.interleaving_factor) for n in range(1, len(pieces) + 1))
+    needs_retain = anneal_count > 0 or settings.final_annealing
+    check_common(NAME, forget, retain, settings, training, forget_loss, retain_loss, retain_needed=needs_retain)
 
     phases: list[Phase] = []
     anneal_index = 0
     for index, chunk in enumerate(pieces):
         phases.append(Phase(name=f"{NAME}-chunk{index}-ascent", examples=[tagged(e, "forget") for e in chunk],
                             epochs=training.epochs, shuffle=True, info={"kind": "ascent", "chunk": index}))
-        for _ in range(anneals_after(index + 1, method.interleaving_factor)):
-            subset = annealing_subset(retain, method.annealing_fraction, seed, anneal_index)
+        for _ in range(anneals_after(index + 1, settings.interleaving_factor)):
+            subset = annealing_subset(retain, settings.annealing_fraction, seed, anneal_index)
             phases.append(Phase(name=f"{NAME}-chunk{index}-anneal{anneal_index}",
                                 examples=[tagged(e, "retain") for e in subset], epochs=training.epochs,
                                 shuffle=True, info={"kind": "anneal", "chunk": index, "anneal": anneal_index}))
             anneal_index += 1
-    if method.final_annealing:
+    if settings.final_annealing:
         phases.append(Phase(name=f"{NAME}-final-anneal", examples=[tagged(e, "retain") for e in retain],
                             epochs=training.epochs, shuffle=True,
                             info={"kind": "final_anneal", "chunk": len(pieces) - 1}))

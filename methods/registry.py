@@ -8,15 +8,17 @@ A method is one module that exposes
     build_phases(forget, retain, settings, training, seed) -> list[Phase]
 and optionally `make_loss(settings, reference) -> LossFunction` (default: the engine's loss for
 `loss_kinds`, with the settings' npo_beta / forget_loss_ceiling / forget_loss_ceiling_scope when
-declared). Adding a method is that module, a YAML file in configs/ and one `register` line below.
+declared). Adding a method is that module, a YAML file in configs/ and one line in the list below.
+A setting the method does not have but whose value it always takes (`FIXED`, e.g. ga's `retain_loss:
+none`) is accepted when it says that value, so configs written before the settings were per method load.
 """
 
 from __future__ import annotations
 
 import dataclasses
+from importlib import import_module
 from types import ModuleType
 
-from methods import agad, ga, gd, gold_standard, kl, npo, sugd
 from methods.engine.losses import Reference, needs_reference
 from methods.engine.phases import loss_for
 from methods.engine.trainer import LossFunction, Phase
@@ -48,13 +50,17 @@ def unregister(name: str) -> None:
     METHODS.pop(name, None)
 
 
-register(ga)
-register(gd)
-register(kl)
-register(npo)
-register(agad)
-register(sugd)
-register(gold_standard)
+# The built-in methods, one line each: adding a method is its module, its YAML and a line here.
+for _module in (
+    "methods.ga",
+    "methods.gd",
+    "methods.kl",
+    "methods.npo",
+    "methods.agad",
+    "methods.sugd",
+    "methods.gold_standard",
+):
+    register(import_module(_module))
 
 
 def get_method(name: str) -> ModuleType:

@@ -41,30 +41,30 @@ class Settings(UnlearningSettings):
 BOUNDS[Settings] = {"chunk_size": AT_LEAST_ONE, "positive_ratio": NON_NEGATIVE, "positive_factor": NON_NEGATIVE}
 
 
-def loss_kinds(method: Settings) -> tuple[str, str]:
-    return method.forget_loss, method.retain_loss
+def loss_kinds(settings: Settings) -> tuple[str, str]:
+    return settings.forget_loss, settings.retain_loss
 
 
-def build_phases(forget: list[Example], retain: list[Example], method: Settings, training: TrainingConfig,
+def build_phases(forget: list[Example], retain: list[Example], settings: Settings, training: TrainingConfig,
                  seed: int) -> list[Phase]:
     """One unshuffled phase per chunk; `seed` is unused (the schedule is fully determined by file order)."""
-    forget_loss, retain_loss = loss_kinds(method)
-    check_chunk_size(NAME, method)
-    if method.positive_ratio < 0:
-        raise UserError(f"{NAME}: method.positive_ratio must be 0 or more, got {method.positive_ratio}")
-    if method.positive_factor < 0:
-        raise UserError(f"{NAME}: method.positive_factor must be non-negative, got {method.positive_factor}")
-    ratio = method.positive_ratio if retain_loss != "none" else 0
-    check_common(NAME, forget, retain, method, training, forget_loss, retain_loss, retain_needed=ratio > 0)
+    forget_loss, retain_loss = loss_kinds(settings)
+    check_chunk_size(NAME, settings)
+    if settings.positive_ratio < 0:
+        raise UserError(f"{NAME}: method.positive_ratio must be 0 or more, got {settings.positive_ratio}")
+    if settings.positive_factor < 0:
+        raise UserError(f"{NAME}: method.positive_factor must be non-negative, got {settings.positive_factor}")
+    ratio = settings.positive_ratio if retain_loss != "none" else 0
+    check_common(NAME, forget, retain, settings, training, forget_loss, retain_loss, retain_needed=ratio > 0)
     cursor = 0
     phases = []
-    for index, chunk in enumerate(chunks(forget, method.chunk_size)):
+    for index, chunk in enumerate(chunks(forget, settings.chunk_size)):
         start_cursor = cursor
         examples: list[Example] = []
         for example in chunk:
             examples.append(tagged(example, "forget", 1.0))
             for _ in range(ratio):
-                examples.append(tagged(retain[cursor], "retain", method.positive_factor))
+                examples.append(tagged(retain[cursor], "retain", settings.positive_factor))
                 cursor = (cursor + 1) % len(retain)
         phases.append(Phase(name=f"{NAME}-chunk{index}", examples=examples, epochs=training.epochs, shuffle=False,
                             info={"kind": "chunk", "chunk": index, "retain_cursor": start_cursor}))

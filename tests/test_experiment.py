@@ -62,7 +62,7 @@ def test_quickstart_gives_each_method_only_the_method_keys_it_declares(tmp_path,
     world = tmp_path / "world"
     argv = ["quickstart", "--out", str(world), "--methods", "ga,gd", "--set", "method.chunk_size=4"]
     with pytest.raises(UserError, match="method.chunk_size: none of the methods run"):
-        from utils.experiment.experiment import method_configs
+        from utils.cli.commands.quickstart import method_configs
         from utils.project import config_dir
 
         method_configs(["ga", "gd"], ["method.chunk_size=4"], config_dir())
@@ -95,8 +95,7 @@ def test_in_notebook_paths_are_read_from_the_project_root(tmp_path, monkeypatch)
 
 
 def test_evaluate_flags_are_taken_as_given_not_parsed(tmp_path):
-    from utils.config import load_config
-    from utils.experiment.experiment import replace_keys
+    from utils.config import load_config, replace_keys
 
     config = replace_keys(load_config(None), {"model.name_or_path": "models/run:1 [a]", "evaluation.subset": 3})
     assert config.model.name_or_path == "models/run:1 [a]" and config.evaluation.subset == 3
@@ -177,3 +176,34 @@ def test_imports_go_one_way_and_the_library_never_imports_the_cli():
                 if layer_of(target) > layer_of(module):
                     wrong.append(f"{module} imports {target} ({LAYERS[layer_of(target)][0]})")
     assert not wrong, "\n".join(wrong)
+
+
+def test_configs_written_before_per_method_settings_still_load(tmp_path):
+    """`retain_loss: none` on ga and `forget_loss: npo` on npo were once spelled out; they say what the
+    method always does, so they load; another value is refused."""
+    from utils.config import load_config
+
+    ga = tmp_path / "ga.yaml"
+    ga.write_text("method:\n  name: ga\n  forget_loss: ascent\n  retain_loss: none\n")
+    assert load_config(ga).method.name == "ga"
+    npo = tmp_path / "npo.yaml"
+    npo.write_text("method:\n  name: npo\n  forget_loss: npo\n  retain_loss: nll\n")
+    assert load_config(npo).method.retain_loss == "nll"
+    ga.write_text("method:\n  name: ga\n  retain_loss: nll\n")
+    with pytest.raises(UserError, match="method.retain_loss of ga is always 'none', got 'nll'"):
+        load_config(ga)
+
+
+def test_quickstart_passes_method_keys_to_the_methods_not_the_world(tmp_path, capsys):
+    """`--set method.retain_weight=0.5` with `--methods gd` reaches gd; the world's own config (whose
+    default method has no such key) does not see it. The command then stops on the --out that is a file,
+    after every config was validated."""
+    from utils.cli.commands.quickstart import method_configs
+    from utils.project import config_dir
+
+    assert method_configs(["gd"], ["method.retain_weight=0.5"], config_dir())["gd"].method.retain_weight == 0.5
+    out = tmp_path / "taken.txt"
+    out.write_text("not a folder\n")
+    argv = ["quickstart", "--out", str(out), "--methods", "gd", "--set", "method.retain_weight=0.5"]
+    assert main(argv) == 2
+    assert f"output folder {out} exists and is not a folder" in capsys.readouterr().err

@@ -139,6 +139,10 @@ def _default_method() -> MethodConfig:
     return get_method(MethodConfig.name).Settings()
 
 
+# 75% of the pre-unlearning 7B model's MMLU: the bar under which the official leaderboard ranked no entry.
+DEFAULT_MMLU_THRESHOLD = 0.371
+
+
 @dataclass
 class EvaluationConfig:
     max_new_tokens: int = 256
@@ -148,7 +152,7 @@ class EvaluationConfig:
     # "mmlu:DIR", "synthetic:FILE", "none"; None: the synthetic set of the embedded default.
     utility: str | None = None
     mmlu_shots: int = 0
-    mmlu_threshold: float = 0.371
+    mmlu_threshold: float = DEFAULT_MMLU_THRESHOLD
     # After every chunk/phase of an unlearning run: a quick check on the first N documents per task
     # (None or 0: off), with short generations, for the chunk-by-chunk plots.
     per_phase_subset: int | None = 2
@@ -205,10 +209,17 @@ def method_from_dict(data: Any, path: str = "method") -> MethodConfig:
         raise UserError(f"config: {path}.name must be a string, got {name!r}")
     if name not in METHODS:
         raise UserError(f"config: {path}.name: unknown method '{name}' (known: {', '.join(METHODS)})")
-    settings = get_method(name).Settings
+    module = get_method(name)
+    settings = module.Settings
     own = [item.name for item in dataclasses.fields(settings)]
-    for key in data:
+    fixed = getattr(module, "FIXED", {})
+    for key in list(data):
         if key in own:
+            continue
+        if key in fixed:
+            if data[key] != fixed[key]:
+                raise UserError(f"config: {path}.{key} of {name} is always {fixed[key]!r}, got {data[key]!r}")
+            data = {k: v for k, v in data.items() if k != key}
             continue
         owners = sorted(other for other, module in METHODS.items()
                         if key in {item.name for item in dataclasses.fields(module.Settings)})
@@ -494,3 +505,21 @@ def save_config(config: Config, path: str | Path) -> None:
     from utils.io import atomic_write_text
 
     atomic_write_text(path, yaml.safe_dump(to_dict(config), sort_keys=False))
+
+
+def replace_keys(config: Config, values: dict[str, Any]) -> Config:
+    """`config` with dotted keys set to values a command-line flag already typed (None: left as is); the
+    values are taken as given, not parsed as YAML, so a path such as `run:1` stays a path."""
+    for key, value in values.items():
+        if value is None:
+            continue
+        *sections, name = key.split(".")
+        nodes = [config]
+        for section in sections:
+            nodes.append(getattr(nodes[-1], section))
+        new = dataclasses.replace(nodes[-1], **{name: value})
+        for node, section in zip(reversed(nodes[:-1]), reversed(sections)):
+            new = dataclasses.replace(node, **{section: new})
+        config = new
+    check_ranges(config)
+    return config

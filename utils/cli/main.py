@@ -1,4 +1,4 @@
-"""The `unlearn` command: one sub-command per module in `utils/commands/`.
+"""The `unlearn` command: one sub-command per module in `utils/cli/commands/`.
 
 Each command module exposes `register(subparsers)`, which adds its parser and sets `func`.
 A `UserError` anywhere ends the program with one line on stderr and exit code 2.

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import torch
 
+from utils.config import DEFAULT_MMLU_THRESHOLD
 from utils.data.lume import TASKS, Item, LumeData
 from utils.environment import describe_environment
 from utils.io import atomic_write_json, write_jsonl
@@ -45,7 +46,7 @@ def subset_items(items: list[Item], documents_per_task: int | None) -> list[Item
 @torch.inference_mode()
 def evaluate_model(model, tokenizer, lume: LumeData, *, mia_documents: dict[str, list[str]] | None = None,
                    utility_spec: str | None = None, max_new_tokens: int = 256, batch_size: int = 64,
-                   nll_batch_size: int = 16, mmlu_shots: int = 0, mmlu_threshold: float = 0.371,
+                   nll_batch_size: int = 16, mmlu_shots: int = 0, mmlu_threshold: float = DEFAULT_MMLU_THRESHOLD,
                    subset: int | None = None, evaluated: dict | None = None, progress: bool = True,
                    warnings: list[str] | None = None) -> Evaluation:
     """Generate, score, attack and measure utility; `warnings` (e.g. why the MIA is missing) join the

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any
 
+from utils.config import DEFAULT_MMLU_THRESHOLD
 from utils.data.lume import SPLITS, TASKS, parse_item_id
 from utils.errors import UserError
 from utils.evaluation.tables import format_table
@@ -32,7 +33,6 @@ from utils.evaluation.tables import format_table
 KINDS = ("regurgitation", "knowledge")
 # Which metric an item kind (from its id) is scored with.
 KIND_OF_ITEM = {"sc": "regurgitation", "qa": "knowledge"}
-DEFAULT_MMLU_THRESHOLD = 0.371  # 75% of the pre-unlearning 7B model's MMLU: the ranking bar
 
 # Raw means: {"forget"|"retain": {"Task1".."Task3": {"regurgitation": x, "knowledge": y}}}
 Terms = Mapping[str, Mapping[str, Mapping[str, float]]]

@@ -13,12 +13,10 @@ this config" means (the same subset, MMLU shots and threshold, MIA folder and ut
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
-from utils.config import Config, check_ranges, load_config
+from utils.config import Config, load_config
 from utils.errors import UserError
 from utils.project import project_path
 
@@ -36,24 +34,6 @@ def resolve_utility_spec(spec: str | None, workdir: str | Path) -> str | None:
         return spec
     default = Path(workdir) / "data" / "general" / "multiple_choice.jsonl"
     return f"synthetic:{default}" if default.is_file() else None
-
-
-def replace_keys(config: Config, values: dict[str, Any]) -> Config:
-    """`config` with dotted keys set to values a command-line flag already typed (None: left as is); the
-    values are taken as given, not parsed as YAML, so a path such as `run:1` stays a path."""
-    for key, value in values.items():
-        if value is None:
-            continue
-        *sections, name = key.split(".")
-        nodes = [config]
-        for section in sections:
-            nodes.append(getattr(nodes[-1], section))
-        new = dataclasses.replace(nodes[-1], **{name: value})
-        for node, section in zip(reversed(nodes[:-1]), reversed(sections)):
-            new = dataclasses.replace(node, **{section: new})
-        config = new
-    check_ranges(config)
-    return config
 
 
 class Experiment:
@@ -93,9 +73,11 @@ class Experiment:
         overrides = [*overrides, f"workdir={workdir}"]
         return cls.from_config(path, overrides, None if run_dir is None else project_path(run_dir))
 
-    def with_config(self, config: Config, run_dir: str | Path | None = None) -> Experiment:
-        return Experiment(config, run_dir if run_dir is not None else self.run_dir, source=self.source,
-                          overrides=self.overrides)
+    def with_config(self, config: Config, run_dir: str | Path | None = None,
+                    source: str | Path | None = None) -> Experiment:
+        """Another config in the same role (a run's resolved config; one method of quickstart's list)."""
+        return Experiment(config, run_dir if run_dir is not None else self.run_dir,
+                          source=source if source is not None else self.source, overrides=self.overrides)
 
     # ------------------------------------------------------------------------------------------
     # Inputs, resolved once
@@ -175,8 +157,8 @@ class Experiment:
         import time
 
         self.check_inputs()
-        started = time.perf_counter()
         model, loaded_tokenizer = self.load(model_name, tokenizer)
+        started = time.perf_counter()  # the evaluation's time, not the load's
         evaluation = self.evaluate(model, loaded_tokenizer, evaluated={"model": model_name}, progress=progress)
         evaluation.results["timings"]["total"] = time.perf_counter() - started
         if label is not None:
@@ -219,13 +201,17 @@ class Experiment:
         return read_json(path, "results file") if path.is_file() else None
 
     def reference_rows(self, progress: bool = True) -> list[dict]:
-        """Leaderboard rows of the references this run is read against: the gold standard (what perfect
-        unlearning looks like) and the target (before unlearning); a gold-standard run gets the target only."""
+        """Leaderboard rows of the references a run is read against: the gold standard (what perfect
+        unlearning looks like) and the target (before unlearning). A gold-standard run gets the target only,
+        and only on the tiny world (a real gold-standard config names the base model, not the target);
+        a gold standard that has not been trained into `<workdir>/gold_standard` is left out."""
         from utils.evaluation.leaderboard import row_from_results
 
-        names = {"target": self.target}
-        if self.config.method.name != "gold_standard":
-            names = {"gold_standard": self.gold_standard, **names}
+        if self.config.method.name == "gold_standard":
+            names = {} if self.config.model.name_or_path else {"target": self.target}
+        else:
+            names = {"gold_standard": self.gold_standard} if Path(self.gold_standard).is_dir() else {}
+            names["target"] = self.target
         return [row_from_results(name, self.evaluate_checkpoint(path, progress=progress))
                 for name, path in names.items()]
 
@@ -238,26 +224,3 @@ class Experiment:
                             "Experiment.from_config")
         spec = GridSweep(base=self.source, grid=grid, overrides=self.overrides)
         return run_sweep(spec.runs(), out, progress=progress, log=log)
-
-
-def method_configs(names: Sequence[str], overrides: Sequence[str], folder: Path) -> dict[str, Config]:
-    """`folder/<name>.yaml` for each name, each with the `overrides` that apply to it: a `method.*` key goes
-    only to the methods that declare it (a key no method declares is an error)."""
-    configs = {}
-    for name in names:
-        path = folder / f"{name}.yaml"
-        if not path.is_file():
-            raise UserError(f"--methods: no config configs/{name}.yaml")
-        configs[name] = path
-    loaded = {}
-    method_keys = {o.split("=", 1)[0] for o in overrides if o.startswith("method.")}
-    used: set[str] = set()
-    for name, path in configs.items():
-        declared = {f"method.{f.name}" for f in dataclasses.fields(load_config(path).method)}
-        own = [o for o in overrides if not o.startswith("method.") or o.split("=", 1)[0] in declared]
-        used |= method_keys & declared
-        loaded[name] = load_config(path, own)
-    unused = sorted(method_keys - used)
-    if unused:
-        raise UserError(f"--set {unused[0]}: none of the methods run ({', '.join(configs)}) has that setting")
-    return loaded

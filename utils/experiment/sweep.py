@@ -27,8 +27,10 @@ import io
 import itertools
 import json
 import os
+import shutil
 import subprocess
 import sys
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -42,6 +44,7 @@ from utils.io import atomic_write_json, atomic_write_text
 SCORE_COLUMNS = ["final_score", "task_aggregate", "mia_score", "mia_auc", "utility", "forget_regurgitation",
                  "retain_regurgitation", "seconds"]
 RECORD_FILE = "sweep_record.json"  # wall time and peak memory of a finished run, kept for a resumed sweep
+EARLIER_RECORD_FILE = "bench.json"  # the same, as benchmarks/quality.py wrote it before the sweep engine
 
 
 @dataclass
@@ -75,10 +78,6 @@ class GridSweep:
             runs.append(SweepRun(f"run_{number:03d}", self.base, [*self.overrides, *(extra or []), *settings],
                                  combination))
         return runs
-
-    def config_for(self, combination: dict, extra: list[str] | None = None) -> Config:
-        number = self.combinations().index(combination)
-        return self.runs(extra)[number].load()
 
 
 def load_sweep(path: str | Path) -> GridSweep:
@@ -164,14 +163,19 @@ def _run_one(run: SweepRun, run_dir: Path, progress: bool, num_processes: int, i
 
 def run_sweep(runs: list[SweepRun], out_dir: str | Path, *, progress: bool = True, log=print,
               num_processes: int = 1, in_subprocess: bool = False, jobs: int = 1,
-              threads: int | None = None) -> list[dict]:
+              threads: int | None = None, restart_unfinished: bool = False) -> list[dict]:
     """Run every run not finished yet (`jobs` at a time when in subprocesses); returns their records in
-    the order given and writes the summary table and chart into `out_dir`."""
+    the order given and writes the summary table and chart into `out_dir`.
+
+    A killed run is resumed from its checkpoint, unless `restart_unfinished` (a benchmark that reports
+    each run's time and memory wants them whole): then its folder is cleared and it starts afresh.
+    """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     if len({run.name for run in runs}) != len(runs):
         raise UserError("a sweep's runs need distinct names (each is a folder)")
     records: dict[str, dict] = {}
+    summary_lock = threading.Lock()  # workers finish at once; the table and pyplot want one writer
 
     def one(position: int, run: SweepRun) -> dict:
         run_dir = out_dir / run.name
@@ -180,13 +184,16 @@ def run_sweep(runs: list[SweepRun], out_dir: str | Path, *, progress: bool = Tru
             log(f"[sweep] run {counter} already finished: {run.labels or run.name}")
             record = read_record(run, run_dir)
         else:
+            if restart_unfinished and run_dir.exists():
+                shutil.rmtree(run_dir)
             resuming = (run_dir / "checkpoint").exists() or (run_dir / ".checkpoint.old").exists()
             log(f"[sweep] run {counter}{' (resuming)' if resuming else ''}: {run.labels or run.name}")
             record = _run_one(run, run_dir, progress, num_processes, in_subprocess, threads, log)
             if record.get("failed"):
                 log(f"[sweep] run {counter} failed: {record['error'].strip().splitlines()[-1:]}")
-        records[run.name] = record
-        write_summary([records[r.name] for r in runs if r.name in records], out_dir, list(runs[0].labels))
+        with summary_lock:
+            records[run.name] = record
+            write_summary([records[r.name] for r in runs if r.name in records], out_dir, list(runs[0].labels))
         return record
 
     if in_subprocess and jobs > 1:
@@ -202,7 +209,9 @@ def read_record(run: SweepRun, run_dir: Path) -> dict:
     """The record of a run finished by an earlier call: its results and, when kept, its time and memory."""
     from utils.io import read_json
 
-    saved = read_json(run_dir / RECORD_FILE, "sweep record") if (run_dir / RECORD_FILE).is_file() else {}
+    kept = next((run_dir / name for name in (RECORD_FILE, EARLIER_RECORD_FILE) if (run_dir / name).is_file()), None)
+    saved = read_json(kept, "sweep record") if kept is not None else {}
+    saved = {key: saved[key] for key in ("wall_seconds", "peak_rss_mb") if key in saved}
     return {**saved, "run": run.name, **run.labels, "results": read_json(run_dir / "results.json", "results file"),
             "reused": True}
 

@@ -5,8 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from utils.cli.main import add_config_arguments, check_at_least
+from utils.config import replace_keys
 from utils.errors import UserError
-from utils.experiment.experiment import Experiment, replace_keys
+from utils.experiment.experiment import Experiment
 from utils.io import check_output_location
 
 

@@ -7,9 +7,13 @@ same command runs on real files.
 
 from __future__ import annotations
 
+import dataclasses
 import time
+from pathlib import Path
 
 from utils.cli.main import add_config_arguments
+from utils.config import Config, load_config
+from utils.errors import UserError
 from utils.io import check_output_location
 from utils.project import config_dir
 
@@ -28,7 +32,7 @@ def register(subparsers) -> None:
 
 def run(args) -> int:
     from utils.evaluation.leaderboard import row_from_results, to_text, write_leaderboard
-    from utils.experiment.experiment import Experiment, method_configs
+    from utils.experiment.experiment import Experiment
 
     overrides = list(args.overrides)
     if args.out:
@@ -37,7 +41,9 @@ def run(args) -> int:
     config_folder = config_dir()
     # Every config is validated before anything runs; each method gets the --set keys it declares.
     configs = method_configs(methods, overrides, config_folder)
-    world = Experiment.from_config(args.config or config_folder / "quickstart.yaml", overrides)
+    # The world's config takes every --set but the method keys (those belong to the methods above).
+    world_overrides = [o for o in overrides if not o.startswith("method.")]
+    world = Experiment.from_config(args.config or config_folder / "quickstart.yaml", world_overrides)
     check_output_location(world.workdir, "folder")
     progress = not args.quiet
     started = time.perf_counter()
@@ -51,7 +57,7 @@ def run(args) -> int:
     rows = [row_from_results("gold_standard", gold, seconds=report.get("timings", {}).get("gold_standard"))]
     for method, config in configs.items():
         print(f"[quickstart] running {method}")
-        results = world.with_config(config, runs_dir / method).run(progress=progress)
+        results = world.with_config(config, runs_dir / method, config_folder / f"{method}.yaml").run(progress=progress)
         rows.append(row_from_results(method, results))
 
     title = "Leaderboard on the embedded default (tiny OLMo, mini-LUME)"
@@ -64,3 +70,26 @@ def run(args) -> int:
     print(f"leaderboard: {workdir / 'leaderboard.csv'}, {workdir / 'leaderboard.md'}, {workdir / 'leaderboard.png'}")
     print(f"runs: {runs_dir}; total {time.perf_counter() - started:.0f} s")
     return 0
+
+
+def method_configs(names: list[str], overrides: list[str], folder: Path) -> dict[str, Config]:
+    """`folder/<name>.yaml` for each name, each with the `overrides` that apply to it: a `method.*` key goes
+    only to the methods that declare it (a key no method declares is an error)."""
+    configs = {}
+    for name in names:
+        path = folder / f"{name}.yaml"
+        if not path.is_file():
+            raise UserError(f"--methods: no config configs/{name}.yaml")
+        configs[name] = path
+    loaded = {}
+    method_keys = {o.split("=", 1)[0] for o in overrides if o.startswith("method.")}
+    used: set[str] = set()
+    for name, path in configs.items():
+        declared = {f"method.{f.name}" for f in dataclasses.fields(load_config(path).method)}
+        own = [o for o in overrides if not o.startswith("method.") or o.split("=", 1)[0] in declared]
+        used |= method_keys & declared
+        loaded[name] = load_config(path, own)
+    unused = sorted(method_keys - used)
+    if unused:
+        raise UserError(f"--set {unused[0]}: none of the methods run ({', '.join(configs)}) has that setting")
+    return loaded
