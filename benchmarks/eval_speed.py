@@ -55,7 +55,9 @@ def official_style(model, tokenizer, items, max_new_tokens: int, mia_documents=N
         prompt = tokenizer(item.input, return_tensors="pt").to(device)
         output = model.generate(**prompt, max_new_tokens=max_new_tokens, do_sample=False)
         new_tokens = output[0, prompt["input_ids"].shape[1]:]
-        generation = tokenizer.decode(new_tokens, skip_special_tokens=True)
+        # As the official scorer: skip special tokens, then the space clean-up of its transformers release.
+        generation = tokenizer.clean_up_tokenization(tokenizer.decode(new_tokens, skip_special_tokens=True,
+                                                                      clean_up_tokenization_spaces=False))
         full = tokenizer(item.input + " " + item.output, return_tensors="pt").to(device)
         model(**full, labels=full["input_ids"]).loss.item()
         records.append({"id": item.id, "task": item.task, "split": item.split,

@@ -3,14 +3,16 @@
 The forget set is cut, in file order, into chunks of `method.chunk_size` (+ a remainder chunk). For
 each chunk, a gradient-ascent phase on it (shuffled each epoch); after every 1/interleaving_factor
 chunks, an annealing phase of gradient descent on `annealing_fraction` of the retain set (a seeded
-random subset, a different one for every annealing phase); after the last (remainder) chunk, when
+random subset, a different one for every annealing phase); after the last chunk, when
 `final_annealing` is on, a final annealing phase on the whole retain set. Every phase trains for
 `training.epochs` epochs with a fresh optimiser and schedule (the Trainer's per-phase behaviour).
 
 Reading of the interleaving factor f > 0: after chunk number n (1-based), floor(n * f) - floor((n - 1) * f)
 annealing phases follow. f = 1 anneals after every chunk, f = 0.5 after every 2nd chunk (2, 4, ...),
-f = 1/3 after every 3rd, f = 2 twice (two different subsets) after every chunk. The rule applies to
-the last chunk too; the final annealing, when on, comes after whatever the rule put there.
+f = 1/3 after every 3rd, f = 2 twice (two different subsets) after every chunk. As in the seed, the
+rule counts full chunks only: a remainder chunk (shorter than chunk_size) is followed by the final
+annealing alone, unless `anneal_after_remainder` (this project's earlier reading) gives it the rule's
+annealing phases too.
 
 The ascent phases use method.forget_loss (ascent | npo); the annealing phases method.retain_loss
 (nll, i.e. gradient descent, or kl towards the reference); retain_loss "none" is refused.
@@ -42,6 +44,7 @@ class Settings(UnlearningSettings):
     interleaving_factor: float = 1.0
     annealing_fraction: float = 0.25
     final_annealing: bool = True
+    anneal_after_remainder: bool = False  # the seed's schedule: no rule annealing after a remainder chunk
 
 
 BOUNDS[Settings] = {"chunk_size": AT_LEAST_ONE, "interleaving_factor": POSITIVE,
@@ -77,8 +80,10 @@ def build_phases(forget: list[Example], retain: list[Example], settings: Setting
     if retain_loss == "none":
         raise UserError(f"{NAME}: the annealing phases need a retain loss; set method.retain_loss to nll or kl")
     pieces = chunks(forget, settings.chunk_size) if forget else []
-    anneal_count = sum(anneals_after(n, settings.interleaving_factor) for n in range(1, len(pieces) + 1))
-    needs_retain = anneal_count > 0 or settings.final_annealing
+    anneal_counts = [anneals_after(n, settings.interleaving_factor)
+                     if len(piece) == settings.chunk_size or settings.anneal_after_remainder else 0
+                     for n, piece in enumerate(pieces, start=1)]
+    needs_retain = sum(anneal_counts) > 0 or settings.final_annealing
     check_common(NAME, forget, retain, settings, training, forget_loss, retain_loss, retain_needed=needs_retain)
 
     phases: list[Phase] = []
@@ -86,7 +91,7 @@ def build_phases(forget: list[Example], retain: list[Example], settings: Setting
     for index, chunk in enumerate(pieces):
         phases.append(Phase(name=f"{NAME}-chunk{index}-ascent", examples=[tagged(e, "forget") for e in chunk],
                             epochs=training.epochs, shuffle=True, info={"kind": "ascent", "chunk": index}))
-        for _ in range(anneals_after(index + 1, settings.interleaving_factor)):
+        for _ in range(anneal_counts[index]):
             subset = annealing_subset(retain, settings.annealing_fraction, seed, anneal_index)
             phases.append(Phase(name=f"{NAME}-chunk{index}-anneal{anneal_index}",
                                 examples=[tagged(e, "retain") for e in subset], epochs=training.epochs,

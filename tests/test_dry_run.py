@@ -100,8 +100,9 @@ def test_dry_run_steps_are_the_steps_a_run_records(small_world, tmp_path, monkey
     assert [(p["name"], p["kind"], p["steps"]) for p in recorded] == \
         [(p["name"], p["kind"], p["steps"]) for p in schedule["phases"]]
     assert len(read_jsonl(run_out / "log.jsonl")) == schedule["total_steps"]
-    # 3 ascent phases (8, 8, 4 forget), 3 annealings of 5 retain, a final one on all 20: ceil(1.5 x batches).
-    assert [p["steps"] for p in recorded] == [math.ceil(1.5 * math.ceil(n / 3)) for n in (8, 5, 8, 5, 4, 5, 20)]
+    # 3 ascent phases (8, 8, 4 forget), an annealing of 5 retain after each full chunk (the seed's: none after
+    # the remainder chunk of 4), a final one on all 20: ceil(1.5 x batches).
+    assert [p["steps"] for p in recorded] == [math.ceil(1.5 * math.ceil(n / 3)) for n in (8, 5, 8, 5, 4, 20)]
 
 
 @pytest.mark.parametrize("flags, phrase", [

@@ -207,3 +207,23 @@ def test_quickstart_passes_method_keys_to_the_methods_not_the_world(tmp_path, ca
     argv = ["quickstart", "--out", str(out), "--methods", "gd", "--set", "method.retain_weight=0.5"]
     assert main(argv) == 2
     assert f"output folder {out} exists and is not a folder" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("method, setting, expected", [
+    ("sugd", None, False), ("ga", None, False), ("agad", None, False), ("gold_standard", None, True),
+    ("sugd", True, True), ("gold_standard", False, False),
+])
+def test_eos_follows_the_seed_unless_set(small_world, method, setting, expected):
+    """The seed appends EOS to the gold standard's examples only; ascent on an unlearning example would
+    otherwise push the EOS down too. `training.append_eos` overrides it either way."""
+    from transformers import AutoTokenizer
+
+    from utils.experiment.run import training_examples
+
+    extra = [f"method.name={method}"] + ([] if setting is None else [f"training.append_eos={str(setting).lower()}"])
+    config = small_world.config(*extra)
+    tokenizer = AutoTokenizer.from_pretrained(small_world.target)
+    items = load_lume(small_world.data).forget[:3]
+    examples = training_examples(items, "forget", tokenizer, config)
+    assert all((e.input_ids[-1] == tokenizer.eos_token_id) is expected for e in examples)
+    assert all((e.labels[-1] == tokenizer.eos_token_id) is expected for e in examples)

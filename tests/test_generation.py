@@ -270,3 +270,15 @@ def test_encode_all_matches_encode_prompt(world) -> None:
     _, tokenizer, sentences = world
     prompts = _prompts(sentences)
     assert generation._encode_all(tokenizer, prompts) == [encode_prompt(tokenizer, p) for p in prompts]
+
+
+def test_decoding_applies_the_official_space_clean_up():
+    """The official scorer's transformers release cleaned spaces before punctuation when decoding; the
+    project does the same (exact match sees it) unless asked for transformers 5's raw text."""
+    from utils.evaluation.generation import decode_new_tokens
+    from utils.models.loading import train_tokenizer
+
+    tokenizer = train_tokenizer(["Paris , France . It is n't here ? Yes !"] * 20, 300)
+    ids = tokenizer(" Paris , France . It is n't here ?", add_special_tokens=False)["input_ids"]
+    assert decode_new_tokens(tokenizer, ids + [tokenizer.eos_token_id]) == " Paris, France. It isn't here?"
+    assert decode_new_tokens(tokenizer, ids, clean_up_spaces=False) == " Paris , France . It is n't here ?"

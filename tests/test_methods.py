@@ -121,9 +121,16 @@ def kinds(phases):
 def test_agad_schedule_interleaving_and_final_annealing():
     forget, retain, training = fake("F", 5), fake("R", 8), TrainingConfig(epochs=3)
     every = agad.build_phases(forget, retain, settings("agad", chunk_size=2), training, seed=0)
-    assert kinds(every) == [("ascent", 0), ("anneal", 0), ("ascent", 1), ("anneal", 1), ("ascent", 2), ("anneal", 2),
+    # As the seed: annealing after full chunks only; the remainder chunk (of 1) gets the final annealing alone.
+    assert kinds(every) == [("ascent", 0), ("anneal", 0), ("ascent", 1), ("anneal", 1), ("ascent", 2),
                             ("final_anneal", 2)]
-    assert [len(p.examples) for p in every] == [2, 2, 2, 2, 1, 2, 8]  # 0.25 of 8 retain; remainder chunk of 1
+    assert [len(p.examples) for p in every] == [2, 2, 2, 2, 1, 8]  # 0.25 of 8 retain; remainder chunk of 1
+    earlier = agad.build_phases(forget, retain, settings("agad", chunk_size=2, anneal_after_remainder=True),
+                                training, seed=0)
+    assert kinds(earlier) == [("ascent", 0), ("anneal", 0), ("ascent", 1), ("anneal", 1), ("ascent", 2),
+                              ("anneal", 2), ("final_anneal", 2)]
+    even = agad.build_phases(fake("F", 4), retain, settings("agad", chunk_size=2), training, seed=0)
+    assert kinds(even) == [("ascent", 0), ("anneal", 0), ("ascent", 1), ("anneal", 1), ("final_anneal", 1)]
     assert all(p.shuffle and p.epochs == 3 for p in every)
     assert {e.role for p in every if p.info["kind"] == "ascent" for e in p.examples} == {"forget"}
     assert {e.role for p in every if p.info["kind"] != "ascent" for e in p.examples} == {"retain"}

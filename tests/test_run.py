@@ -196,12 +196,13 @@ def test_two_process_ddp_matches_one_process(small_world, tmp_path):
     assert main(run_args(small_world, single, *DDP_OVERRIDES, flags=("--no-eval", "--resume"))) == 0
 
     # Float sums over 2 examples per process instead of 4 differ in the last bits, and Adam's normalised
-    # steps amplify that where gradients are near zero. So: elementwise within 1e-3, and the learnt update
-    # (lora_B starts at zero, so its final value is the update) equal to within 1% of its norm; a process
-    # that saw other examples than its share of the global batch moves these by tens of percent.
+    # steps amplify that where gradients are near zero (a single entry of lora_A can move by ~1e-3). So:
+    # elementwise within 5e-3 of weights of size ~0.1, and the learnt update (lora_B starts at zero, so its
+    # final value is the update) equal to within 1% of its norm; a process that saw other examples than its
+    # share of the global batch moves these by tens of percent.
     ddp_weights = load_file(ddp / "checkpoint" / "trainable.safetensors")
     single_weights = load_file(single / "checkpoint" / "trainable.safetensors")
-    assert_same_tensors(ddp_weights, single_weights, atol=1e-3)
+    assert_same_tensors(ddp_weights, single_weights, atol=5e-3)
     updates = [name for name in single_weights if "lora_B" in name]
     assert updates
     for name in updates:

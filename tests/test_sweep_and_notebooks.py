@@ -94,8 +94,10 @@ def test_notebook_executes_without_error(name, tmp_path, small_world):
         assert (tmp_path / "run" / "results.json").is_file()
         # The last table reads the run against its references: the target always, the gold standard for a
         # method (the Gold-Standard notebook compares the gold standard with the target, not with itself).
-        table = notebook.cells[-1].outputs[-1]["text"]
-        names = [line.split()[0] for line in table.splitlines()[2:]]
+        table = "".join(o.get("text", "") for o in notebook.cells[-1].outputs if o.get("name") == "stdout")
+        lines = table.splitlines()
+        rule = next(i for i, line in enumerate(lines) if line.startswith("---"))
+        names = [line.split()[0] for line in lines[rule + 1:] if line.strip()]
         run_name = {"Gold-Standard": "gold_standard", "AGAD": "agad", "SUGD": "sugd"}[name]
         expected = ["target", run_name] if name == "Gold-Standard" else ["gold_standard", "target", run_name]
         assert names == expected, table

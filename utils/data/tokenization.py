@@ -50,10 +50,11 @@ def encode_prompt(tokenizer, prompt: str) -> list[int]:
 
 
 def encode_pair(tokenizer, prompt: str, answer: str, loss_on: str = "output", max_length: int | None = None,
-                item_id: str = "", role: str = "train", weight: float = 1.0) -> Example:
-    """`prompt + " " + answer + EOS` with the loss on the answer (or on everything but leading specials)."""
+                item_id: str = "", role: str = "train", weight: float = 1.0, add_eos: bool = True) -> Example:
+    """`prompt + " " + answer (+ EOS)` with the loss on the answer (or on everything but leading specials)."""
     prompt_ids = encode_prompt(tokenizer, prompt)
-    answer_ids = tokenizer(" " + answer, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+    answer_ids = tokenizer(" " + answer, add_special_tokens=False)["input_ids"]
+    answer_ids += [tokenizer.eos_token_id] if add_eos else []
     input_ids = prompt_ids + answer_ids
     if loss_on == "output":
         labels = [IGNORE_INDEX] * len(prompt_ids) + answer_ids
@@ -78,9 +79,10 @@ def encode_text(tokenizer, text: str, max_length: int | None = None, item_id: st
 
 
 def encode_item(tokenizer, item, loss_on: str = "output", max_length: int | None = None, role: str | None = None,
-                weight: float = 1.0) -> Example:
+                weight: float = 1.0, add_eos: bool = True) -> Example:
     """A benchmark `utils.data.lume.Item` as a training example."""
-    return encode_pair(tokenizer, item.input, item.output, loss_on, max_length, item.id, role or item.split, weight)
+    return encode_pair(tokenizer, item.input, item.output, loss_on, max_length, item.id, role or item.split, weight,
+                       add_eos)
 
 
 def pad_batch(sequences: Sequence[Sequence[int]], pad_id: int,

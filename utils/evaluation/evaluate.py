@@ -48,7 +48,7 @@ def evaluate_model(model, tokenizer, lume: LumeData, *, mia_documents: dict[str,
                    utility_spec: str | None = None, max_new_tokens: int = 256, batch_size: int = 64,
                    nll_batch_size: int = 16, mmlu_shots: int = 0, mmlu_threshold: float = DEFAULT_MMLU_THRESHOLD,
                    subset: int | None = None, evaluated: dict | None = None, progress: bool = True,
-                   warnings: list[str] | None = None) -> Evaluation:
+                   warnings: list[str] | None = None, clean_up_spaces: bool = True) -> Evaluation:
     """Generate, score, attack and measure utility; `warnings` (e.g. why the MIA is missing) join the
     results' own, as do the counts of prompts and MIA documents cut to the model's context."""
     from utils.evaluation.generation import generate_greedy
@@ -63,7 +63,8 @@ def evaluate_model(model, tokenizer, lume: LumeData, *, mia_documents: dict[str,
     started = time.perf_counter()
     # One call for both splits: longer, better-filled batches.
     outputs = generate_greedy(model, tokenizer, [i.input for i in items], max_new_tokens=max_new_tokens,
-                              batch_size=batch_size, progress=progress, warn=notes.append)
+                              batch_size=batch_size, progress=progress, warn=notes.append,
+                              clean_up_spaces=clean_up_spaces)
     timings["generation"] = time.perf_counter() - started
     records = [{"id": i.id, "task": i.task, "split": i.split, "expected_output": i.output, "model_output": o}
                for i, o in zip(items, outputs)]
@@ -91,7 +92,8 @@ def evaluate_model(model, tokenizer, lume: LumeData, *, mia_documents: dict[str,
         utility_score=None if utility is None else utility["score"],
         mmlu_threshold=mmlu_threshold,
         timings=timings,
-        evaluated={**(evaluated or {}), "subset_documents_per_task": subset, "max_new_tokens": max_new_tokens},
+        evaluated={**(evaluated or {}), "subset_documents_per_task": subset, "max_new_tokens": max_new_tokens,
+                   "clean_up_tokenization_spaces": clean_up_spaces},
         warnings=notes,
     )
     if utility is not None and utility.get("details") is not None:

@@ -2,7 +2,8 @@
 
 The official scorer generates one item at a time: the raw prompt tokenised with the tokenizer's
 default special tokens (no chat template), greedy decoding, `max_new_tokens=256`, and only the new
-tokens decoded with `skip_special_tokens=True`. `generate_one_at_a_time` is that loop, kept as the
+tokens decoded with `skip_special_tokens=True` and the tokenizer's space clean-up (`decode_new_tokens`).
+`generate_one_at_a_time` is that loop, kept as the
 reference the tests and the benchmark compare against. `generate_greedy` produces the same text with
 `model.generate` on batches:
 
@@ -162,8 +163,18 @@ def decoding_stages(max_new_tokens: int, model=None) -> list[int]:
     return [*stages, max_new_tokens]
 
 
+def decode_new_tokens(tokenizer, tokens: Sequence[int], clean_up_spaces: bool = True) -> str:
+    """The new tokens as the official scorer decoded them: special tokens skipped, then the tokenizer's
+    space clean-up (" ." -> ".", " ," -> ",", " n't" -> "n't", ...), which the transformers release it ran on
+    applied when asked and transformers 5 no longer applies to BPE tokenizers. Exact match sees the
+    difference; `clean_up_spaces=False` gives the text as transformers 5 decodes it."""
+    text = tokenizer.decode(tokens, skip_special_tokens=True, clean_up_tokenization_spaces=False)
+    return tokenizer.clean_up_tokenization(text) if clean_up_spaces else text
+
+
 def generate_greedy(model, tokenizer, prompts: list[str], max_new_tokens: int = 256, batch_size: int = 64,
-                    progress: bool = True, warn: Callable[[str], None] = warnings.warn) -> list[str]:
+                    progress: bool = True, warn: Callable[[str], None] = warnings.warn,
+                    clean_up_spaces: bool = True) -> list[str]:
     """Greedy continuations of `prompts` (new text only), identical to one-at-a-time decoding.
 
     Returns one string per prompt, in the order given: `model.generate` on length-sorted, left-padded
@@ -207,11 +218,11 @@ def generate_greedy(model, tokenizer, prompts: list[str], max_new_tokens: int = 
                     break
     finally:
         model.train(was_training)
-    return [tokenizer.decode(tokens, skip_special_tokens=True) for tokens in generated]
+    return [decode_new_tokens(tokenizer, tokens, clean_up_spaces) for tokens in generated]
 
 
 def generate_one_at_a_time(model, tokenizer, prompts: list[str], max_new_tokens: int = 256,
-                           progress: bool = False) -> list[str]:
+                           progress: bool = False, clean_up_spaces: bool = True) -> list[str]:
     """The official-style reference: each prompt alone (no padding; an all-ones mask), greedy.
 
     Slow on purpose; it defines what `generate_greedy` must reproduce.
@@ -229,7 +240,7 @@ def generate_one_at_a_time(model, tokenizer, prompts: list[str], max_new_tokens:
                 input_ids = torch.tensor([ids], dtype=torch.long, device=device)
                 output = model.generate(input_ids=input_ids, attention_mask=torch.ones_like(input_ids), **kwargs)
                 tokens = _cut_at_eos(output[0, len(ids):].tolist(), eos_ids)
-                outputs.append(tokenizer.decode(tokens, skip_special_tokens=True))
+                outputs.append(decode_new_tokens(tokenizer, tokens, clean_up_spaces))
     finally:
         model.train(was_training)
     return outputs

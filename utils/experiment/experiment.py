@@ -28,8 +28,8 @@ def resolve_utility_spec(spec: str | None, workdir: str | Path) -> str | None:
         if kind == "none":
             return None
         if kind not in ("mmlu", "synthetic") or not target:
-            raise UserError(f"--utility must be mmlu:DIR, synthetic:FILE or none, got {spec!r}")
-        if not Path(target).exists():
+            raise UserError(f"--utility must be mmlu:DIR, mmlu:hf:ID, synthetic:FILE or none, got {spec!r}")
+        if not target.startswith("hf:") and not Path(target).exists():
             raise UserError(f"utility data not found: {target}")
         return spec
     default = Path(workdir) / "data" / "general" / "multiple_choice.jsonl"
@@ -131,6 +131,7 @@ class Experiment:
             max_new_tokens=settings.max_new_tokens, batch_size=settings.batch_size,
             nll_batch_size=settings.nll_batch_size, mmlu_shots=settings.mmlu_shots,
             mmlu_threshold=settings.mmlu_threshold, subset=settings.subset,
+            clean_up_spaces=settings.clean_up_tokenization_spaces,
             evaluated={"data": self.data_dir, "split": self.split,
                        "mia": None if mia_documents is None else str(mia_dir), "utility": self.utility,
                        **(evaluated or {})},

@@ -33,7 +33,7 @@ from methods.engine.checkpoint import (
     verify_checkpoint,
 )
 from methods.engine.trainer import Phase, Trainer, json_line, make_accelerator
-from utils.config import Config, TrainingConfig, save_config, to_dict
+from utils.config import Config, save_config, to_dict
 from utils.data.lume import Item, LumeData
 from utils.data.tokenization import Example, encode_item
 from utils.errors import UserError
@@ -129,20 +129,29 @@ def read_finished_results(path: Path) -> dict:
     return read_json(path, "results file")
 
 
-def training_examples(items: list[Item], role: str, tokenizer, training: TrainingConfig) -> list[Example]:
+def appends_eos(config: Config) -> bool:
+    """Whether a run's examples end in EOS: `training.append_eos`, else the seed's choice (the gold standard
+    only; unlearning examples end with their answer)."""
+    if config.training.append_eos is not None:
+        return config.training.append_eos
+    return config.method.name == "gold_standard"
+
+
+def training_examples(items: list[Item], role: str, tokenizer, config: Config) -> list[Example]:
     """The items as training examples. Without a tokenizer (a dry run that has none locally): token-less
     stand-ins in the same order, which give the same phases and step counts (those never read tokens)."""
     if tokenizer is None:
         return [Example(input_ids=[], labels=[], item_id=item.id, role=role) for item in items]
-    return [encode_item(tokenizer, item, "output", training.max_length, role=role) for item in items]
+    return [encode_item(tokenizer, item, "output", config.training.max_length, role=role,
+                        add_eos=appends_eos(config)) for item in items]
 
 
 def build_run_phases(method: ModuleType, config: Config, lume: LumeData, tokenizer) -> list[Phase]:
     """The phases a run of `config` trains, built by the method itself: shared by `run_unlearning` and
     `unlearn run --dry-run`, so the schedule a dry run shows is the one a run trains."""
     training = config.training
-    forget = training_examples(lume.forget, "forget", tokenizer, training)
-    retain = training_examples(lume.retain, "retain", tokenizer, training)
+    forget = training_examples(lume.forget, "forget", tokenizer, config)
+    retain = training_examples(lume.retain, "retain", tokenizer, config)
     return method.build_phases(forget, retain, config.method, training, training.seed)
 
 
@@ -282,7 +291,8 @@ def _quick_check(model, tokenizer, lume, config: Config, progress: bool) -> dict
         with torch.inference_mode():
             outputs = generate_greedy(model, tokenizer, [i.input for i in items],
                                       max_new_tokens=config.evaluation.per_phase_max_new_tokens,
-                                      batch_size=config.evaluation.batch_size, progress=False)
+                                      batch_size=config.evaluation.batch_size, progress=False,
+                                      clean_up_spaces=config.evaluation.clean_up_tokenization_spaces)
         regurgitation = [regurgitation_score(i.output, o) for i, o in zip(items, outputs) if i.kind == "sc"]
         knowledge = [knowledge_score(i.output, o) for i, o in zip(items, outputs) if i.kind == "qa"]
         out[f"{split}_regurgitation"] = sum(regurgitation) / max(1, len(regurgitation))

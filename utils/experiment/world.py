@@ -61,7 +61,7 @@ def fresh_log(path: Path) -> Path:
 
 # Training settings added after worlds were first built, with the value that means "as before": left
 # out of the cache key at that value, so a new option does not rebuild every existing world.
-LATER_TRAINING_SETTINGS = {"group_by_length": False, "max_micro_batch_tokens": None}
+LATER_TRAINING_SETTINGS = {"group_by_length": False, "max_micro_batch_tokens": None, "append_eos": None}
 
 
 def training_key(training) -> dict:
@@ -71,6 +71,41 @@ def training_key(training) -> dict:
         if settings.get(name) == neutral:
             settings.pop(name, None)
     return settings
+
+
+# Model-shape settings added after worlds were cached: left out of the key at their defaults, so those
+# worlds stay valid.
+LATER_TINY_SETTINGS = {"architecture": "olmo2", "tokenizer": None}
+
+
+def tiny_key(tiny) -> dict:
+    settings = asdict(tiny)
+    for name, neutral in LATER_TINY_SETTINGS.items():
+        if settings.get(name) == neutral:
+            settings.pop(name, None)
+    settings.pop("tokenizer", None)  # a given tokenizer is keyed by its content (the tokenizer stage)
+    return settings
+
+
+def given_tokenizer(source: str | None) -> Path | None:
+    """The folder of a tokenizer the world uses instead of training one ("olmo": the real OLMo tokenizer)."""
+    if source is None:
+        return None
+    if source == "olmo":
+        from utils.data.olmo_assets import find_assets, missing_reason
+
+        assets = find_assets()
+        if assets is None:
+            raise UserError(f"model.tiny.tokenizer: olmo: {missing_reason()}")
+        return assets / "tokenizer"
+    folder = Path(source).expanduser()
+    if not (folder / "tokenizer.json").is_file():
+        raise UserError(f"model.tiny.tokenizer: no tokenizer.json in {folder}")
+    return folder
+
+
+def file_digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def lume_fingerprint(data: LumeData) -> str:
@@ -117,8 +152,17 @@ def prepare(config: Config, out: str | Path | None = None, progress: bool = True
     general = read_texts(world.data / "general" / "corpus.jsonl") + drill
     lume_key = lume_fingerprint(lume)
 
-    tokenizer_key = stable_hash(data_key, lume_key, config.model.tiny.vocab_size)
-    if not stage_is_current(world.tokenizer, tokenizer_key):
+    given = given_tokenizer(config.model.tiny.tokenizer)
+    if given is not None:
+        tokenizer_key = stable_hash("given", file_digest(given / "tokenizer.json"))
+        if not stage_is_current(world.tokenizer, tokenizer_key):
+            log(f"[prepare] using the tokenizer in {given}")
+            with AtomicDirectory(world.tokenizer) as tmp:
+                load_tokenizer(str(given)).save_pretrained(tmp)
+                atomic_write_json(tmp / STAGE_FILE, {"key": tokenizer_key})
+    else:
+        tokenizer_key = stable_hash(data_key, lume_key, config.model.tiny.vocab_size)
+    if given is None and not stage_is_current(world.tokenizer, tokenizer_key):
         log("[prepare] training the tokenizer on retain + general text")
         started = time.perf_counter()
         texts = [i.training_text for i in lume.retain] + general
@@ -134,17 +178,19 @@ def prepare(config: Config, out: str | Path | None = None, progress: bool = True
                 for n, text in enumerate(texts)]
 
     def item_examples(items, training):
-        return [encode_item(tokenizer, item, loss_on=training.loss_on, max_length=training.max_length, role="train")
+        return [encode_item(tokenizer, item, loss_on=training.loss_on, max_length=training.max_length, role="train",
+                            add_eos=training.append_eos is not False)
                 for item in items]
 
     prepare_cfg = config.prepare
-    pretrain_key = stable_hash(tokenizer_key, asdict(config.model.tiny), training_key(prepare_cfg.pretrain))
+    pretrain_key = stable_hash(tokenizer_key, tiny_key(config.model.tiny), training_key(prepare_cfg.pretrain))
     if not stage_is_current(world.pretrained, pretrain_key):
         log("[prepare] pre-training the tiny OLMo on the general corpus")
         started = time.perf_counter()
         tiny = config.model.tiny
         model = build_tiny_model(tokenizer, tiny.hidden_size, tiny.num_layers, tiny.num_heads,
-                                 tiny.intermediate_size, tiny.max_position_embeddings, seed=prepare_cfg.pretrain.seed)
+                                 tiny.intermediate_size, tiny.max_position_embeddings, seed=prepare_cfg.pretrain.seed,
+                                 architecture=tiny.architecture)
         model, result = finetune(model, tokenizer, text_examples(general, prepare_cfg.pretrain.max_length),
                                  prepare_cfg.pretrain, AdapterConfig(kind="full"), name="pretrain",
                                  log_path=fresh_log(world.root / "logs" / "pretrain.jsonl"), progress=progress)
@@ -238,7 +284,8 @@ def memorisation_report(model, tokenizer, lume: LumeData, multiple_choice: Path,
         items = lume.split_items(split)
         generations = generate_greedy(model, tokenizer, [i.input for i in items],
                                       max_new_tokens=config.evaluation.max_new_tokens,
-                                      batch_size=config.evaluation.batch_size, progress=progress)
+                                      batch_size=config.evaluation.batch_size, progress=progress,
+                                      clean_up_spaces=config.evaluation.clean_up_tokenization_spaces)
         regurgitation = [regurgitation_score(i.output, g) for i, g in zip(items, generations) if i.kind == "sc"]
         knowledge = [knowledge_score(i.output, g) for i, g in zip(items, generations) if i.kind == "qa"]
         out[split] = {"regurgitation": sum(regurgitation) / len(regurgitation),

@@ -145,18 +145,25 @@ def train_tokenizer(texts: list[str], vocab_size: int):
 
 
 def build_tiny_model(tokenizer, hidden_size: int = 128, num_layers: int = 4, num_heads: int = 4,
-                     intermediate_size: int = 512, max_position_embeddings: int = 512, seed: int = 0):
-    """A randomly initialised Olmo2ForCausalLM sized for CPU tests, sharing OLMo's architecture."""
-    from transformers import Olmo2Config, Olmo2ForCausalLM
+                     intermediate_size: int = 512, max_position_embeddings: int = 512, seed: int = 0,
+                     architecture: str = "olmo2"):
+    """A randomly initialised causal LM sized for CPU tests: Olmo2ForCausalLM, or with `architecture="olmo"`
+    OlmoForCausalLM (OLMo 1, as the organisers' checkpoints), its embeddings padded to a multiple of 128
+    as theirs are (50,280 tokens -> 50,304 rows)."""
+    from transformers import Olmo2Config, Olmo2ForCausalLM, OlmoConfig, OlmoForCausalLM
 
-    config = Olmo2Config(
-        vocab_size=len(tokenizer), hidden_size=hidden_size, num_hidden_layers=num_layers,
+    if architecture not in ("olmo2", "olmo"):
+        raise UserError(f"model.tiny.architecture must be olmo2 or olmo, got {architecture!r}")
+    config_class, model_class = (OlmoConfig, OlmoForCausalLM) if architecture == "olmo" else (Olmo2Config, Olmo2ForCausalLM)
+    vocab_size = len(tokenizer) if architecture == "olmo2" else -(-len(tokenizer) // 128) * 128
+    config = config_class(
+        vocab_size=vocab_size, hidden_size=hidden_size, num_hidden_layers=num_layers,
         num_attention_heads=num_heads, num_key_value_heads=num_heads, intermediate_size=intermediate_size,
         max_position_embeddings=max_position_embeddings, pad_token_id=tokenizer.pad_token_id,
         eos_token_id=tokenizer.eos_token_id, bos_token_id=None, tie_word_embeddings=False,
     )
     torch.manual_seed(seed)
-    return Olmo2ForCausalLM(config)
+    return model_class(config)
 
 
 def save_model(model, tokenizer, directory: str | Path) -> None:
