@@ -6,7 +6,6 @@ interleaved (A, B, A, B, ...) in one process and the reports are medians and rat
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import statistics
@@ -129,8 +128,9 @@ def write_json(path: str | Path | None, payload: dict) -> Path | None:
     target = Path(path)
     if target.parent == Path("."):
         target = RESULTS_DIR / target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    target.write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
+    from utils.io import atomic_write_json
+
+    atomic_write_json(target, payload)
     return target
 
 
