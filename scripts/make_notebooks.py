@@ -68,7 +68,8 @@ def method_notebook(method: str, title: str, plots: str, references: str) -> nbf
         new_markdown_cell("## 1. The world\n\n`prepare` builds (or reuses, from its cache) the data, the tokenizer, "
                           "the *target* model that memorised forget + retain, and the *gold standard* trained on "
                           "retain only. On real data, point `data.path` and `model.name_or_path` at them instead."),
-        new_code_cell("report = experiment.prepare(progress=show_progress)\n"
+        new_code_cell("# Built in its own process when this notebook launches several: notebook_launcher needs a clean one.\n"
+                      "report = experiment.prepare(progress=show_progress, isolated=num_processes > 1)\n"
                       'for name in ("target", "gold_standard"):\n'
                       '    print(name, {k: report[name][k] for k in ("forget", "retain", "utility")})'),
         new_markdown_cell("## 2. Unlearn\n\nOne call runs the method on the shared training loop, checkpointing "
@@ -109,7 +110,7 @@ def experiments_notebook() -> nbformat.NotebookNode:
                       'runs = spec.runs([f"workdir={project_path(workdir)}", *overrides])\n'
                       "out = project_path(sweep_dir)"),
         new_markdown_cell("## 1. The world (cached)"),
-        new_code_cell("report = Experiment(runs[0].load()).prepare(progress=show_progress)\n"
+        new_code_cell("report = Experiment(runs[0].load()).prepare(progress=show_progress, isolated=num_processes > 1)\n"
                       'print(len(runs), "configurations:", list(spec.grid))'),
         new_markdown_cell("## 2. Run the grid"),
         new_code_cell("records = run_sweep(runs, out, progress=show_progress, num_processes=num_processes)"),

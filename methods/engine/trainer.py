@@ -16,7 +16,9 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import logging
 import math
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -27,6 +29,8 @@ from tqdm.auto import tqdm
 
 from utils.config import TrainingConfig
 from utils.data.tokenization import Example, collate
+
+logger = logging.getLogger(__name__)
 from utils.errors import UserError
 from utils.io import finite_or_null
 
@@ -68,13 +72,40 @@ class TrainingDiverged(UserError):
     """A loss became NaN or infinite; the caller keeps the last good checkpoint."""
 
 
+# Set by `accelerate launch` (its --mixed_precision flag or config file) and by notebook_launcher.
+LAUNCHER_PRECISION = "ACCELERATE_MIXED_PRECISION"
+
+
+def launch_precision(configured: str, environ=os.environ, cuda: bool | None = None) -> tuple[str | None, str]:
+    """(what to pass as the Accelerator's mixed_precision, a note when the config is overruled).
+
+    None leaves it to accelerate: a process started by `accelerate launch` or notebook_launcher takes the
+    precision the launch was given (flag or config file), as accelerate users expect; a plain process
+    takes `training.mixed_precision`. A CPU never mixes precision here.
+    """
+    cuda = torch.cuda.is_available() if cuda is None else cuda
+    if not cuda:
+        return "no", ""
+    launched = environ.get(LAUNCHER_PRECISION)
+    if launched is None:
+        return configured, ""
+    note = "" if launched == configured else (
+        f"training.mixed_precision is {configured} but accelerate was launched with {launched}: the launch's "
+        "setting is used (pass --mixed_precision to accelerate launch, or set it in its config file)")
+    return None, note
+
+
 def make_accelerator(mixed_precision: str = "no"):
     """An Accelerator that works on GPUs and, for tests and laptops, on CPU processes (gloo)."""
     from accelerate import Accelerator
 
-    use_cpu = not torch.cuda.is_available()
+    chosen, note = launch_precision(mixed_precision)
     # Without cpu=True, CPU processes started by `accelerate launch` each train alone on all the data.
-    return Accelerator(cpu=use_cpu, mixed_precision="no" if use_cpu else mixed_precision)
+    accelerator = Accelerator(cpu=not torch.cuda.is_available(),
+                              **({} if chosen is None else {"mixed_precision": chosen}))
+    if note and accelerator.is_main_process:
+        logger.warning(note)
+    return accelerator
 
 
 def lr_lambda(schedule: str, warmup_steps: int, total_steps: int) -> Callable[[int], float]:

@@ -113,11 +113,37 @@ class Experiment:
     # ------------------------------------------------------------------------------------------
     # Steps
 
-    def prepare(self, out: str | Path | None = None, progress: bool = True, log=print) -> dict:
-        """Build (or reuse, from its cache) the tiny world the config describes."""
+    def prepare(self, out: str | Path | None = None, progress: bool = True, log=print, isolated: bool = False) -> dict:
+        """Build (or reuse, from its cache) the tiny world the config describes.
+
+        `isolated` builds it in a child process (`unlearn prepare`): training creates an accelerate state,
+        and a notebook that will launch processes with notebook_launcher must not hold one.
+        """
+        if isolated:
+            return self._prepare_in_child(out, progress)
         from utils.experiment.world import prepare
 
         return prepare(self.config, out, progress=progress, log=log)
+
+    def _prepare_in_child(self, out: str | Path | None, progress: bool) -> dict:
+        import subprocess
+        import sys
+        import tempfile
+
+        from utils.config import save_config
+        from utils.io import read_json
+
+        workdir = Path(out) if out is not None else self.workdir
+        with tempfile.TemporaryDirectory(prefix="prepare-") as scratch:
+            resolved = Path(scratch) / "config.yaml"
+            save_config(self.config, resolved)  # the resolved config: no --set to re-parse
+            command = [sys.executable, "-m", "lume_unlearning", "prepare", "--config", str(resolved),
+                       "--out", str(workdir), *([] if progress else ["--quiet"])]
+            completed = subprocess.run(command, capture_output=not progress, text=True, check=False)
+        if completed.returncode != 0:
+            last = (completed.stderr or "").strip().splitlines()[-1:] if completed.stderr else []
+            raise UserError(f"unlearn prepare failed in its own process ({last[0] if last else 'see its output'})")
+        return read_json(workdir / "prepare_report.json", "prepare report")
 
     def evaluate(self, model, tokenizer, out: str | Path | None = None, *, evaluated: dict | None = None,
                  progress: bool = True, warnings: Sequence[str] = ()):
@@ -182,8 +208,10 @@ class Experiment:
         if num_processes > 1:
             from accelerate import notebook_launcher
 
+            # The launched processes take their precision from the launcher (see make_accelerator): give it
+            # the config's, so a notebook trains as `unlearn run` would.
             notebook_launcher(run_experiment, (self, resume, progress, evaluate, overwrite),
-                              num_processes=num_processes)
+                              num_processes=num_processes, mixed_precision=self.config.training.mixed_precision)
             return self.finished_results() or {}
         return run_experiment(self, resume=resume, progress=progress, evaluate=evaluate, overwrite=overwrite,
                               accelerator=accelerator, log=log, stop_after_phases=stop_after_phases)

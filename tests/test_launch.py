@@ -1,0 +1,49 @@
+"""Multi-process launches without accelerate's traps: the precision a launch was given is the one used,
+and a notebook that builds its world before launching several processes can still launch them."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+from methods.engine.trainer import LAUNCHER_PRECISION, launch_precision
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_the_launch_decides_the_precision_and_a_plain_process_takes_the_config():
+    assert launch_precision("bf16", {}, cuda=True) == ("bf16", "")
+    chosen, note = launch_precision("bf16", {LAUNCHER_PRECISION: "fp16"}, cuda=True)
+    assert chosen is None and "launched with fp16" in note and "training.mixed_precision is bf16" in note
+    assert launch_precision("bf16", {LAUNCHER_PRECISION: "bf16"}, cuda=True) == (None, "")
+    assert launch_precision("bf16", {LAUNCHER_PRECISION: "bf16"}, cuda=False) == ("no", "")
+
+
+def test_a_notebook_builds_its_world_then_launches_two_processes(small_world, tmp_path):
+    """The SUGD notebook's steps with num_processes=2 on CPU: the world (its gold standard missing, so
+    training is needed) is built in a child process, so the notebook's own process holds no accelerate
+    state and notebook_launcher (which refuses otherwise) runs the unlearning on 2 processes to the end."""
+    world = tmp_path / "world"
+    shutil.copytree(small_world.root, world)
+    shutil.rmtree(world / "gold_standard")
+    overrides = [*small_world.overrides, "training.epochs=1", "training.batch_size=4", "method.chunk_size=10",
+                 "adapter.kind=lora", "adapter.lora_rank=4", "evaluation.subset=1"]
+    script = textwrap.dedent(f"""
+        from utils.experiment import Experiment
+
+        experiment = Experiment.from_config({str(REPO / 'configs' / 'sugd.yaml')!r},
+                                            [f"workdir={world!s}", *{overrides!r}], {str(tmp_path / 'run')!r})
+        report = experiment.prepare(progress=False, isolated=True)
+        assert report["gold_standard"]["retain"]["regurgitation"] > 0.5
+        # notebook_launcher refuses to start when this process already holds an accelerate state.
+        results = experiment.run(progress=False, num_processes=2)
+        print("FINAL", results["final_score"])
+    """)
+    completed = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True,
+                               timeout=600, check=False)
+    assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
+    assert "FINAL" in completed.stdout and (world / "gold_standard" / "model.safetensors").is_file()
+    assert (tmp_path / "run" / "results.json").is_file()
