@@ -3,6 +3,7 @@ any work, and atomic writes (a result or checkpoint is either the old complete f
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -191,3 +192,12 @@ class AtomicDirectory:
         os.replace(self.tmp, self.final)
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """The SHA-256 of a file, read in blocks (checkpoints and wheels are large)."""
+    digest = hashlib.sha256()
+    with Path(path).open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

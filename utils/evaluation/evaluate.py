@@ -44,6 +44,22 @@ def subset_items(items: list[Item], documents_per_task: int | None) -> list[Item
 
 
 @torch.inference_mode()
+def split_means(model, tokenizer, items: list[Item], max_new_tokens: int, batch_size: int,
+                clean_up_spaces: bool = True, progress: bool = False) -> dict[str, float]:
+    """Mean regurgitation (sc items) and knowledge (qa items) of greedy generations for `items`: the quick
+    check of a run's phases and of the prepared world (no MIA, no utility, no files)."""
+    from utils.evaluation.generation import generate_greedy
+    from utils.evaluation.metrics import knowledge_score, regurgitation_score
+
+    outputs = generate_greedy(model, tokenizer, [i.input for i in items], max_new_tokens=max_new_tokens,
+                              batch_size=batch_size, progress=progress, clean_up_spaces=clean_up_spaces)
+    regurgitation = [regurgitation_score(i.output, o) for i, o in zip(items, outputs) if i.kind == "sc"]
+    knowledge = [knowledge_score(i.output, o) for i, o in zip(items, outputs) if i.kind == "qa"]
+    return {"regurgitation": sum(regurgitation) / max(1, len(regurgitation)),
+            "knowledge": sum(knowledge) / max(1, len(knowledge))}
+
+
+@torch.inference_mode()
 def evaluate_model(model, tokenizer, lume: LumeData, *, mia_documents: dict[str, list[str]] | None = None,
                    utility_spec: str | None = None, max_new_tokens: int = 256, batch_size: int = 64,
                    nll_batch_size: int = 16, mmlu_shots: int = 0, mmlu_threshold: float = DEFAULT_MMLU_THRESHOLD,

@@ -22,8 +22,6 @@ import time
 from pathlib import Path
 from types import ModuleType
 
-import torch
-
 from methods.engine.checkpoint import (
     STATE_FILE,
     checkpoint_dir,
@@ -280,23 +278,15 @@ def _quick_check(model, tokenizer, lume, config: Config, progress: bool) -> dict
     subset = config.evaluation.per_phase_subset
     if not subset:
         return {}
-    from utils.evaluation.evaluate import subset_items
-    from utils.evaluation.generation import generate_greedy
-    from utils.evaluation.metrics import knowledge_score, regurgitation_score
+    from utils.evaluation.evaluate import split_means, subset_items
 
     model.eval()
     out = {}
+    settings = config.evaluation
     for split in ("forget", "retain"):
-        items = subset_items(lume.split_items(split), subset)
-        with torch.inference_mode():
-            outputs = generate_greedy(model, tokenizer, [i.input for i in items],
-                                      max_new_tokens=config.evaluation.per_phase_max_new_tokens,
-                                      batch_size=config.evaluation.batch_size, progress=False,
-                                      clean_up_spaces=config.evaluation.clean_up_tokenization_spaces)
-        regurgitation = [regurgitation_score(i.output, o) for i, o in zip(items, outputs) if i.kind == "sc"]
-        knowledge = [knowledge_score(i.output, o) for i, o in zip(items, outputs) if i.kind == "qa"]
-        out[f"{split}_regurgitation"] = sum(regurgitation) / max(1, len(regurgitation))
-        out[f"{split}_knowledge"] = sum(knowledge) / max(1, len(knowledge))
+        means = split_means(model, tokenizer, subset_items(lume.split_items(split), subset),
+                            settings.per_phase_max_new_tokens, settings.batch_size, settings.clean_up_tokenization_spaces)
+        out[f"{split}_regurgitation"], out[f"{split}_knowledge"] = means["regurgitation"], means["knowledge"]
     model.train()
     return out
 

@@ -24,7 +24,7 @@ from utils.config import AdapterConfig, Config
 from utils.data.lume import LumeData, load_lume
 from utils.environment import describe_environment
 from utils.errors import UserError
-from utils.io import AtomicDirectory, atomic_write_json, read_jsonl
+from utils.io import AtomicDirectory, atomic_write_json, file_sha256, read_jsonl
 
 STAGE_FILE = "stage.json"
 REPORT_VERSION = 3  # bump when the report gains fields, so cached reports are recomputed
@@ -104,10 +104,6 @@ def given_tokenizer(source: str | None) -> Path | None:
     return folder
 
 
-def file_digest(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
 def lume_fingerprint(data: LumeData) -> str:
     return stable_hash([(i.id, i.input, i.output) for i in data.forget], [(i.id, i.input, i.output) for i in data.retain])
 
@@ -154,7 +150,7 @@ def prepare(config: Config, out: str | Path | None = None, progress: bool = True
 
     given = given_tokenizer(config.model.tiny.tokenizer)
     if given is not None:
-        tokenizer_key = stable_hash("given", file_digest(given / "tokenizer.json"))
+        tokenizer_key = stable_hash("given", file_sha256(given / "tokenizer.json"))
         if not stage_is_current(world.tokenizer, tokenizer_key):
             log(f"[prepare] using the tokenizer in {given}")
             with AtomicDirectory(world.tokenizer) as tmp:
@@ -275,21 +271,15 @@ def mean_nlls(model, tokenizer, items, batch_size: int) -> dict[str, float]:
 def memorisation_report(model, tokenizer, lume: LumeData, multiple_choice: Path, config: Config,
                         progress: bool) -> dict:
     """Mean regurgitation / knowledge per split (SPEC metrics, greedy) and utility on the synthetic set."""
-    from utils.evaluation.generation import generate_greedy
-    from utils.evaluation.metrics import knowledge_score, regurgitation_score
+    from utils.evaluation.evaluate import split_means
     from utils.evaluation.mmlu import evaluate_utility
 
     out: dict = {}
+    settings = config.evaluation
     for split in ("forget", "retain"):
         items = lume.split_items(split)
-        generations = generate_greedy(model, tokenizer, [i.input for i in items],
-                                      max_new_tokens=config.evaluation.max_new_tokens,
-                                      batch_size=config.evaluation.batch_size, progress=progress,
-                                      clean_up_spaces=config.evaluation.clean_up_tokenization_spaces)
-        regurgitation = [regurgitation_score(i.output, g) for i, g in zip(items, generations) if i.kind == "sc"]
-        knowledge = [knowledge_score(i.output, g) for i, g in zip(items, generations) if i.kind == "qa"]
-        out[split] = {"regurgitation": sum(regurgitation) / len(regurgitation),
-                      "knowledge": sum(knowledge) / len(knowledge),
+        out[split] = {**split_means(model, tokenizer, items, settings.max_new_tokens, settings.batch_size,
+                                    settings.clean_up_tokenization_spaces, progress),
                       # The gold standard's levels are natural `method.forget_loss_ceiling`s.
                       **mean_nlls(model, tokenizer, items, config.evaluation.nll_batch_size)}
     utility = evaluate_utility(model, tokenizer, f"synthetic:{multiple_choice}", progress=progress)
