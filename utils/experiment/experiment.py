@@ -75,9 +75,13 @@ class Experiment:
 
     def with_config(self, config: Config, run_dir: str | Path | None = None,
                     source: str | Path | None = None) -> Experiment:
-        """Another config in the same role (a run's resolved config; one method of quickstart's list)."""
-        return Experiment(config, run_dir if run_dir is not None else self.run_dir,
-                          source=source if source is not None else self.source, overrides=self.overrides)
+        """Another config in the same role (a run's resolved config; one method of quickstart's list). The
+        data and MIA documents already read are kept when the new config reads the same ones."""
+        other = Experiment(config, run_dir if run_dir is not None else self.run_dir,
+                           source=source if source is not None else self.source, overrides=self.overrides)
+        if (other.data_dir, other.split, config.data.mia_path) == (self.data_dir, self.split, self.config.data.mia_path):
+            other._lume, other._mia = self._lume, self._mia
+        return other
 
     # ------------------------------------------------------------------------------------------
     # Inputs, resolved once

@@ -64,27 +64,25 @@ def fresh_log(path: Path) -> Path:
 LATER_TRAINING_SETTINGS = {"group_by_length": False, "max_micro_batch_tokens": None, "append_eos": None}
 
 
+def without_neutral(settings: dict, neutral: dict) -> dict:
+    """`settings` less the keys that still hold the neutral value they had before they existed."""
+    return {name: value for name, value in settings.items() if name not in neutral or value != neutral[name]}
+
+
 def training_key(training) -> dict:
     """The training settings as a cache key (see LATER_TRAINING_SETTINGS)."""
-    settings = asdict(training)
-    for name, neutral in LATER_TRAINING_SETTINGS.items():
-        if settings.get(name) == neutral:
-            settings.pop(name, None)
-    return settings
+    return without_neutral(asdict(training), LATER_TRAINING_SETTINGS)
 
 
 # Model-shape settings added after worlds were cached: left out of the key at their defaults, so those
 # worlds stay valid.
-LATER_TINY_SETTINGS = {"architecture": "olmo2", "tokenizer": None}
+LATER_TINY_SETTINGS = {"architecture": "olmo2"}
 
 
 def tiny_key(tiny) -> dict:
-    settings = asdict(tiny)
-    for name, neutral in LATER_TINY_SETTINGS.items():
-        if settings.get(name) == neutral:
-            settings.pop(name, None)
-    settings.pop("tokenizer", None)  # a given tokenizer is keyed by its content (the tokenizer stage)
-    return settings
+    # A given tokenizer is keyed by its content, in the tokenizer stage's key.
+    settings = {name: value for name, value in asdict(tiny).items() if name != "tokenizer"}
+    return without_neutral(settings, LATER_TINY_SETTINGS)
 
 
 def given_tokenizer(source: str | None) -> Path | None:
