@@ -54,8 +54,8 @@ class Experiment:
         self.gold_standard = str(self.workdir / "gold_standard")
         self.data_dir = config.data.path or str(self.workdir / "data")
         self.split = config.data.split
-        self._lume = None
-        self._mia = None
+        # The LUME items and MIA documents, read on first use (shared with experiments on the same data).
+        self.read_inputs: dict = {}
 
     @classmethod
     def from_config(cls, path: str | Path | None = None, overrides: Sequence[str] = (),
@@ -80,7 +80,7 @@ class Experiment:
         other = Experiment(config, run_dir if run_dir is not None else self.run_dir,
                            source=source if source is not None else self.source, overrides=self.overrides)
         if (other.data_dir, other.split, config.data.mia_path) == (self.data_dir, self.split, self.config.data.mia_path):
-            other._lume, other._mia = self._lume, self._mia
+            other.read_inputs = self.read_inputs
         return other
 
     # ------------------------------------------------------------------------------------------
@@ -93,20 +93,20 @@ class Experiment:
 
     def lume(self):
         """The benchmark items of the configured folder and split (read and validated once)."""
-        if self._lume is None:
+        if "lume" not in self.read_inputs:
             from utils.data.lume import load_lume
 
-            self._lume = load_lume(self.data_dir, self.split)
-        return self._lume
+            self.read_inputs["lume"] = load_lume(self.data_dir, self.split)
+        return self.read_inputs["lume"]
 
     def mia(self) -> tuple[Path | None, dict | None, str | None]:
         """(MIA folder, member/nonmember documents, why the MIA is not measured): `data.mia_path`, 'none',
         or the folder found next to the data."""
-        if self._mia is None:
+        if "mia" not in self.read_inputs:
             from utils.data.lume import resolve_mia
 
-            self._mia = resolve_mia(self.config.data.mia_path, self.data_dir, self.split)
-        return self._mia
+            self.read_inputs["mia"] = resolve_mia(self.config.data.mia_path, self.data_dir, self.split)
+        return self.read_inputs["mia"]
 
     def check_inputs(self) -> None:
         """Read everything a run or an evaluation needs, so a bad input stops it before a model loads."""
