@@ -270,3 +270,21 @@ def test_a_resume_compares_the_methods_own_settings(tmp_path):
     saved["method"].update(retain_loss="none", chunk_size=32, retain_weight=1.0)
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(saved))
     check_resumable(config, tmp_path)
+    # A run saved before a training setting existed ran at that setting's default: it resumes, and only
+    # under the default.
+    del saved["training"]["master_weights"]
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(saved))
+    check_resumable(config, tmp_path)
+    with pytest.raises(UserError, match=r"different training\.master_weights than this config"):
+        check_resumable(load_config(None, ["method.name=ga", "training.master_weights=none", f"workdir={tmp_path}"]),
+                        tmp_path)
+
+
+def test_a_partly_given_section_keeps_the_defaults_of_its_place():
+    default = load_config(None, [])
+    tuned = load_config(None, ["training.learning_rate=1e-3", "prepare.target.epochs=5"])
+    # Only the named keys change: the run's 3 epochs and the target's memorising schedule stay.
+    assert tuned.training.learning_rate == 1e-3 and tuned.training.epochs == default.training.epochs == 3
+    assert tuned.prepare.target.epochs == 5
+    assert tuned.prepare.target.learning_rate == default.prepare.target.learning_rate == 2e-3
+    assert tuned.prepare.target.warmup_steps == default.prepare.target.warmup_steps == 20

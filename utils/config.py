@@ -98,6 +98,10 @@ class TrainingConfig:
     # EOS after each example's answer. None: as the seed did, for the gold standard (and the models
     # `unlearn prepare` trains) but not for unlearning examples, so ascent does not push EOS down too.
     append_eos: bool | None = None
+    # Trainable weights held in bf16/fp16 are stepped as fp32 copies (an update at lr 1e-5 otherwise rounds
+    # away). auto: when some trainable weight is bf16/fp16, except under DeepSpeed/FSDP (they keep their own);
+    # fp32: whenever some is; none: step the low-precision weights in place (less memory, coarser updates).
+    master_weights: Literal["auto", "fp32", "none"] = "auto"
 
 
 @dataclass
@@ -204,8 +208,23 @@ def from_dict(cls: type, data: Any, path: str = "") -> Any:
     values = {}
     for key, value in data.items():
         where = f"{path}.{key}" if path else key
-        values[key] = _coerce(hints[key], value, where)
+        values[key] = _coerce(hints[key], _over_section_default(cls, key, hints[key], value), where)
     return cls(**values)
+
+
+def _over_section_default(cls: type, key: str, hint: Any, value: Any) -> Any:
+    """A partly given section keeps the defaults its parent gives it (Config's training has 3 epochs, where a
+    bare TrainingConfig has 1): `training.learning_rate=1e-3` changes the learning rate and nothing else."""
+    if not (dataclasses.is_dataclass(hint) and hint is not MethodConfig and isinstance(value, dict)):
+        return value
+    field_ = next(f for f in dataclasses.fields(cls) if f.name == key)
+    if field_.default_factory is dataclasses.MISSING:
+        return value
+    default = field_.default_factory()
+    if not dataclasses.is_dataclass(default):
+        return value
+    given = dataclasses.asdict(default)
+    return {**{name: given[name] for name in given if name not in value}, **value}
 
 
 def method_from_dict(data: Any, path: str = "method") -> MethodConfig:

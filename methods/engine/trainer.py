@@ -28,6 +28,7 @@ import torch
 from tqdm.auto import tqdm
 
 from utils.config import TrainingConfig
+from methods.engine.precision import MasterWeights, wants_master_weights
 from utils.data.tokenization import Example, collate
 
 logger = logging.getLogger(__name__)
@@ -248,7 +249,11 @@ class Trainer:
         params = [p for p in self.model.parameters() if p.requires_grad]
         if not params:
             raise UserError("the model has no trainable parameters (check the adapter settings)")
-        optimizer = torch.optim.AdamW(params, lr=self.config.learning_rate, weight_decay=self.config.weight_decay)
+        # The optimiser steps fp32 copies of bf16/fp16 trainable weights (see methods.engine.precision).
+        master = MasterWeights(params) if wants_master_weights(
+            self.config.master_weights, params, self.accelerator) else None
+        stepped = master.parameters if master else params
+        optimizer = torch.optim.AdamW(stepped, lr=self.config.learning_rate, weight_decay=self.config.weight_decay)
         scheduler = torch.optim.lr_scheduler.LambdaLR(
             optimizer, lr_lambda(self.config.lr_schedule, self.config.warmup_steps, len(batches)))
         optimizer = self.accelerator.prepare_optimizer(optimizer)
@@ -289,11 +294,15 @@ class Trainer:
                 raise TrainingDiverged(
                     f"loss became {step_loss} in phase '{phase.name}' at step {step + 1}; "
                     "the last good checkpoint is kept (lower the learning rate or set a forget_loss_ceiling)")
+            if master:
+                master.take_gradients()
             if self.config.max_grad_norm and self.config.max_grad_norm > 0:
-                self.accelerator.clip_grad_norm_(params, self.config.max_grad_norm)
+                self.accelerator.clip_grad_norm_(stepped, self.config.max_grad_norm)
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
+            if master:
+                master.write_back()
             if not all_finite(params):
                 raise TrainingDiverged(
                     f"the weights became non-finite in phase '{phase.name}' at step {step + 1} (loss {step_loss:.4g}); "

@@ -84,7 +84,12 @@ def check_resumable(config: Config, run_dir: Path) -> None:
         # Only the method's own settings decide its training (a run saved before the settings were typed
         # holds every method's keys).
         saved["method"] = {k: v for k, v in saved["method"].items() if k in current["method"]}
+    defaults = to_dict(Config())
     for section in RESUME_SECTIONS:
+        if section != "method" and isinstance(saved.get(section), dict):
+            # A setting added since the run was saved ran at its default (training.master_weights, ...).
+            saved[section] = {**{k: v for k, v in defaults[section].items() if k not in saved[section]},
+                              **saved[section]}
         if saved.get(section) != current[section]:
             key = next((f"{section}.{k}" for k in current[section]
                         if (saved.get(section) or {}).get(k) != current[section][k]), section)
