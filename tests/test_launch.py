@@ -47,3 +47,57 @@ def test_a_notebook_builds_its_world_then_launches_two_processes(small_world, tm
     assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
     assert "FINAL" in completed.stdout and (world / "gold_standard" / "model.safetensors").is_file()
     assert (tmp_path / "run" / "results.json").is_file()
+
+
+def test_evaluation_split_over_two_processes_equals_one(small_world, tmp_path):
+    """`unlearn evaluate`'s path under a launcher of 2 CPU processes: each process scores half the items, MIA
+    documents and utility questions, and the gathered evaluation is the one-process evaluation."""
+    import json
+
+    from utils.experiment import Experiment
+
+    overrides = [*small_world.overrides, f"workdir={small_world.root}", "evaluation.batch_size=4",
+                 "evaluation.nll_batch_size=3"]
+    alone = Experiment.from_config(None, overrides).evaluate_checkpoint(str(small_world.target), tmp_path / "one",
+                                                                       progress=False)
+    script = textwrap.dedent(f"""
+        import os
+
+        from accelerate import notebook_launcher
+
+        import utils.evaluation.generation as generation
+        from utils.experiment import Experiment
+
+        whole = generation.generate_greedy
+
+        def counted(model, tokenizer, prompts, **kwargs):
+            print("RANK", os.environ["RANK"], "PROMPTS", len(prompts), flush=True)
+            return whole(model, tokenizer, prompts, **kwargs)
+
+        def evaluate():
+            generation.generate_greedy = counted
+            Experiment.from_config(None, {overrides!r}).evaluate_checkpoint(
+                {str(small_world.target)!r}, {str(tmp_path / 'two')!r}, progress=False)
+
+        notebook_launcher(evaluate, num_processes=2)
+    """)
+    completed = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True,
+                               timeout=600, check=False)
+    assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
+    # Each process generated for half of the items, not all of them.
+    items = sum(sum(kinds.values()) for tasks in alone["counts"].values() for kinds in tasks.values())
+    assert items > 20
+    assert sorted(completed.stdout.split("RANK")[1:]) == [f" 0 PROMPTS {(items + 1) // 2}\n",
+                                                          f" 1 PROMPTS {items // 2}\n"]
+    shared = json.loads((tmp_path / "two" / "results.json").read_text())
+    for split in ("forget", "retain"):
+        one = (tmp_path / "one" / f"{split}_generations.jsonl").read_text()
+        assert (tmp_path / "two" / f"{split}_generations.jsonl").read_text() == one
+    assert shared["terms"] == alone["terms"] and shared["task_aggregate"] == alone["task_aggregate"]
+    assert shared["utility"] == alone["utility"] and shared["utility"]["score"] > 0
+    for key in ("final_score", "mia_auc"):
+        assert abs(shared[key] - alone[key]) < 1e-9, (key, shared[key], alone[key])
+    assert shared["mia_attacks"].keys() == alone["mia_attacks"].keys()
+    member_one = json.loads((tmp_path / "one" / "mia_nll.json").read_text())["member"]
+    member_two = json.loads((tmp_path / "two" / "mia_nll.json").read_text())["member"]
+    assert max(abs(a - b) for a, b in zip(member_one, member_two)) < 1e-5

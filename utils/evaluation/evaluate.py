@@ -17,6 +17,7 @@ import torch
 from utils.config import DEFAULT_MMLU_THRESHOLD
 from utils.data.lume import TASKS, Item, LumeData
 from utils.environment import describe_environment
+from utils.evaluation.sharding import ALONE, Shards
 from utils.io import atomic_write_json, write_jsonl
 
 
@@ -64,9 +65,11 @@ def evaluate_model(model, tokenizer, lume: LumeData, *, mia_documents: dict[str,
                    utility_spec: str | None = None, max_new_tokens: int = 256, batch_size: int = 64,
                    nll_batch_size: int = 16, mmlu_shots: int = 0, mmlu_threshold: float = DEFAULT_MMLU_THRESHOLD,
                    subset: int | None = None, evaluated: dict | None = None, progress: bool = True,
-                   warnings: list[str] | None = None, clean_up_spaces: bool = True) -> Evaluation:
+                   warnings: list[str] | None = None, clean_up_spaces: bool = True,
+                   shards: Shards = ALONE) -> Evaluation:
     """Generate, score, attack and measure utility; `warnings` (e.g. why the MIA is missing) join the
-    results' own, as do the counts of prompts and MIA documents cut to the model's context."""
+    results' own, as do the counts of prompts and MIA documents cut to the model's context. Under several
+    processes each scores its `shards` share and every process returns the whole evaluation."""
     from utils.evaluation.generation import generate_greedy
     from utils.evaluation.metrics import build_results, compute_terms
     from utils.evaluation.mia import run_mia
@@ -77,10 +80,13 @@ def evaluate_model(model, tokenizer, lume: LumeData, *, mia_documents: dict[str,
     timings: dict[str, float] = {}
     items = subset_items(lume.forget, subset) + subset_items(lume.retain, subset)
     started = time.perf_counter()
+    progress = progress and shards.is_main
     # One call for both splits: longer, better-filled batches.
-    outputs = generate_greedy(model, tokenizer, [i.input for i in items], max_new_tokens=max_new_tokens,
-                              batch_size=batch_size, progress=progress, warn=notes.append,
-                              clean_up_spaces=clean_up_spaces)
+    outputs = shards.map(
+        lambda prompts, warn: generate_greedy(model, tokenizer, prompts, max_new_tokens=max_new_tokens,
+                                              batch_size=batch_size, progress=progress, warn=warn,
+                                              clean_up_spaces=clean_up_spaces),
+        [i.input for i in items], notes.append)
     timings["generation"] = time.perf_counter() - started
     records = [{"id": i.id, "task": i.task, "split": i.split, "expected_output": i.output, "model_output": o}
                for i, o in zip(items, outputs)]
@@ -90,14 +96,14 @@ def evaluate_model(model, tokenizer, lume: LumeData, *, mia_documents: dict[str,
     if mia_documents is not None:
         started = time.perf_counter()
         mia = run_mia(model, tokenizer, mia_documents["member"], mia_documents["nonmember"],
-                      batch_size=nll_batch_size, progress=progress, warn=notes.append)
+                      batch_size=nll_batch_size, progress=progress, warn=notes.append, shards=shards)
         timings["mia"] = time.perf_counter() - started
 
     utility = None
     if utility_spec and utility_spec != "none":
         started = time.perf_counter()
         utility = evaluate_utility(model, tokenizer, utility_spec, shots=mmlu_shots, batch_size=nll_batch_size,
-                                   progress=progress)
+                                   progress=progress, shards=shards)
         timings["utility"] = time.perf_counter() - started
 
     results = build_results(

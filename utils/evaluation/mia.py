@@ -38,6 +38,7 @@ from tqdm.auto import tqdm
 from utils.data.tokenization import length_sorted_batches, pad_batch
 from utils.errors import UserError
 from utils.evaluation.metrics import mia_auc, mia_score, roc_auc
+from utils.evaluation.sharding import ALONE, Shards
 from utils.models.loading import context_length
 
 DEFAULT_K = 0.2
@@ -223,8 +224,8 @@ def attack_aucs(member_stats: Sequence[DocumentStatistics], nonmember_stats: Seq
 
 def run_mia(model, tokenizer, member_docs: Sequence[str], nonmember_docs: Sequence[str], batch_size: int = 16,
             progress: bool = True, max_length: int | None = None, k: float = DEFAULT_K,
-            warn: Callable[[str], None] = warnings.warn) -> dict[str, Any]:
-    """All attacks over members and non-members in one pass each document.
+            warn: Callable[[str], None] = warnings.warn, shards: Shards = ALONE) -> dict[str, Any]:
+    """All attacks over members and non-members in one pass each document (each process its `shards` share).
 
     Returns `{"member_nll", "nonmember_nll", "auc" (official loss AUC), "score" (1 - 2|auc - 0.5|),
     "attacks": {"loss", "zlib", "min_k", "min_k_plus_plus"}}`.
@@ -232,8 +233,11 @@ def run_mia(model, tokenizer, member_docs: Sequence[str], nonmember_docs: Sequen
     if not member_docs or not nonmember_docs:
         raise UserError("the MIA needs at least one member and one non-member document")
     # One call so members and non-members share batches (fewer, fuller batches).
-    stats = token_statistics(model, tokenizer, [*member_docs, *nonmember_docs], batch_size=batch_size,
-                             max_length=max_length, distribution_stats=True, progress=progress, warn=warn)
+    stats = shards.map(
+        lambda documents, warn_share: token_statistics(model, tokenizer, documents, batch_size=batch_size,
+                                                       max_length=max_length, distribution_stats=True,
+                                                       progress=progress, warn=warn_share),
+        [*member_docs, *nonmember_docs], warn)
     member_stats, nonmember_stats = stats[:len(member_docs)], stats[len(member_docs):]
     attacks = attack_aucs(member_stats, nonmember_stats, k)
     return {

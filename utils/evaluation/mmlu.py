@@ -35,6 +35,7 @@ from tqdm.auto import tqdm
 
 from utils.data.tokenization import encode_prompt, length_sorted_batches, pad_batch
 from utils.errors import UserError
+from utils.evaluation.sharding import ALONE, Shards
 from utils.io import read_jsonl
 
 LETTERS = ("A", "B", "C", "D")
@@ -316,6 +317,10 @@ def _accuracy_summary(questions: Sequence[MultipleChoiceQuestion], predictions: 
     }
 
 
+def _ignore(_note: str) -> None:
+    """Scoring questions warns of nothing."""
+
+
 def _argmax(values: Sequence[float]) -> int:
     # First maximum on ties, like torch/numpy argmax.
     return max(range(len(values)), key=lambda i: (values[i], -i))
@@ -323,23 +328,26 @@ def _argmax(values: Sequence[float]) -> int:
 
 def predict_letters(model, tokenizer, questions: Sequence[MultipleChoiceQuestion],
                     dev_questions: Sequence[MultipleChoiceQuestion] | None = None, shots: int = 0,
-                    max_prompt_tokens: int = 2048, batch_size: int = 16, progress: bool = True
-                    ) -> tuple[list[int], list[int]]:
-    """(predicted choice index, shots used) per question under MMLU letter scoring."""
+                    max_prompt_tokens: int = 2048, batch_size: int = 16, progress: bool = True,
+                    shards: Shards = ALONE) -> tuple[list[int], list[int]]:
+    """(predicted choice index, shots used) per question under MMLU letter scoring (each process scoring its
+    `shards` share)."""
     prompts, used = build_mmlu_prompts(tokenizer, questions, dev_questions, shots, max_prompt_tokens)
-    logits = next_token_logits(model, tokenizer, prompts, letter_token_ids(tokenizer), batch_size, progress,
-                               desc=f"MMLU {shots}-shot")
+    letters = letter_token_ids(tokenizer)
+    logits = shards.map(lambda share, _warn: next_token_logits(model, tokenizer, share, letters, batch_size, progress,
+                                                               desc=f"MMLU {shots}-shot"), prompts, _ignore)
     return [_argmax(row) for row in logits], used
 
 
 def mmlu_accuracy(model, tokenizer, questions: Sequence[MultipleChoiceQuestion],
                   dev_questions: Sequence[MultipleChoiceQuestion] | None = None, shots: int = 0,
-                  max_prompt_tokens: int = 2048, batch_size: int = 16, progress: bool = True) -> dict[str, Any]:
+                  max_prompt_tokens: int = 2048, batch_size: int = 16, progress: bool = True,
+                  shards: Shards = ALONE) -> dict[str, Any]:
     """Letter-scored accuracy: `{"pooled", "subject_mean", "per_subject", "n", "shots", "mean_shots_used"}`."""
     if not questions:
         raise UserError("no MMLU questions to evaluate")
     predictions, used = predict_letters(model, tokenizer, questions, dev_questions, shots, max_prompt_tokens,
-                                        batch_size, progress)
+                                        batch_size, progress, shards)
     summary = _accuracy_summary(questions, predictions)
     summary["shots"] = shots
     summary["mean_shots_used"] = sum(used) / len(used)
@@ -396,7 +404,8 @@ def choice_log_likelihoods(model, tokenizer, questions: Sequence[MultipleChoiceQ
 
 
 def choice_likelihood_accuracy(model, tokenizer, questions: Sequence[MultipleChoiceQuestion], batch_size: int = 16,
-                               progress: bool = True, length_normalize: bool = False) -> dict[str, Any]:
+                               progress: bool = True, length_normalize: bool = False,
+                               shards: Shards = ALONE) -> dict[str, Any]:
     """Cloze accuracy: the choice whose text the model finds most likely after `question + " Answer:"`.
 
     The default scores the *sum* of the choice's token log-probs, i.e. the probability of the whole
@@ -406,7 +415,8 @@ def choice_likelihood_accuracy(model, tokenizer, questions: Sequence[MultipleCho
     """
     if not questions:
         raise UserError("no multiple-choice questions to evaluate")
-    likelihoods = choice_log_likelihoods(model, tokenizer, questions, batch_size, progress)
+    likelihoods = shards.map(lambda share, _warn: choice_log_likelihoods(model, tokenizer, share, batch_size, progress),
+                             list(questions), _ignore)
     predictions = []
     for choices in likelihoods:
         values = [total / max(count, 1) if length_normalize else total for total, count in choices]
@@ -419,7 +429,8 @@ def choice_likelihood_accuracy(model, tokenizer, questions: Sequence[MultipleCho
 # ---- one entry point -------------------------------------------------------------------------------
 
 def evaluate_utility(model, tokenizer, spec: str, shots: int = 0, batch_size: int = 16, progress: bool = True,
-                     average: Average | None = None, max_prompt_tokens: int = 2048) -> dict[str, Any] | None:
+                     average: Average | None = None, max_prompt_tokens: int = 2048,
+                     shards: Shards = ALONE) -> dict[str, Any] | None:
     """Run the utility benchmark named by `spec`: "mmlu:DIR", "mmlu:hf:ID" (a hub dataset such as cais/mmlu),
     "synthetic:FILE" or "none" (-> None).
 
@@ -441,12 +452,13 @@ def evaluate_utility(model, tokenizer, spec: str, shots: int = 0, batch_size: in
         load = (lambda split: load_mmlu_from_hub(hub_id, split)) if hub_id else (lambda split: load_mmlu(location, split))
         questions = load("test")
         dev = load("dev") if shots > 0 else None
-        details = mmlu_accuracy(model, tokenizer, questions, dev, shots, max_prompt_tokens, batch_size, progress)
+        details = mmlu_accuracy(model, tokenizer, questions, dev, shots, max_prompt_tokens, batch_size, progress,
+                                shards)
         chosen: Average = average or ("pooled" if shots > 0 else "subject")
         benchmark = "mmlu" if shots == 0 else f"mmlu-{shots}shot"
     else:
         questions = load_synthetic_questions(location)
-        details = choice_likelihood_accuracy(model, tokenizer, questions, batch_size, progress)
+        details = choice_likelihood_accuracy(model, tokenizer, questions, batch_size, progress, shards=shards)
         chosen = average or "pooled"
         benchmark = "synthetic-multiple-choice"
     details["average"] = chosen

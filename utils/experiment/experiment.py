@@ -150,9 +150,14 @@ class Experiment:
         return read_json(workdir / "prepare_report.json", "prepare report")
 
     def evaluate(self, model, tokenizer, out: str | Path | None = None, *, evaluated: dict | None = None,
-                 progress: bool = True, warnings: Sequence[str] = ()):
-        """Score `model` the official way with this config's evaluation settings; written to `out` if given."""
+                 progress: bool = True, warnings: Sequence[str] = (), shards=None):
+        """Score `model` the official way with this config's evaluation settings; written to `out` if given.
+        Under several processes (`shards`, a utils.evaluation.sharding.Shards) each scores its share, every
+        process gets the whole evaluation and the first one writes it."""
         from utils.evaluation.evaluate import evaluate_model, write_evaluation
+        from utils.evaluation.sharding import ALONE
+
+        shards = shards or ALONE
 
         settings = self.config.evaluation
         mia_dir, mia_documents, mia_missing = self.mia()
@@ -165,13 +170,16 @@ class Experiment:
             evaluated={"data": self.data_dir, "split": self.split,
                        "mia": None if mia_documents is None else str(mia_dir), "utility": self.utility,
                        **(evaluated or {})},
-            progress=progress, warnings=[*([mia_missing] if mia_missing else []), *warnings])
-        if out is not None:
+            progress=progress, warnings=[*([mia_missing] if mia_missing else []), *warnings], shards=shards)
+        if out is not None and shards.is_main:
             write_evaluation(evaluation, out)
         return evaluation
 
     def load(self, model_name: str, tokenizer: str | None = None):
-        """(model, tokenizer) of a checkpoint with this config's dtype and remote-code setting, on the GPU if any."""
+        """(model, tokenizer) of a checkpoint with this config's dtype and remote-code setting, on the GPU if any
+        (this process's own GPU when a launcher started several)."""
+        import os
+
         import torch
 
         from utils.models.loading import load_model_and_tokenizer
@@ -179,7 +187,7 @@ class Experiment:
         model, tokenizer = load_model_and_tokenizer(model_name, tokenizer, self.config.model.dtype,
                                                     self.config.model.trust_remote_code)
         if torch.cuda.is_available():
-            model.to("cuda")
+            model.to(f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}")
         return model, tokenizer
 
     def evaluate_checkpoint(self, model_name: str, out: str | Path | None = None, tokenizer: str | None = None,
@@ -187,14 +195,19 @@ class Experiment:
         """Load a checkpoint (folder, hub name or LoRA adapter) and evaluate it; returns results.json's dict."""
         import time
 
+        from utils.evaluation.sharding import Shards
+
+        # Started by `accelerate launch` or torchrun on several processes: each evaluates its share.
+        shards = Shards.from_environment()
         self.check_inputs()
         model, loaded_tokenizer = self.load(model_name, tokenizer)
         started = time.perf_counter()  # the evaluation's time, not the load's
-        evaluation = self.evaluate(model, loaded_tokenizer, evaluated={"model": model_name}, progress=progress)
+        evaluation = self.evaluate(model, loaded_tokenizer, evaluated={"model": model_name}, progress=progress,
+                                   shards=shards)
         evaluation.results["timings"]["total"] = time.perf_counter() - started
         if label is not None:
             evaluation.results["method"] = label
-        if out is not None:
+        if out is not None and shards.is_main:
             from utils.evaluation.evaluate import write_evaluation
 
             write_evaluation(evaluation, out)

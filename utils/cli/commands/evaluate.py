@@ -66,6 +66,9 @@ def run(args) -> int:
         raise UserError(f"{out} already holds finished results ({out / 'results.json'}); choose another --out")
     results = experiment.evaluate_checkpoint(experiment.target, out, tokenizer=experiment.config.model.tokenizer,
                                              progress=not args.quiet)
-    print(summary_text(results))
-    print(f"results written to {out / 'results.json'}")
+    from utils.evaluation.sharding import Shards
+
+    if Shards.from_environment().is_main:  # one report, also when a launcher started several processes
+        print(summary_text(results))
+        print(f"results written to {out / 'results.json'}")
     return 0
