@@ -275,3 +275,32 @@ def test_diverging_loss_keeps_the_last_good_checkpoint(small_world, reference_ru
                         load_file(reference_run / "model" / "model.safetensors"), atol=1e-6)
     assert len(read_jsonl(out / "log.jsonl")) == STEPS
     shutil.rmtree(out)
+
+
+def test_sparser_checkpoints_kept_in_number_and_a_resume_from_one(small_world, reference_run, tmp_path):
+    """checkpoint_every=2 and keep_checkpoints=2 on 5 phases: checkpoints after phases 2, 4 and 5 (the last),
+    the newest in checkpoint/ and one earlier kept; a run stopped after phase 3 resumes from phase 2's
+    checkpoint to the weights of the uninterrupted run (whose checkpoints came after every phase)."""
+    from utils.experiment import Experiment
+
+    out = tmp_path / "sparse"
+    overrides = [*small_world.overrides, f"workdir={small_world.root}", *RUN_OVERRIDES,
+                 "training.checkpoint_every=2", "training.keep_checkpoints=2"]
+    experiment = Experiment.from_config(str(CONFIG), overrides, out)
+    plan = experiment.plan()["checkpoints"]
+    assert plan["count"] == 3 and "one every 2 phases and after the last" in plan["note"]
+    assert experiment.run(progress=False, evaluate=False, stop_after_phases=3, log=lambda _: None) == \
+        {"stopped_after_phase": 3}
+    assert load_checkpoint(out)["phases_done"] == 2 and not (out / "checkpoints").exists()
+    # A resume may change how often checkpoints are written: it does not change the weights.
+    resumed = Experiment.from_config(str(CONFIG), [*overrides[:-1], "training.keep_checkpoints=2",
+                                                   "training.checkpoint_every=1"], out)
+    resumed.run(resume=True, progress=False, evaluate=False, log=lambda _: None)
+    assert load_checkpoint(out)["phases_done"] == PHASES
+    kept = sorted(p.name for p in (out / "checkpoints").iterdir())
+    assert kept == ["after-phase-0004"], kept  # after 2, 3 (every=1 now) and 4 came; one earlier is kept
+    assert load_file(out / "checkpoints" / kept[0] / "trainable.safetensors").keys() == \
+        load_file(out / "checkpoint" / "trainable.safetensors").keys()
+    assert_same_tensors(load_file(out / "model" / "model.safetensors"),
+                        load_file(reference_run / "model" / "model.safetensors"), atol=1e-6)
+    assert len(read_jsonl(out / "log.jsonl")) == STEPS and len(read_jsonl(out / "phases.jsonl")) == PHASES

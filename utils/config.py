@@ -102,6 +102,11 @@ class TrainingConfig:
     # away). auto: when some trainable weight is bf16/fp16, except under DeepSpeed/FSDP (they keep their own);
     # fp32: whenever some is; none: step the low-precision weights in place (less memory, coarser updates).
     master_weights: Literal["auto", "fp32", "none"] = "auto"
+    # Phases between checkpoints (the last phase always gets one); a 7B last-8 checkpoint is about 3 GB.
+    checkpoint_every: int = 1
+    # Checkpoints kept: the newest in checkpoint/ (what --resume reads) and up to N-1 earlier ones in
+    # checkpoints/after-phase-NNNN/ (hard links: keeping one costs no copy).
+    keep_checkpoints: int = 1
 
 
 @dataclass
@@ -375,6 +380,7 @@ BOUNDS: dict[type, dict[str, Bound]] = {
         "learning_rate": POSITIVE, "batch_size": AT_LEAST_ONE, "gradient_accumulation_steps": AT_LEAST_ONE,
         "warmup_steps": NON_NEGATIVE, "max_grad_norm": NON_NEGATIVE, "weight_decay": NON_NEGATIVE,
         "seed": SEED, "max_length": AT_LEAST_ONE, "max_micro_batch_tokens": Bound(low=1, nullable=True),
+        "checkpoint_every": AT_LEAST_ONE, "keep_checkpoints": AT_LEAST_ONE,
     },
     AdapterConfig: {"lora_rank": AT_LEAST_ONE, "lora_alpha": AT_LEAST_ONE,
                     "lora_dropout": Bound(low=0, high=1, high_open=True), "last_k": AT_LEAST_ONE},

@@ -4,6 +4,8 @@ to continue from, swapped in whole (a kill never leaves half a checkpoint), veri
 from __future__ import annotations
 
 import json
+import os
+import shutil
 from pathlib import Path
 
 from methods.engine.trainer import TrainingDiverged, all_finite
@@ -12,6 +14,7 @@ from utils.io import AtomicDirectory, atomic_write_json, file_sha256
 from utils.models.adapters import trainable_state
 
 CHECKPOINT = "checkpoint"
+EARLIER = "checkpoints"  # earlier checkpoints kept by training.keep_checkpoints
 STATE_FILE = "state.json"
 WEIGHTS_FILE = "trainable.safetensors"
 STATE_KEYS = ("phases_done", "phases_total", "global_step", "log_lines")
@@ -52,6 +55,32 @@ def save_checkpoint(model, run_dir: Path, state: dict) -> None:
     with AtomicDirectory(run_dir / CHECKPOINT) as tmp:
         save_file(weights, str(tmp / WEIGHTS_FILE))
         atomic_write_json(tmp / STATE_FILE, {**state, "weights_sha256": file_sha256(tmp / WEIGHTS_FILE)})
+
+
+def checkpoint_due(phases_done: int, phases_total: int, every: int) -> bool:
+    """Whether a checkpoint is written after `phases_done` phases: every `every` phases, and after the last."""
+    return phases_done % every == 0 or phases_done == phases_total
+
+
+def keep_earlier_checkpoint(run_dir: Path, keep: int) -> None:
+    """Before a new checkpoint replaces checkpoint/, keep the current one as checkpoints/after-phase-NNNN/
+    (hard links, or a copy where the file system has none) and drop the oldest beyond `keep` - 1."""
+    if keep <= 1:
+        return
+    current = run_dir / CHECKPOINT
+    if not (current / STATE_FILE).is_file():
+        return
+    done = load_checkpoint(run_dir)["phases_done"]
+    earlier = run_dir / EARLIER
+    kept = earlier / f"after-phase-{done:04d}"
+    if not kept.exists():
+        try:
+            shutil.copytree(current, kept, copy_function=os.link)
+        except OSError:
+            shutil.rmtree(kept, ignore_errors=True)
+            shutil.copytree(current, kept)
+    for old in sorted(p for p in earlier.iterdir() if p.name.startswith("after-phase-"))[:-(keep - 1)]:
+        shutil.rmtree(old)
 
 
 def verify_checkpoint(run_dir: Path, state: dict) -> None:

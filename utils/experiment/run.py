@@ -25,6 +25,8 @@ from types import ModuleType
 from methods.engine.checkpoint import (
     STATE_FILE,
     checkpoint_dir,
+    checkpoint_due,
+    keep_earlier_checkpoint,
     load_checkpoint,
     restore_weights,
     save_checkpoint,
@@ -42,6 +44,8 @@ from utils.seeding import seed_everything
 
 # What decides the weights a run ends with; a resume must not change any of it.
 RESUME_SECTIONS = ("model", "data", "method", "training", "adapter")
+# Settings in those sections that do not: a resume may change them.
+RESUME_FREE = {"training": ("checkpoint_every", "keep_checkpoints")}
 
 
 def resolve_paths(config: Config) -> tuple[str, str]:
@@ -90,6 +94,10 @@ def check_resumable(config: Config, run_dir: Path) -> None:
             # A setting added since the run was saved ran at its default (training.master_weights, ...).
             saved[section] = {**{k: v for k, v in defaults[section].items() if k not in saved[section]},
                               **saved[section]}
+        for key in RESUME_FREE.get(section, ()):
+            for side in (saved.get(section), current[section]):
+                if isinstance(side, dict):
+                    side.pop(key, None)
         if saved.get(section) != current[section]:
             key = next((f"{section}.{k}" for k in current[section]
                         if (saved.get(section) or {}).get(k) != current[section][k]), section)
@@ -255,10 +263,12 @@ def run_experiment(experiment, resume: bool = False, progress: bool = True, eval
                 record.update(_quick_check(trainer.unwrapped_model, tokenizer, lume, config, progress))
                 with (run_dir / "phases.jsonl").open("a", encoding="utf-8") as handle:
                     handle.write(json_line(record))
-                save_checkpoint(trainer.unwrapped_model, run_dir, {
-                    "phases_done": index + 1, "phases_total": len(phases), "global_step": trainer.global_step,
-                    "log_lines": count_lines(run_dir / "log.jsonl"), "seconds": elapsed,
-                    "method": config.method.name})
+                if checkpoint_due(index + 1, len(phases), training.checkpoint_every):
+                    keep_earlier_checkpoint(run_dir, training.keep_checkpoints)
+                    save_checkpoint(trainer.unwrapped_model, run_dir, {
+                        "phases_done": index + 1, "phases_total": len(phases), "global_step": trainer.global_step,
+                        "log_lines": count_lines(run_dir / "log.jsonl"), "seconds": elapsed,
+                        "method": config.method.name})
             accelerator.wait_for_everyone()
             if stop_after_phases is not None and index + 1 >= stop_after_phases:
                 return {"stopped_after_phase": index + 1}
@@ -269,8 +279,13 @@ def run_experiment(experiment, resume: bool = False, progress: bool = True, eval
         from utils.models.loading import save_model
 
         save_model(final, tokenizer, run_dir / "model")
-        if evaluate:
-            results = evaluate_run(experiment, final, tokenizer, elapsed, peak_memory.result(), progress)
+    if evaluate:
+        # Every process evaluates its share (no process idles at a barrier past the collective timeout).
+        from utils.evaluation.sharding import Shards
+
+        results = evaluate_run(experiment, final, tokenizer, elapsed, peak_memory.result(), progress,
+                               Shards.of(accelerator))
+    if accelerator.is_main_process:
         from utils.evaluation.plots import plot_run
 
         plot_run(run_dir)
@@ -296,18 +311,24 @@ def _quick_check(model, tokenizer, lume, config: Config, progress: bool) -> dict
     return out
 
 
-def evaluate_run(experiment, model, tokenizer, train_seconds: float, memory: dict | None, progress: bool) -> dict:
-    """The final evaluation of a run, written into its folder with the run's method, time and memory."""
+def evaluate_run(experiment, model, tokenizer, train_seconds: float, memory: dict | None, progress: bool,
+                 shards=None) -> dict:
+    """The final evaluation of a run, written into its folder (by the first process) with the run's method,
+    time and memory."""
+    from utils.evaluation.sharding import ALONE
+
+    shards = shards or ALONE
     config = experiment.config
     evaluation = experiment.evaluate(
-        model, tokenizer, progress=progress,
+        model, tokenizer, progress=progress, shards=shards,
         evaluated={"model": str(experiment.run_dir / "model"), "unlearned_from": experiment.start_model,
                    "method": config.method.name, "config": to_dict(config)})
     evaluation.results["method"] = config.method.name
     evaluation.results["timings"]["unlearning"] = train_seconds
     # Measured over the unlearning phases only (not loading, not this evaluation).
     evaluation.results["memory"] = dict(memory or {})
-    from utils.evaluation.evaluate import write_evaluation
+    if shards.is_main:
+        from utils.evaluation.evaluate import write_evaluation
 
-    write_evaluation(evaluation, experiment.run_dir)
+        write_evaluation(evaluation, experiment.run_dir)
     return evaluation.results

@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from methods.engine.checkpoint import CHECKPOINT
+from methods.engine.checkpoint import CHECKPOINT, EARLIER, checkpoint_due
 from methods.engine.trainer import Phase, global_batches
 from utils.config import Config
 from utils.errors import UserError
@@ -121,10 +121,20 @@ def plan_run(experiment) -> dict:
         "stand_in_examples": tokenizer is None,
         "phases": [asdict(phase) for phase in schedule],
         "total_steps": sum(phase.steps for phase in schedule),
-        "checkpoints": {"count": len(schedule), "path": str(run_dir / CHECKPOINT),
-                        "note": "one after each phase, each replacing the one before"},
+        "checkpoints": checkpoint_plan(len(schedule), config.training, run_dir),
         "final_model": str(run_dir / "model"),
     }
+
+
+def checkpoint_plan(phases: int, training, run_dir: Path) -> dict:
+    """How many checkpoints a run writes and keeps (training.checkpoint_every, keep_checkpoints)."""
+    every, keep = training.checkpoint_every, training.keep_checkpoints
+    count = sum(checkpoint_due(done, phases, every) for done in range(1, phases + 1))
+    cadence = "one after each phase" if every == 1 else f"one every {every} phases and after the last"
+    kept = ("each replacing the one before" if keep == 1 else
+            f"the newest in {CHECKPOINT}/ and up to {keep - 1} earlier in {EARLIER}/")
+    return {"count": count, "path": str(run_dir / CHECKPOINT), "every": every, "keep": keep,
+            "note": f"{cadence}, {kept}"}
 
 
 def schedule_table(plan: dict) -> str:

@@ -62,7 +62,7 @@ def fresh_log(path: Path) -> Path:
 # Training settings added after worlds were first built, with the value that means "as before": left
 # out of the cache key at that value, so a new option does not rebuild every existing world.
 LATER_TRAINING_SETTINGS = {"group_by_length": False, "max_micro_batch_tokens": None, "append_eos": None,
-                           "master_weights": "auto"}
+                           "master_weights": "auto", "checkpoint_every": 1, "keep_checkpoints": 1}
 
 
 def without_neutral(settings: dict, neutral: dict) -> dict:
