@@ -311,7 +311,8 @@ class Trainer:
             self.global_step += 1
             bar.set_postfix(loss=f"{step_loss:.3f}")
             self._log({"phase": phase_index, "phase_name": phase.name, "step": step + 1, "global_step": self.global_step,
-                       "loss": step_loss, "lr": scheduler.get_last_lr()[0], **phase.info})
+                       "loss": step_loss, "lr": scheduler.get_last_lr()[0],
+                       "seconds": time.perf_counter() - started, **phase.info})
         bar.close()
         if world > 1:
             totals = self._sum_over_processes([tokens, *role_sums["forget"], *role_sums["retain"]])
