@@ -24,8 +24,17 @@ QUICK = ["training.epochs=1", "training.batch_size=4", "adapter.kind=lora", "ada
 def write_mmlu(root: Path) -> Path:
     (root / "test").mkdir(parents=True)
     (root / "dev").mkdir()
-    (root / "test" / "astronomy_test.csv").write_text("What is the Sun?,A star,A planet,A moon,A comet,A\n"
-                                                      "Which is largest?,Mars,Jupiter,Venus,Earth,B\n")
+    # Eight questions with every letter twice: a model leaning to one letter scores 0.25, and none of these
+    # tiny models gets near the 0.99 threshold the test sets (2 questions, once, were both right by chance).
+    (root / "test" / "astronomy_test.csv").write_text(
+        "What is the Sun?,A star,A planet,A moon,A comet,A\n"
+        "Which is largest?,Mars,Jupiter,Venus,Earth,B\n"
+        "Which is closest to the Sun?,Venus,Earth,Mercury,Mars,C\n"
+        "What orbits the Earth?,Mars,The Sun,Venus,The Moon,D\n"
+        "What is Titan?,A moon,A star,A comet,A galaxy,A\n"
+        "Which planet has rings most visible?,Mars,Saturn,Venus,Mercury,B\n"
+        "What is a light-year?,A time,A speed,A distance,A mass,C\n"
+        "Which is a dwarf planet?,Earth,Mars,Venus,Pluto,D\n")
     (root / "dev" / "astronomy_dev.csv").write_text("Closest star?,Sirius,Vega,Rigel,The Sun,D\n")
     return root
 

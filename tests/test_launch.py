@@ -101,3 +101,22 @@ def test_evaluation_split_over_two_processes_equals_one(small_world, tmp_path):
     member_one = json.loads((tmp_path / "one" / "mia_nll.json").read_text())["member"]
     member_two = json.loads((tmp_path / "two" / "mia_nll.json").read_text())["member"]
     assert max(abs(a - b) for a, b in zip(member_one, member_two)) < 1e-5
+
+
+def test_a_sharding_engine_is_refused_in_one_line():
+    """Under FSDP or DeepSpeed the loop's per-phase optimiser and one-process checkpoints would not hold:
+    the launch is refused before any model loads, naming what works."""
+    import pytest
+
+    from methods.engine.trainer import check_engine
+    from utils.errors import UserError
+
+    class Launched:
+        def __init__(self, engine):
+            self.distributed_type = engine
+
+    check_engine(Launched("DistributedType.MULTI_GPU"))
+    check_engine(Launched("MULTI_CPU"))
+    for engine in ("DistributedType.FSDP", "DEEPSPEED"):
+        with pytest.raises(UserError, match="which this training loop does not support.*launch with DDP"):
+            check_engine(Launched(engine))

@@ -96,6 +96,21 @@ def launch_precision(configured: str, environ=os.environ, cuda: bool | None = No
     return None, note
 
 
+# Engines that shard weights or optimiser state: the loop's fresh optimiser per phase and its checkpoints of
+# the trainable weights read from one process do not hold under them.
+SHARDING_ENGINES = ("FSDP", "DEEPSPEED", "MEGATRON")
+
+
+def check_engine(accelerator) -> None:
+    """Refuse, in one line, a launch under FSDP, DeepSpeed or Megatron-LM (see SHARDING_ENGINES)."""
+    engine = str(getattr(accelerator, "distributed_type", "")).upper()
+    if any(name in engine for name in SHARDING_ENGINES):
+        raise UserError(f"accelerate was launched with {engine.removeprefix('DISTRIBUTEDTYPE.')}, which this training "
+                        "loop does not support (a fresh optimiser per phase, checkpoints read from one process); "
+                        "launch with DDP (configs/accelerate/multi_gpu_8.yaml): LoRA and last-8 training of 7B fit "
+                        "80 GB GPUs under it")
+
+
 def make_accelerator(mixed_precision: str = "no"):
     """An Accelerator that works on GPUs and, for tests and laptops, on CPU processes (gloo)."""
     from accelerate import Accelerator
@@ -106,6 +121,7 @@ def make_accelerator(mixed_precision: str = "no"):
                               **({} if chosen is None else {"mixed_precision": chosen}))
     if note and accelerator.is_main_process:
         logger.warning(note)
+    check_engine(accelerator)
     return accelerator
 
 
@@ -201,6 +217,7 @@ class Trainer:
     def __init__(self, model, tokenizer, config: TrainingConfig, loss_fn: LossFunction, accelerator=None,
                  log_path: str | Path | None = None, progress: bool = True):
         self.accelerator = accelerator or make_accelerator(config.mixed_precision)
+        check_engine(self.accelerator)
         self.model = self.accelerator.prepare_model(model)
         self.tokenizer = tokenizer
         self.config = config
