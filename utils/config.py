@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -182,6 +183,13 @@ class EvaluationConfig:
 
 
 @dataclass
+class ExperimentInfo:
+    # The run's name: its default folder (runs/<name>-<time>), its leaderboard label and results.json's
+    # "name". None: the config file's stem (sugd_ceiling for configs/sugd_ceiling.yaml), else the method.
+    name: str | None = None
+
+
+@dataclass
 class Config:
     # Where `unlearn prepare` writes the tiny world and where runs look for it.
     workdir: str = "artifacts/default"
@@ -194,6 +202,7 @@ class Config:
         default_factory=lambda: TrainingConfig(epochs=3, learning_rate=1e-4, batch_size=8))
     adapter: AdapterConfig = field(default_factory=AdapterConfig)
     evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
+    experiment: ExperimentInfo = field(default_factory=ExperimentInfo)
 
 
 # --------------------------------------------------------------------------------------------
@@ -409,6 +418,12 @@ def check_ranges(config: Any, path: str = "") -> None:
         raise UserError(f"config: {path}.target_modules must name at least one module, got []")
     if isinstance(config, TinyModelConfig):
         check_head_size(config, path)
+    if isinstance(config, ExperimentInfo) and config.name is not None and not RUN_NAME.fullmatch(config.name):
+        raise UserError(f"config: {path}.name must be a folder name of letters, digits, '.', '_' or '-' "
+                        f"(at most 100), got {config.name!r}")
+
+
+RUN_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,99}")
 
 
 def bounds_of(cls: type) -> dict[str, Bound]:

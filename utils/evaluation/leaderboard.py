@@ -34,12 +34,16 @@ def row_from_results(method: str, results: dict, seconds: float | None = None) -
 
 
 def rows_from_run_dirs(run_dirs: list[str | Path]) -> list[dict]:
-    rows = []
+    """One row per run, labelled by the run's name (results.json's "name": experiment.name or its config's
+    stem), else its method; runs that would share a label are labelled by their folders instead."""
+    found = []
     for run_dir in map(Path, run_dirs):
         path = run_dir / "results.json" if run_dir.is_dir() else run_dir
         results = read_json(path, "results file")
-        rows.append(row_from_results(results.get("method") or path.parent.name, results))
-    return rows
+        found.append((results.get("name") or results.get("method") or path.parent.name, path.parent.name, results))
+    labels = [label for label, _, _ in found]
+    return [row_from_results(label if labels.count(label) == 1 else folder, results)
+            for label, folder, results in found]
 
 
 def to_csv(rows: list[dict]) -> str:

@@ -36,15 +36,49 @@ def resolve_utility_spec(spec: str | None, workdir: str | Path) -> str | None:
     return f"synthetic:{default}" if default.is_file() else None
 
 
+RUNS = Path("runs")
+
+
+def timestamped_run_dir(name: str, runs: Path = RUNS) -> Path:
+    """runs/<name>-<YYYYmmdd-HHMMSS>, with -2, -3, ... when a run of that name started in the same second."""
+    import time
+
+    stem = f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    candidate, count = runs / stem, 1
+    while candidate.exists():
+        count += 1
+        candidate = runs / f"{stem}-{count}"
+    return candidate
+
+
+def latest_run_dir(name: str, runs: Path = RUNS) -> Path | None:
+    """The newest runs/<name>-<time> folder (runs/<name>, the folder of releases before run names, counts
+    as the oldest); None when there is none."""
+    import re
+
+    if not runs.is_dir():
+        return None
+    pattern = re.compile(rf"{re.escape(name)}-(\d{{8}}-\d{{6}})(?:-(\d+))?")
+    stamped = [(match.group(1), int(match.group(2) or 1), path) for path in runs.iterdir()
+               if path.is_dir() and (match := pattern.fullmatch(path.name))]
+    if stamped:
+        return max(stamped, key=lambda entry: entry[:2])[2]
+    return runs / name if (runs / name).is_dir() else None
+
+
 class Experiment:
     """A config and everything it resolves to; data and MIA documents are read once, on first use."""
 
     def __init__(self, config: Config, run_dir: str | Path | None = None, *, source: str | Path | None = None,
                  overrides: Sequence[str] = ()):
         self.config = config
-        self.run_dir = Path(run_dir) if run_dir is not None else Path("runs") / config.method.name
         # Where the config came from: a sweep rebuilds each run's config from these.
         self.source = Path(source) if source is not None else None
+        # What tells this run apart: experiment.name, else the config file's stem, else the method.
+        self.name = config.experiment.name or (self.source.stem if self.source is not None else config.method.name)
+        # A run folder nobody named is runs/<name>-<start time>: two runs of a config never collide.
+        self.run_dir_given = run_dir is not None
+        self.run_dir = Path(run_dir) if run_dir is not None else timestamped_run_dir(self.name)
         self.overrides = list(overrides)
         self.workdir = Path(config.workdir)
         self.target = config.model.name_or_path or str(self.workdir / "target")
@@ -79,6 +113,7 @@ class Experiment:
         data and MIA documents already read are kept when the new config reads the same ones."""
         other = Experiment(config, run_dir if run_dir is not None else self.run_dir,
                            source=source if source is not None else self.source, overrides=self.overrides)
+        other.run_dir_given = self.run_dir_given if run_dir is None else True
         if (other.data_dir, other.split, config.data.mia_path) == (self.data_dir, self.split, self.config.data.mia_path):
             other.read_inputs = self.read_inputs
         return other
@@ -206,7 +241,7 @@ class Experiment:
                                    shards=shards)
         evaluation.results["timings"]["total"] = time.perf_counter() - started
         if label is not None:
-            evaluation.results["method"] = label
+            evaluation.results["method"] = evaluation.results["name"] = label
         if out is not None and shards.is_main:
             from utils.evaluation.evaluate import write_evaluation
 

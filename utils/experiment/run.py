@@ -183,6 +183,13 @@ def run_experiment(experiment, resume: bool = False, progress: bool = True, eval
     returns its results; `resume` with no checkpoint starts afresh."""
     from methods.registry import get_method, make_loss, prepare_reference
 
+    accelerator = accelerator or make_accelerator(experiment.config.training.mixed_precision)
+    if not experiment.run_dir_given and accelerator.num_processes > 1:
+        # Each process stamped its own start time: all take the main process's folder.
+        from accelerate.utils import broadcast_object_list
+
+        chosen = broadcast_object_list([str(experiment.run_dir)])[0]
+        experiment = experiment.with_config(experiment.config, run_dir=chosen)
     run_dir = experiment.run_dir
     check_output_location(run_dir, "folder")
     # The saved config holds resolved values (a gold-standard ceiling as its number): compare like with like.
@@ -195,7 +202,6 @@ def run_experiment(experiment, resume: bool = False, progress: bool = True, eval
         check_resumable(config, run_dir)
         log(f"[run] {run_dir} is already finished ({finished}); nothing to do")
         return read_finished_results(finished)
-    accelerator = accelerator or make_accelerator(config.training.mixed_precision)
     state = None if overwrite else load_checkpoint(run_dir)
     if state is not None and not resume:
         raise UserError(f"{run_dir} already holds a run (checkpoint after phase {state['phases_done']}); "
@@ -324,6 +330,7 @@ def evaluate_run(experiment, model, tokenizer, train_seconds: float, memory: dic
         evaluated={"model": str(experiment.run_dir / "model"), "unlearned_from": experiment.start_model,
                    "method": config.method.name, "config": to_dict(config)})
     evaluation.results["method"] = config.method.name
+    evaluation.results["name"] = experiment.name
     evaluation.results["timings"]["unlearning"] = train_seconds
     # Measured over the unlearning phases only (not loading, not this evaluation).
     evaluation.results["memory"] = dict(memory or {})
