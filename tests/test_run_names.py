@@ -65,3 +65,22 @@ def test_a_second_run_in_the_same_second_gets_its_own_folder(tmp_path):
     # Runs of the releases before run names (runs/<method>) count as the oldest.
     (tmp_path / "ga").mkdir()
     assert latest_run_dir("ga", tmp_path) == second and latest_run_dir("g", tmp_path) is None
+
+
+def test_resume_without_out_continues_the_newest_run_of_the_config(small_world, tmp_path, monkeypatch, capsys):
+    from utils.cli.main import main
+
+    monkeypatch.chdir(tmp_path)
+    overrides = [*small_world.overrides, f"workdir={small_world.root}", *RUN_OVERRIDES]
+    config = REPO / "configs" / "sugd.yaml"
+    argv = ["run", str(config), "--resume", "--quiet", "--no-eval"]
+    for override in overrides:
+        argv += ["--set", override]
+    assert main(argv) == 2  # nothing to resume yet: one line, nothing written
+    assert "no run of sugd in runs/ to continue" in capsys.readouterr().err and not (tmp_path / "runs").exists()
+    killed = Experiment.from_config(config, overrides)
+    killed.run(progress=False, evaluate=False, stop_after_phases=2, log=lambda _: None)
+    assert main(argv) == 0
+    (folder,) = (tmp_path / "runs").iterdir()
+    assert folder == tmp_path / killed.run_dir and (folder / "model" / "model.safetensors").is_file()
+    assert json.loads((folder / "checkpoint" / "state.json").read_text())["phases_done"] == 5

@@ -9,10 +9,16 @@ from __future__ import annotations
 import argparse
 import contextlib
 import importlib
+import importlib.metadata
 import sys
+import tomllib
 import typing
 
 from utils.errors import UserError
+from utils.project import PROJECT_ROOT
+
+# The name pyproject.toml gives the project ([project] name): what `pip install -e .` registers.
+DISTRIBUTION = "lume-unlearning"
 
 COMMAND_MODULES = [
     "utils.cli.commands.data",
@@ -33,23 +39,44 @@ class OneLineParser(argparse.ArgumentParser):
         raise UserError(f"{self.prog}: {message} (see {self.prog} --help)")
 
 
+def package_version() -> str:
+    """The installed distribution's version; from a checkout that is not installed, its pyproject.toml's version
+    (said so); else "unknown"."""
+    try:
+        return importlib.metadata.version(DISTRIBUTION)
+    except importlib.metadata.PackageNotFoundError:
+        pass
+    pyproject = PROJECT_ROOT / "pyproject.toml"
+    try:
+        version = tomllib.loads(pyproject.read_text(encoding="utf-8"))["project"]["version"]
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError, KeyError, TypeError):
+        return f"unknown ({DISTRIBUTION} is not installed)"
+    return f"{version} (the checkout at {PROJECT_ROOT}; {DISTRIBUTION} is not installed)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = OneLineParser(
         prog="unlearn", description="Parameter-efficient unlearning of LLMs on the SemEval-2025 Task 4 benchmark.")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {package_version()}",
+                        help="print the version of the installed project and exit")
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in COMMAND_MODULES:
         importlib.import_module(name).register(subparsers)
     return parser
 
 
-def add_config_arguments(parser: argparse.ArgumentParser, positional: bool = False) -> None:
-    """The config file and `--set key=value` overrides every command takes."""
+def add_config_arguments(
+        parser: argparse.ArgumentParser, positional: bool = False,
+        config_help: str = "YAML config file (default: the embedded default)",
+        set_help: str = "override any config key, e.g. --set training.learning_rate=1e-5 (repeatable)") -> None:
+    """The config file and `--set key=value` overrides of every command that a config key affects (all but
+    `leaderboard`); `config_help` and `set_help` say what they are to this command."""
     if positional:
         parser.add_argument("config", help="YAML config file")
     else:
-        parser.add_argument("--config", default=None, help="YAML config file (default: the embedded default)")
+        parser.add_argument("--config", default=None, metavar="FILE", help=config_help)
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="override any config key, e.g. --set training.learning_rate=1e-5 (repeatable)")
+                        help=set_help)
 
 
 @contextlib.contextmanager

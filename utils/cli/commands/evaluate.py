@@ -2,13 +2,32 @@
 
 from __future__ import annotations
 
+import typing
 from pathlib import Path
 
 from utils.cli.main import add_config_arguments, check_at_least
-from utils.config import replace_keys
+from utils.config import EvaluationConfig, ModelConfig, replace_keys
 from utils.errors import UserError
 from utils.experiment.experiment import Experiment
 from utils.io import check_output_location
+
+DTYPES = list(typing.get_args(typing.get_type_hints(ModelConfig)["dtype"]))
+EVALUATION, MODEL = EvaluationConfig(), ModelConfig()  # the defaults the help text quotes
+
+# Each flag is a config key under another name; a flag given wins over the config file and --set.
+FLAG_KEYS = {
+    "model": "model.name_or_path",
+    "tokenizer": "model.tokenizer",
+    "dtype": "model.dtype",
+    "data": "data.path",
+    "split": "data.split",
+    "mia": "data.mia_path",
+    "utility": "evaluation.utility",
+    "subset": "evaluation.subset",
+    "max_new_tokens": "evaluation.max_new_tokens",
+    "batch_size": "evaluation.batch_size",
+    "mmlu_shots": "evaluation.mmlu_shots",
+}
 
 
 def register(subparsers) -> None:
@@ -17,15 +36,28 @@ def register(subparsers) -> None:
                                                       "(default: the prepared target)")
     parser.add_argument("--tokenizer", default=None, help="tokenizer, if not stored with the model")
     parser.add_argument("--data", default=None, help="LUME data folder (default: config data.path or the mini-LUME)")
-    parser.add_argument("--split", choices=["train", "validation"], default=None)
+    parser.add_argument("--split", choices=["train", "validation"], default=None,
+                        help="the split of the data to score (default: config data.split, validation)")
     parser.add_argument("--mia", default=None, help="folder with member.jsonl/nonmember.jsonl, or 'none' "
                                                     "(default: found next to the data)")
     parser.add_argument("--utility", default=None, help="mmlu:DIR | synthetic:FILE | none "
                                                         "(default: the synthetic set of the prepared world)")
-    parser.add_argument("--out", default=None, help="output folder (default: <model>/evaluation or ./evaluation)")
-    parser.add_argument("--subset", type=int, default=None, help="only the first N documents per split and task")
-    parser.add_argument("--max-new-tokens", type=int, default=None)
-    parser.add_argument("--batch-size", type=int, default=None)
+    parser.add_argument("--out", default=None, metavar="DIR",
+                        help="output folder (default: <model>/evaluation or ./evaluation)")
+    parser.add_argument("--subset", type=int, default=None, metavar="N",
+                        help="only the first N documents per split and task")
+    parser.add_argument("--max-new-tokens", type=int, default=None, metavar="N",
+                        help="tokens generated per answer, at least 1 (default: config evaluation.max_new_tokens, "
+                             f"{EVALUATION.max_new_tokens})")
+    parser.add_argument("--batch-size", type=int, default=None, metavar="N",
+                        help="prompts generated together, at least 1 (default: config evaluation.batch_size, "
+                             f"{EVALUATION.batch_size})")
+    parser.add_argument("--dtype", choices=DTYPES, default=None,
+                        help="precision the model is loaded and evaluated in (default: config model.dtype, "
+                             f"{MODEL.dtype})")
+    parser.add_argument("--mmlu-shots", type=int, default=None, metavar="N",
+                        help="worked examples before each MMLU question, 0 or more (default: config "
+                             f"evaluation.mmlu_shots, {EVALUATION.mmlu_shots})")
     parser.add_argument("--overwrite", action="store_true",
                         help="replace the results an earlier evaluation left in --out")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -39,6 +71,18 @@ def check_subset(subset: int | None) -> None:
         raise UserError(f"--subset / evaluation.subset must be at least 1 document per task (or unset), got {subset}")
 
 
+def build_experiment(args) -> Experiment:
+    """The experiment the flags describe: the config (file, then --set), then each flag given over its key.
+    One experiment resolves them like every other command's; a flag out of range is refused by its name."""
+    check_subset(args.subset)
+    check_at_least("--max-new-tokens", args.max_new_tokens)
+    check_at_least("--batch-size", args.batch_size)
+    check_at_least("--mmlu-shots", args.mmlu_shots, low=0)
+    experiment = Experiment.from_config(args.config, args.overrides)
+    flags = {key: getattr(args, name) for name, key in FLAG_KEYS.items()}
+    return experiment.with_config(replace_keys(experiment.config, flags))
+
+
 def output_folder(out: str | None, model_name: str) -> Path:
     """--out, else `<model>/evaluation` for a local model folder, else ./evaluation."""
     if out:
@@ -49,16 +93,7 @@ def output_folder(out: str | None, model_name: str) -> Path:
 def run(args) -> int:
     from utils.evaluation.metrics import summary_text
 
-    check_subset(args.subset)
-    check_at_least("--max-new-tokens", args.max_new_tokens)
-    check_at_least("--batch-size", args.batch_size)
-    # The flags are config keys under other names: one experiment resolves them like every other command.
-    flags = {"model.name_or_path": args.model, "model.tokenizer": args.tokenizer, "data.path": args.data,
-             "data.split": args.split, "data.mia_path": args.mia, "evaluation.utility": args.utility,
-             "evaluation.subset": args.subset, "evaluation.max_new_tokens": args.max_new_tokens,
-             "evaluation.batch_size": args.batch_size}
-    experiment = Experiment.from_config(args.config, args.overrides)
-    experiment = experiment.with_config(replace_keys(experiment.config, flags))
+    experiment = build_experiment(args)
     out = output_folder(args.out, experiment.target)
     # Validate every input before the (slow) model load and before anything is written.
     check_output_location(out, "folder")

@@ -6,7 +6,8 @@ from __future__ import annotations
 def register(subparsers) -> None:
     parser = subparsers.add_parser("leaderboard", help="print (and optionally write) the table of finished runs")
     parser.add_argument("runs", nargs="+", help="run folders (or results.json files)")
-    parser.add_argument("--out", default=None, help="also write leaderboard.csv/.md/.png into this folder")
+    parser.add_argument("--out", default=None, metavar="DIR",
+                        help="also write leaderboard.csv, leaderboard.md and leaderboard.png into this folder")
     parser.set_defaults(func=run)
 
 

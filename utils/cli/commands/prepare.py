@@ -12,7 +12,7 @@ from utils.io import check_output_location
 def register(subparsers) -> None:
     parser = subparsers.add_parser("prepare", help="build the embedded default: mini-LUME, tokenizer, target, gold standard")
     add_config_arguments(parser)
-    parser.add_argument("--out", default=None, help="work dir (default: the config's workdir)")
+    parser.add_argument("--out", default=None, metavar="DIR", help="work folder (default: config workdir)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     parser.set_defaults(func=run)
 

@@ -22,7 +22,8 @@ DEFAULT_METHODS = ["ga", "gd", "kl", "npo", "agad", "sugd", "sugd_ceiling"]
 
 def register(subparsers) -> None:
     parser = subparsers.add_parser("quickstart", help="prepare the tiny world, run every method, print the leaderboard")
-    parser.add_argument("--out", default=None, help="work dir (default: the config's workdir, artifacts/default)")
+    parser.add_argument("--out", default=None, metavar="DIR",
+                        help="work folder (default: config workdir, artifacts/default)")
     parser.add_argument("--methods", default=",".join(DEFAULT_METHODS),
                         help="comma-separated method configs from configs/ to run")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")

@@ -15,8 +15,12 @@ from utils.experiment.experiment import Experiment
 def register(subparsers) -> None:
     parser = subparsers.add_parser("run", help="run one unlearning method (config) and evaluate it")
     add_config_arguments(parser, positional=True)
-    parser.add_argument("--out", default=None, help="run folder (default: runs/<method>)")
-    parser.add_argument("--resume", action="store_true", help="continue a killed run from its last finished chunk")
+    parser.add_argument("--out", default=None, metavar="DIR",
+                        help="run folder (default: runs/<name>-<start time>, the name being experiment.name or "
+                             "the config file's name)")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue a killed run from its last finished chunk (without --out: the newest "
+                             "runs/<name>-<start time> of this config)")
     parser.add_argument("--no-eval", action="store_true", help="skip the final evaluation")
     parser.add_argument("--overwrite", action="store_true",
                         help="replace whatever run the --out folder holds, finished or not (says what it replaces)")
@@ -35,6 +39,14 @@ def run(args) -> int:
     experiment = Experiment.from_config(args.config, args.overrides, run_dir=args.out)
     if args.resume and args.overwrite:
         raise UserError("--resume continues the run in --out and --overwrite replaces it: pass one of them")
+    if args.resume and args.out is None and not args.dry_run:
+        from utils.experiment.experiment import latest_run_dir
+
+        latest = latest_run_dir(experiment.name)
+        if latest is None:
+            raise UserError(f"--resume: no run of {experiment.name} in runs/ to continue (its folders are "
+                            f"runs/{experiment.name}-<start time>); name the run folder with --out")
+        experiment = experiment.with_config(experiment.config, run_dir=latest)
     if args.dry_run:
         return dry_run(experiment, args)
     if args.schedule_out:

@@ -7,6 +7,10 @@ DIR holds `forget_generations.jsonl` and `retain_generations.jsonl` (one object 
 vectors) can be re-scored on any machine. Every input is validated before anything is written: a
 problem ends in one line naming the file, the row and what is wrong, and an existing
 `results.json` stays as it was.
+
+`--out` is a FILE here (every other command's `--out` is a folder): the re-score is one results file, kept
+apart from the results it must not replace. The one config key scoring reads is
+`evaluation.mmlu_threshold`, so `--config`/`--set` give the same bar as the run being re-scored.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from utils.cli.main import add_config_arguments
 from utils.data.lume import EMPTY_GOLD, SPLITS, check_row_fields, check_text_present, parse_item_id
 from utils.environment import describe_environment
 from utils.errors import UserError
@@ -37,13 +42,16 @@ def register(subparsers) -> None:
         "score", help="compute the official SemEval-2025 Task 4 scores from saved generations")
     parser.add_argument("directory", help="folder with forget_generations.jsonl and retain_generations.jsonl "
                                           f"(optionally {MIA_FILE} and {MMLU_FILE})")
-    parser.add_argument("--out", default=None,
-                        help="the results FILE to write (default: DIR/results.json, unless that holds a finished "
-                             "evaluation of a model)")
+    parser.add_argument("--out", default=None, metavar="FILE",
+                        help="the results file to write; a FILE, not a folder as for the other commands (default: "
+                             "DIR/results.json, unless that holds a finished evaluation of a model)")
     parser.add_argument("--overwrite", action="store_true",
                         help="replace --out (or DIR/results.json) even when it holds a finished evaluation")
-    parser.add_argument("--mmlu-threshold", type=float, default=DEFAULT_MMLU_THRESHOLD,
-                        help="warn when the MMLU average is below this (default: %(default)s, the 7B ranking bar)")
+    parser.add_argument("--mmlu-threshold", type=float, default=None, metavar="X",
+                        help="warn when the MMLU average is below this, between 0 and 1 (default: config "
+                             f"evaluation.mmlu_threshold, {DEFAULT_MMLU_THRESHOLD}: the 7B ranking bar)")
+    add_config_arguments(parser, config_help="YAML config file; scoring reads its evaluation.mmlu_threshold "
+                                             "(default: the embedded default)")
     parser.set_defaults(func=run)
 
 
@@ -154,6 +162,14 @@ def replaceable_results(path: Path) -> bool:
     return isinstance(evaluated, dict) and evaluated.get("source") == "generations"
 
 
+def mmlu_threshold(args) -> float:
+    """--mmlu-threshold when given, else the config's evaluation.mmlu_threshold (file, then --set)."""
+    from utils.config import load_config
+
+    configured = load_config(args.config, args.overrides).evaluation.mmlu_threshold  # also validates the config
+    return configured if args.mmlu_threshold is None else args.mmlu_threshold
+
+
 def run(args) -> int:
     out = Path(args.out) if args.out else Path(args.directory) / "results.json"
     check_output_location(out, "file")
@@ -162,7 +178,7 @@ def run(args) -> int:
             raise UserError(f"{out} already holds finished results; choose another --out")
         raise UserError(f"{out} holds a finished evaluation that re-scoring would replace; write the re-score "
                         f"elsewhere with --out FILE")
-    results = score_directory(args.directory, args.mmlu_threshold)
+    results = score_directory(args.directory, mmlu_threshold(args))
     atomic_write_json(out, results)
     print(f"Scores for {args.directory}")
     print(summary_text(results))
