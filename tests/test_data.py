@@ -5,7 +5,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from utils.cli.main import main
-from utils.data.lume import load_lume, parse_item_id
+from utils.data.lume import find_split_files, load_lume, parse_item_id
+from utils.errors import UserError
 
 EXPECTED_VALIDATION = {  # SPEC.md §1: (split, task) -> (sc, qa)
     ("forget", "Task1"): (24, 24), ("forget", "Task2"): (23, 115), ("forget", "Task3"): (34, 34),
@@ -161,3 +162,18 @@ def test_an_mia_folder_is_incomplete_only_with_one_file_of_two(tmp_path):
     assert incomplete_mia_folder(tmp_path) == f"MIA not measured: {folder} has nonmember.jsonl but no member.jsonl"
     (folder / "member.jsonl").write_text('{"document": "x y"}\n')
     assert incomplete_mia_folder(tmp_path) is None
+
+
+def test_the_official_parquet_files_read_through_datasets_give_the_rows_pyarrow_reads(real_data_dir, tmp_path):
+    from utils.data.lume import read_parquet_rows
+
+    files = find_split_files(real_data_dir, "validation")
+    for path in files.values():
+        rows = read_parquet_rows(path)
+        assert rows == pq.read_table(path).to_pylist() and len(rows) > 100
+    # Nothing is left in a datasets cache, and a damaged file is one line naming it.
+    broken = tmp_path / "forget_validation-00000-of-00001.parquet"
+    broken.write_bytes(files["forget"].read_bytes()[:500])
+    with pytest.raises(UserError, match=r"not a readable parquet file"):
+        read_parquet_rows(broken)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [broken.name]

@@ -90,18 +90,35 @@ def _read_rows(path: Path, missing: str, empty: str) -> list[dict]:
     if not path.is_file():
         raise UserError(missing)
     if path.suffix == ".parquet":
-        import pyarrow as pa
-        import pyarrow.parquet as pq
-
-        try:
-            rows = pq.read_table(path).to_pylist()
-        except (pa.ArrowException, OSError) as exc:
-            raise UserError(f"{path}: not a readable parquet file ({exc.__class__.__name__})") from None
+        rows = read_parquet_rows(path)
     else:
         rows = [row for _, row in read_jsonl(path)]
     if not rows:
         raise UserError(empty)
     return rows
+
+
+def read_parquet_rows(path: Path) -> list[dict]:
+    """A parquet file's rows through `datasets` (what the official files are published with), read into memory
+    with a throw-away cache: nothing is left in the user's datasets cache, and a changed file is read anew."""
+    import tempfile
+
+    import datasets
+    import pyarrow as pa
+    from datasets.exceptions import DatasetGenerationError
+
+    bars = datasets.is_progress_bar_enabled()
+    datasets.disable_progress_bars()
+    try:
+        with tempfile.TemporaryDirectory() as cache:
+            table = datasets.load_dataset("parquet", data_files=str(path), split="train", cache_dir=cache,
+                                          keep_in_memory=True)
+            return table.to_list()
+    except (DatasetGenerationError, pa.ArrowException, OSError, ValueError) as exc:  # datasets wraps arrow's
+        raise UserError(f"{path}: not a readable parquet file ({exc.__class__.__name__})") from None
+    finally:
+        if bars:
+            datasets.enable_progress_bars()
 
 
 def check_text_present(path: Path, where: str, row: dict, name: str, why: str) -> None:
@@ -138,8 +155,11 @@ def read_items(path: Path, split: str) -> list[Item]:
 
 
 def find_split_files(directory: str | Path, split: str = "validation") -> dict[str, Path]:
-    """The forget and retain files of `directory` in whichever official layout it uses."""
-    directory = Path(directory)
+    """The forget and retain files of `directory` in whichever official layout it uses (a hub dataset,
+    `hf:ORG/NAME`, from its downloaded copy)."""
+    from utils.data.hub import local_data_dir
+
+    directory = local_data_dir(directory)
     if not directory.is_dir():
         raise UserError(f"data folder not found: {directory}")
     for base in (directory / "data", directory):
@@ -190,7 +210,9 @@ def _mia_candidates(directory: Path, split: str) -> list[Path]:
 
 def find_mia_dir(directory: str | Path, split: str = "validation") -> Path | None:
     """The folder holding member.jsonl and nonmember.jsonl for `directory`, if there is one."""
-    for candidate in _mia_candidates(Path(directory), split):
+    from utils.data.hub import local_data_dir
+
+    for candidate in _mia_candidates(local_data_dir(directory), split):
         if all((candidate / name).is_file() for name in MIA_FILES):
             return candidate
     return None
@@ -203,7 +225,9 @@ def incomplete_mia_folder(directory: str | Path, split: str = "validation") -> s
     """
     if find_mia_dir(directory, split) is not None:
         return None
-    for candidate in _mia_candidates(Path(directory), split):
+    from utils.data.hub import local_data_dir
+
+    for candidate in _mia_candidates(local_data_dir(directory), split):
         present = [name for name in MIA_FILES if (candidate / name).is_file()]
         if present:
             absent = next(name for name in MIA_FILES if name not in present)
