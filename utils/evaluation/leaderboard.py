@@ -77,7 +77,9 @@ def to_text(rows: list[dict]) -> str:
 
 def plot_leaderboard(rows: list[dict], path: str | Path, title: str = "Leaderboard",
                      reference: dict | None = None) -> Path:
-    """The final score and its three components per method as grouped bars (`plots.score_bars`)."""
+    """The final score and its three components per method as grouped bars (`plots.score_bars`): every bar
+    labelled, a zero drawn as a zero, the legend naming the utility benchmark and the MIA score's direction,
+    and `reference` (default: the row whose method is `gold_standard`) as its level of each score."""
     from utils.evaluation.plots import score_bars
 
     return score_bars(rows, path, [row["method"] for row in rows], title, reference)
