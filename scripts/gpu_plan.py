@@ -29,7 +29,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from utils.errors import UserError  # noqa: E402
+from utils.errors import UserError
 
 CONFIGS = REPO / "configs" / "olmo-1b"
 DEFAULT_METHODS = ("sugd", "agad", "gd")

@@ -113,6 +113,10 @@ def test_run_end_to_end_writes_the_run_folder_and_unlearns(small_world, referenc
     # The honest outcome: gradient ascent pushed the forget answers' NLL up, chunk after chunk and overall,
     # more than the interleaved retain examples let the retain answers' NLL move.
     assert phases[-1]["forget_nll"] > phases[0]["forget_nll"] + 0.2, [p["forget_nll"] for p in phases]
+    # The plots' first point: the same check of the model before unlearning, which had memorised the forget set.
+    before = json.loads((out / "before.json").read_text())
+    assert before["phase"] == -1 and before["forget_nll"] < phases[0]["forget_nll"] < phases[-1]["forget_nll"]
+    assert before["forget_regurgitation"] >= phases[-1]["forget_regurgitation"]
     before, after = mean_nll(small_world.target, small_world.data), mean_nll(out / "model", small_world.data)
     assert after["forget"] > before["forget"] + 0.5, (before, after)
     assert after["forget"] - before["forget"] > after["retain"] - before["retain"], (before, after)
@@ -174,7 +178,8 @@ def free_port() -> int:
 
 # A small learning rate: on a memorised model many gradient entries are near zero, where Adam's normalised
 # step turns last-bit differences of the summation order into visible weight differences.
-DDP_OVERRIDES = ("training.batch_size=4", "training.learning_rate=1e-3")
+# No trackers: their event files are named by time and host, and this test compares the folders' files.
+DDP_OVERRIDES = ("training.batch_size=4", "training.learning_rate=1e-3", "training.report_to=none")
 
 
 def test_two_process_ddp_matches_one_process(small_world, tmp_path):

@@ -69,6 +69,8 @@ class ModelConfig:
     tokenizer: str | None = None  # defaults to name_or_path
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     trust_remote_code: bool = False
+    # A hub model's branch, tag or commit (pins the weights a run starts from); refused for a local folder.
+    revision: str | None = None
     tiny: TinyModelConfig = field(default_factory=TinyModelConfig)
 
 
@@ -108,6 +110,9 @@ class TrainingConfig:
     # Checkpoints kept: the newest in checkpoint/ (what --resume reads) and up to N-1 earlier ones in
     # checkpoints/after-phase-NNNN/ (hard links: keeping one costs no copy).
     keep_checkpoints: int = 1
+    # Experiment trackers (accelerate's): tensorboard, wandb, mlflow (comma-separated), none, or auto:
+    # TensorBoard when it is installed, into <run>/tensorboard/.
+    report_to: str = "auto"
 
 
 @dataclass

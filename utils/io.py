@@ -1,5 +1,6 @@
 """Files in and out: UTF-8 text, JSON and JSONL read with a one-line error, output locations checked before
-any work, and atomic writes (a result or checkpoint is either the old complete file or the new complete one)."""
+any work, and atomic writes (a result or checkpoint is either the old complete file or the new complete one)
+that leave what they write with the modes a plain open()/mkdir() would give (0644/0755 under umask 022)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,9 @@ import hashlib
 import json
 import math
 import os
+import secrets
 import shutil
+import stat
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -107,21 +110,67 @@ def is_writable_folder(folder: Path) -> bool:
     return True
 
 
+def new_temporary(folder: Path, prefix: str, kind: Literal["file", "folder"]) -> Path:
+    """A new, empty file or folder under an unused random name `{prefix}XXXXXXXXXXXX.tmp` in `folder`.
+
+    Created the way a plain open() or mkdir() creates one (mode 0o666 or 0o777, less the umask or as a
+    default ACL says), not as mkstemp/mkdtemp do (0600/0700): renamed into place, it is the output, and
+    teammates sharing the file system must be able to read it. O_EXCL keeps mkstemp's safety: an existing
+    name (or a link planted under it) is never opened, a new name is drawn instead.
+    """
+    for _ in range(100):
+        path = folder / f"{prefix}{secrets.token_hex(6)}.tmp"
+        try:
+            if kind == "folder":
+                os.mkdir(path, 0o777)
+            else:
+                os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+        except FileExistsError:
+            continue
+        return path
+    raise FileExistsError(f"no unused temporary name in {folder} after 100 tries")
+
+
+def mode_of(path: str | os.PathLike) -> int:
+    """The permission bits of `path` itself (a link is not followed)."""
+    return stat.S_IMODE(os.lstat(path).st_mode)
+
+
+def give_modes(root: Path, file_mode: int, folder_mode: int) -> None:
+    """Every file and folder under `root` (itself included) gets `file_mode` / `folder_mode` (an executable
+    file the folder mode), links left alone. Library writers make files 0600 whatever the umask (safetensors
+    0.8 writes through a private temporary file and renames it), which would lock teammates out."""
+    paths = [root]
+    if root.is_dir() and not root.is_symlink():
+        for folder, folders, files in os.walk(root):  # (links to folders are listed, not entered)
+            paths += [Path(folder) / name for name in [*folders, *files]]
+    for path in paths:
+        if path.is_symlink():
+            continue  # what a link points to is not ours to change
+        current = mode_of(path)
+        wanted = folder_mode if path.is_dir() or current & 0o111 else file_mode
+        if current != wanted:
+            os.chmod(path, wanted)
+
+
 def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> None:
     """`write(tmp)` fills a temporary file beside `path`, which is then synced and renamed over `path`.
 
     The one temp-file-and-rename of the project: a reader (or a crash) sees the old complete file or the new
-    complete one, never a half-written one; on an exception the temporary file is removed.
+    complete one, never a half-written one; on an exception the temporary file is removed. The file gets
+    the mode a plain open() gives (see `new_temporary`), so teammates on a shared file system can read it,
+    even when `write` replaced the temporary file with one of its own.
     """
     path = Path(path)
     # os.replace would fail on a folder with a bare IsADirectoryError; the user chose the path, so say so.
     if path.is_dir():
         raise UserError(f"output file {path} exists and is a folder")
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
+    tmp = new_temporary(path.parent, f".{path.name}.", "file")
     try:
+        plain = mode_of(tmp)
         write(Path(tmp))
+        give_modes(tmp, plain, plain)
         fd = os.open(tmp, os.O_RDONLY)
         try:
             os.fsync(fd)
@@ -169,7 +218,9 @@ class AtomicDirectory:
     """Build a folder under a temporary name and move it into place only when complete.
 
     `with AtomicDirectory(final) as tmp: save_into(tmp)`: on an exception the old folder (if any)
-    is untouched and the partial one is removed.
+    is untouched and the partial one is removed. The folder and everything saved into it get the modes a
+    plain mkdir() and open() give there (the umask, or a default ACL, decides), measured on the folder and
+    a probe file when it is made, so the finished folder is as readable as any the user makes by hand.
     """
 
     def __init__(self, final: str | os.PathLike):
@@ -177,13 +228,17 @@ class AtomicDirectory:
 
     def __enter__(self) -> Path:
         self.final.parent.mkdir(parents=True, exist_ok=True)
-        self.tmp = Path(tempfile.mkdtemp(dir=self.final.parent, prefix=f".{self.final.name}.", suffix=".tmp"))
+        self.tmp = new_temporary(self.final.parent, f".{self.final.name}.", "folder")
+        probe = new_temporary(self.tmp, ".mode-probe.", "file")
+        self.modes = (mode_of(probe), mode_of(self.tmp))
+        probe.unlink()
         return self.tmp
 
     def __exit__(self, exc_type, exc, tb) -> None:
         if exc_type is not None:
             shutil.rmtree(self.tmp, ignore_errors=True)
             return
+        give_modes(self.tmp, *self.modes)
         old = None
         if self.final.exists():
             old = self.final.with_name(f".{self.final.name}.old")

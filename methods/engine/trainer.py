@@ -27,8 +27,8 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from utils.config import TrainingConfig
 from methods.engine.precision import MasterWeights, wants_master_weights
+from utils.config import TrainingConfig
 from utils.data.tokenization import Example, collate
 
 logger = logging.getLogger(__name__)
@@ -215,7 +215,7 @@ class Trainer:
     """Runs phases on a model prepared once with accelerate; optimiser and schedule are per phase."""
 
     def __init__(self, model, tokenizer, config: TrainingConfig, loss_fn: LossFunction, accelerator=None,
-                 log_path: str | Path | None = None, progress: bool = True):
+                 log_path: str | Path | None = None, progress: bool = True, trackers=None):
         self.accelerator = accelerator or make_accelerator(config.mixed_precision)
         check_engine(self.accelerator)
         self.model = self.accelerator.prepare_model(model)
@@ -223,6 +223,8 @@ class Trainer:
         self.config = config
         self.loss_fn = loss_fn
         self.log_path = Path(log_path) if log_path else None
+        # Anything with log(values, step) (utils.experiment.tracking.Trackers): each step's loss and lr.
+        self.trackers = trackers
         self.progress = progress
         self.global_step = 0
 
@@ -348,7 +350,11 @@ class Trainer:
         return self.accelerator.reduce(local, reduction="sum").tolist()
 
     def _log(self, record: dict) -> None:
-        if self.log_path is None or not self.accelerator.is_main_process:
+        if not self.accelerator.is_main_process:
+            return
+        if self.trackers is not None:
+            self.trackers.log({"train/loss": record["loss"], "train/lr": record["lr"]}, step=record["global_step"])
+        if self.log_path is None:
             return
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with self.log_path.open("a", encoding="utf-8") as handle:

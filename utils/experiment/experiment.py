@@ -219,8 +219,10 @@ class Experiment:
 
         from utils.models.loading import load_model_and_tokenizer
 
+        # model.revision is a version of the configured model: not of a run's output or another checkpoint.
+        revision = self.config.model.revision if model_name in (self.target, self.start_model) else None
         model, tokenizer = load_model_and_tokenizer(model_name, tokenizer, self.config.model.dtype,
-                                                    self.config.model.trust_remote_code)
+                                                    self.config.model.trust_remote_code, revision=revision)
         if torch.cuda.is_available():
             model.to(f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}")
         return model, tokenizer

@@ -4,6 +4,7 @@ The run folder holds:
   config.yaml        the resolved config (what actually ran)
   log.jsonl          one line per optimiser step
   phases.jsonl       one line per finished chunk/phase: losses and a quick forget/retain check
+  before.json        the same check (and NLLs) of the model before unlearning: the plots' first point
   checkpoint/        trainable weights + state after the last finished phase (atomic)
   model/             the final model (LoRA merged unless adapter.merge_at_end is false)
   results.json, *_generations.jsonl, mia_nll.json   the final evaluation (utils.evaluation.evaluate)
@@ -45,7 +46,7 @@ from utils.seeding import seed_everything
 # What decides the weights a run ends with; a resume must not change any of it.
 RESUME_SECTIONS = ("model", "data", "method", "training", "adapter")
 # Settings in those sections that do not: a resume may change them.
-RESUME_FREE = {"training": ("checkpoint_every", "keep_checkpoints")}
+RESUME_FREE = {"training": ("checkpoint_every", "keep_checkpoints", "report_to")}
 
 
 def resolve_paths(config: Config) -> tuple[str, str]:
@@ -182,6 +183,7 @@ def run_experiment(experiment, resume: bool = False, progress: bool = True, eval
     stopped early). A finished run (results.json) is never replaced unless `overwrite`; `resume` on it
     returns its results; `resume` with no checkpoint starts afresh."""
     from methods.registry import get_method, make_loss, prepare_reference
+    from utils.evaluation.plots import BEFORE_FILE
 
     accelerator = accelerator or make_accelerator(experiment.config.training.mixed_precision)
     if not experiment.run_dir_given and accelerator.num_processes > 1:
@@ -210,6 +212,9 @@ def run_experiment(experiment, resume: bool = False, progress: bool = True, eval
         check_resumable(config, run_dir)
         verify_checkpoint(run_dir, state)
     method = get_method(config.method.name)
+    from utils.experiment.tracking import chosen_trackers, open_trackers
+
+    chosen_trackers(config.training.report_to)  # a tracker that is not installed stops the run here
     if evaluate:
         experiment.check_inputs()  # the utility set and MIA folder now, not after the whole unlearning
     lume = experiment.lume()
@@ -235,9 +240,12 @@ def run_experiment(experiment, resume: bool = False, progress: bool = True, eval
             # Lines of an attempt killed before its first checkpoint would otherwise lead the new log.
             truncate_lines(run_dir / "log.jsonl", 0)
             truncate_lines(run_dir / "phases.jsonl", 0)
+            (run_dir / BEFORE_FILE).unlink(missing_ok=True)
     loss_fn = make_loss(config.method, reference)
+    trackers = open_trackers(training.report_to, run_dir, experiment.name, to_dict(config),
+                             accelerator.is_main_process)
     trainer = Trainer(model, tokenizer, training, loss_fn, accelerator=accelerator,
-                      log_path=run_dir / "log.jsonl", progress=progress)
+                      log_path=run_dir / "log.jsonl", progress=progress, trackers=trackers)
 
     phases_done = 0
     elapsed = 0.0
@@ -250,6 +258,12 @@ def run_experiment(experiment, resume: bool = False, progress: bool = True, eval
             truncate_lines(run_dir / "log.jsonl", state["log_lines"])
             truncate_lines(run_dir / "phases.jsonl", phases_done)
         log(f"[run] resuming after phase {phases_done} of {len(phases)}")
+
+    if state is None and accelerator.is_main_process and config.evaluation.per_phase_subset:
+        # The first point of the per-chunk plots: the model before any unlearning.
+        atomic_write_text(run_dir / BEFORE_FILE,
+                          json_line(_starting_point(trainer.unwrapped_model, tokenizer, lume, config, phases, progress)))
+    accelerator.wait_for_everyone()
 
     with PeakMemory() as peak_memory:
         from tqdm.auto import tqdm
@@ -269,6 +283,9 @@ def run_experiment(experiment, resume: bool = False, progress: bool = True, eval
                 record.update(_quick_check(trainer.unwrapped_model, tokenizer, lume, config, progress))
                 with (run_dir / "phases.jsonl").open("a", encoding="utf-8") as handle:
                     handle.write(json_line(record))
+                if trackers:
+                    trackers.log({f"phase/{key}": value for key, value in record.items()
+                                  if key not in ("phase", "steps")}, step=trainer.global_step)
                 if checkpoint_due(index + 1, len(phases), training.checkpoint_every):
                     keep_earlier_checkpoint(run_dir, training.keep_checkpoints)
                     save_checkpoint(trainer.unwrapped_model, run_dir, {
@@ -277,6 +294,8 @@ def run_experiment(experiment, resume: bool = False, progress: bool = True, eval
                         "method": config.method.name})
             accelerator.wait_for_everyone()
             if stop_after_phases is not None and index + 1 >= stop_after_phases:
+                if trackers:
+                    trackers.finish()
                 return {"stopped_after_phase": index + 1}
 
     final = finalise(trainer.unwrapped_model, config.adapter)
@@ -291,9 +310,17 @@ def run_experiment(experiment, resume: bool = False, progress: bool = True, eval
 
         results = evaluate_run(experiment, final, tokenizer, elapsed, peak_memory.result(), progress,
                                Shards.of(accelerator))
+    if trackers:
+        trackers.log({f"final/{key}": results.get(key) for key in ("final_score", "task_aggregate", "mia_auc",
+                                                                   "mia_score")}
+                     | {"final/utility": (results.get("utility") or {}).get("score")}, step=trainer.global_step)
+        trackers.finish()
     if accelerator.is_main_process:
         from utils.evaluation.plots import plot_run
+        from utils.models.model_card import write_run_card
 
+        # model/README.md: with the scores when evaluated (results is empty otherwise).
+        write_run_card(run_dir / "model", config, experiment.start_model, results, final)
         plot_run(run_dir)
     accelerator.wait_for_everyone()
     return results
@@ -315,6 +342,32 @@ def _quick_check(model, tokenizer, lume, config: Config, progress: bool) -> dict
         out[f"{split}_regurgitation"], out[f"{split}_knowledge"] = means["regurgitation"], means["knowledge"]
     model.train()
     return out
+
+
+def _starting_point(model, tokenizer, lume, config: Config, phases: list[Phase], progress: bool) -> dict:
+    """The quick check and the forget/retain NLLs of the model before any unlearning (before.json): the first
+    point of the per-chunk plots. Each NLL is the mean per-example NLL over the examples of the first phase that
+    trains on that role, counted as the trainer counts them (weight not 0)."""
+    import torch
+
+    from methods.engine.trainer import nll_per_example
+    from utils.data.tokenization import collate
+
+    record = {"phase": -1, "name": "before", **_quick_check(model, tokenizer, lume, config, progress)}
+    device = next(model.parameters()).device
+    size = config.evaluation.nll_batch_size
+    model.eval()
+    for role, is_role in (("forget", lambda e: e.role == "forget"), ("retain", lambda e: e.role != "forget")):
+        chosen = ([e for e in phase.examples if is_role(e) and e.weight != 0] for phase in phases)
+        examples = next((found for found in chosen if found), [])
+        total = 0.0
+        with torch.inference_mode():
+            for start in range(0, len(examples), size):
+                batch = collate(examples[start:start + size], tokenizer.pad_token_id)
+                total += float(nll_per_example(model, {k: v.to(device) for k, v in batch.items()}).sum())
+        record[f"{role}_nll"] = total / len(examples) if examples else None
+    model.train()
+    return record
 
 
 def evaluate_run(experiment, model, tokenizer, train_seconds: float, memory: dict | None, progress: bool,

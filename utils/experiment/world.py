@@ -62,7 +62,8 @@ def fresh_log(path: Path) -> Path:
 # Training settings added after worlds were first built, with the value that means "as before": left
 # out of the cache key at that value, so a new option does not rebuild every existing world.
 LATER_TRAINING_SETTINGS = {"group_by_length": False, "max_micro_batch_tokens": None, "append_eos": None,
-                           "master_weights": "auto", "checkpoint_every": 1, "keep_checkpoints": 1}
+                           "master_weights": "auto", "checkpoint_every": 1, "keep_checkpoints": 1,
+                           "report_to": "auto"}
 
 
 def without_neutral(settings: dict, neutral: dict) -> dict:
@@ -127,6 +128,7 @@ def prepare(config: Config, out: str | Path | None = None, progress: bool = True
     from utils.data.synthetic import generate_mini_lume
     from utils.data.tokenization import encode_item, encode_text
     from utils.models.loading import build_tiny_model, load_tokenizer, train_tokenizer
+    from utils.models.model_card import world_card
 
     world = World(out or config.workdir)
     world.root.mkdir(parents=True, exist_ok=True)
@@ -189,7 +191,9 @@ def prepare(config: Config, out: str | Path | None = None, progress: bool = True
         model, result = finetune(model, tokenizer, text_examples(general, prepare_cfg.pretrain.max_length),
                                  prepare_cfg.pretrain, AdapterConfig(kind="full"), name="pretrain",
                                  log_path=fresh_log(world.root / "logs" / "pretrain.jsonl"), progress=progress)
-        _save_stage(model, tokenizer, world.pretrained, pretrain_key, result)
+        _save_stage(model, tokenizer, world.pretrained, pretrain_key, result,
+                    world_card("pretrained", world.pretrained, config, prepare_cfg.pretrain, AdapterConfig(kind="full"),
+                               result, model))
         timings["pretrain"] = time.perf_counter() - started
 
     stages = (
@@ -210,7 +214,8 @@ def prepare(config: Config, out: str | Path | None = None, progress: bool = True
         examples = item_examples(items, training) + text_examples(drill, training.max_length)
         model, result = finetune(model, tokenizer, examples, training, adapter, name=name,
                                  log_path=fresh_log(world.root / "logs" / f"{name}.jsonl"), progress=progress)
-        _save_stage(model, tokenizer, directory, key, result)
+        _save_stage(model, tokenizer, directory, key, result,
+                    world_card(name, directory, config, training, adapter, result, model, world.pretrained))
         timings[name] = time.perf_counter() - started
 
     report_key = stable_hash(model_keys, asdict(config.evaluation), REPORT_VERSION)
@@ -238,10 +243,10 @@ def _load_local(directory: Path):
     return load_model_and_tokenizer(str(directory))
 
 
-def _save_stage(model, tokenizer, directory: Path, key: str, result) -> None:
+def _save_stage(model, tokenizer, directory: Path, key: str, result, card: str) -> None:
     from utils.models.loading import save_model
 
-    save_model(model, tokenizer, directory)
+    save_model(model, tokenizer, directory, card)
     atomic_write_json(directory / STAGE_FILE, {"key": key, "seconds": result.seconds, "steps": result.steps,
                                               "tokens": result.tokens, "final_loss": result.mean_loss})
 

@@ -67,16 +67,34 @@ def looks_like_local_path(name: str) -> bool:
     return name.startswith((".", "/", "~")) or Path(name).exists() or name.count("/") > 1
 
 
-def load_tokenizer(name_or_path: str, trust_remote_code: bool = False):
+def check_revision(name_or_path: str, revision: str | None) -> None:
+    """A revision picks a commit of a hub repository; a local folder has none, so asking for one is a mistake
+    (most likely a path where a hub name was meant) and is refused rather than silently ignored."""
+    if revision is None:
+        return
+    if not revision.strip():
+        raise UserError(f"the revision of {name_or_path} must name a branch, tag or commit, got {revision!r}")
+    if looks_like_local_path(name_or_path) or Path(name_or_path).expanduser().exists():
+        raise UserError(f"revision {revision!r} applies to hub models only; {name_or_path} is a local folder "
+                        "(leave model.revision unset)")
+
+
+def pinned(revision: str | None) -> dict:
+    # Passed only when set: without one, from_pretrained keeps its own default (the main branch).
+    return {} if revision is None else {"revision": revision}
+
+
+def load_tokenizer(name_or_path: str, trust_remote_code: bool = False, revision: str | None = None):
     from transformers import AutoTokenizer
 
+    check_revision(name_or_path, revision)
     path = Path(name_or_path).expanduser()
     if looks_like_local_path(name_or_path) and not path.is_dir():
         raise UserError(f"tokenizer folder not found: {name_or_path}")
     _check_local_tokenizer_folder(path)
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(path) if path.is_dir() else name_or_path,
-                                                  trust_remote_code=trust_remote_code)
+                                                  trust_remote_code=trust_remote_code, **pinned(revision))
     except (OSError, ValueError) as exc:
         raise UserError(f"cannot load tokenizer {name_or_path}: {str(exc).splitlines()[0]}") from None
     if tokenizer.pad_token is None:
@@ -86,10 +104,16 @@ def load_tokenizer(name_or_path: str, trust_remote_code: bool = False):
 
 
 def load_model_and_tokenizer(name_or_path: str, tokenizer: str | None = None, dtype: str = "float32",
-                             trust_remote_code: bool = False, device: str | torch.device | None = None):
-    """(model, tokenizer) from a hub name, a local model folder, or a LoRA adapter folder."""
+                             trust_remote_code: bool = False, device: str | torch.device | None = None,
+                             revision: str | None = None):
+    """(model, tokenizer) from a hub name, a local model folder, or a LoRA adapter folder.
+
+    `revision` (a hub model's branch, tag or commit) applies to the model and to its tokenizer when that
+    comes from the same repository; a tokenizer from another repository is loaded at its default branch.
+    """
     from transformers import AutoModelForCausalLM
 
+    check_revision(name_or_path, revision)
     path = Path(name_or_path).expanduser()
     if looks_like_local_path(name_or_path) and not path.exists():
         raise UserError(f"model folder not found: {name_or_path}")
@@ -112,9 +136,11 @@ def load_model_and_tokenizer(name_or_path: str, tokenizer: str | None = None, dt
             tokenizer_obj = base_tokenizer if tokenizer is None else load_tokenizer(tokenizer, trust_remote_code)
         else:
             model = AutoModelForCausalLM.from_pretrained(str(path) if path.is_dir() else name_or_path,
-                                                         dtype=torch_dtype, trust_remote_code=trust_remote_code)
+                                                         dtype=torch_dtype, trust_remote_code=trust_remote_code,
+                                                         **pinned(revision))
             tokenizer_source = tokenizer or (str(path) if path.is_dir() else name_or_path)
-            tokenizer_obj = load_tokenizer(tokenizer_source, trust_remote_code)
+            tokenizer_obj = load_tokenizer(tokenizer_source, trust_remote_code,
+                                           revision if tokenizer_source == name_or_path else None)
     except OSError as exc:
         raise UserError(f"cannot load model {name_or_path}: {str(exc).splitlines()[0]}") from None
     if model.config.pad_token_id is None:
@@ -166,8 +192,12 @@ def build_tiny_model(tokenizer, hidden_size: int = 128, num_layers: int = 4, num
     return model_class(config)
 
 
-def save_model(model, tokenizer, directory: str | Path) -> None:
-    """Save weights (safetensors) and tokenizer into a folder atomically."""
+def save_model(model, tokenizer, directory: str | Path, card: str | None = None) -> None:
+    """Save weights (safetensors), tokenizer and, when given, the model card (README.md) into a folder
+    atomically."""
     with AtomicDirectory(directory) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
+        if card is not None:
+            # After save_pretrained: a peft adapter writes a README.md template of its own.
+            (tmp / "README.md").write_text(card, encoding="utf-8")
