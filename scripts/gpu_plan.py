@@ -51,7 +51,9 @@ def parse_args(argv: list[str] | None):
                              "`python scripts/olmo_assets.py`)")
     parser.add_argument("--methods", default=",".join(DEFAULT_METHODS),
                         help=f"configs/olmo-1b/<method>.yaml to run, in order (default: {','.join(DEFAULT_METHODS)})")
-    parser.add_argument("--out", default="runs/gpu-plan", help="folder for the runs and the table")
+    parser.add_argument("--out", default=None,
+                        help="folder for the runs and the table (default: runs/gpu-plan/<split>: a plan on "
+                             "another split never reads these results)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="a config override for every run (repeatable)")
     parser.add_argument("--allow-cpu", action="store_true",
@@ -111,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if not torch.cuda.is_available() and not args.allow_cpu:
             raise UserError("no GPU: this plan is for a GPU machine (--allow-cpu runs it anyway, for a small model)")
-        out = Path(args.out)
+        out = Path(args.out or f"runs/gpu-plan/{args.split}")
         plan = experiments(args, out)
         for _, experiment in plan:
             experiment.check_inputs()

@@ -270,14 +270,20 @@ def test_a_resume_compares_the_methods_own_settings(tmp_path):
     saved["method"].update(retain_loss="none", chunk_size=32, retain_weight=1.0)
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(saved))
     check_resumable(config, tmp_path)
-    # A run saved before a training setting existed ran at that setting's default: it resumes, and only
-    # under the default.
+    # A run saved before a training setting existed ran as it did then: an fp32 run continues under any
+    # master_weights (they change nothing there); a bf16 last-k run stepped in place, so only "none" continues it.
     del saved["training"]["master_weights"]
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(saved))
     check_resumable(config, tmp_path)
+    check_resumable(load_config(None, ["method.name=ga", "training.master_weights=none", f"workdir={tmp_path}"]),
+                    tmp_path)
+    bf16 = ["method.name=ga", "model.dtype=bfloat16", "adapter.kind=last_k", f"workdir={tmp_path}"]
+    saved = to_dict(load_config(None, bf16))
+    del saved["training"]["master_weights"]
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(saved))
     with pytest.raises(UserError, match=r"different training\.master_weights than this config"):
-        check_resumable(load_config(None, ["method.name=ga", "training.master_weights=none", f"workdir={tmp_path}"]),
-                        tmp_path)
+        check_resumable(load_config(None, bf16), tmp_path)
+    check_resumable(load_config(None, [*bf16, "training.master_weights=none"]), tmp_path)
 
 
 def test_a_partly_given_section_keeps_the_defaults_of_its_place():

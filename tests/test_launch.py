@@ -120,3 +120,32 @@ def test_a_sharding_engine_is_refused_in_one_line():
     for engine in ("DistributedType.FSDP", "DEEPSPEED"):
         with pytest.raises(UserError, match="which this training loop does not support.*launch with DDP"):
             check_engine(Launched(engine))
+
+
+def test_a_process_that_fails_on_its_share_stops_every_process_with_its_reason(monkeypatch):
+    """Every process reaches the gather, the failed one included, and each then raises the first failure:
+    none waits for ever for a process that has given up."""
+    import pytest
+
+    from utils.errors import UserError
+    from utils.evaluation.sharding import Shards
+
+    reached = []
+
+    def gather_object(objects):
+        reached.append(objects)
+        # What process 1 of 2 sent: its share failed.
+        return [*objects, ([], [], "MIA document 3 has fewer than 2 tokens: its loss is undefined")]
+
+    monkeypatch.setattr("accelerate.utils.gather_object", gather_object)
+    with pytest.raises(UserError, match="process 1 of 2 could not evaluate its share: MIA document 3"):
+        Shards(rank=0, world=2).map(lambda part, warn: [len(text) for text in part], ["a", "bb", "ccc"], print)
+    assert reached == [[([1, 3], [], None)]]
+
+    def broken(part, warn):
+        raise RuntimeError("CUDA out of memory")
+
+    reached.clear()
+    with pytest.raises(UserError, match="process 0 of 2 could not evaluate its share: RuntimeError: CUDA out of"):
+        Shards(rank=0, world=2).map(broken, ["a", "bb"], print)
+    assert reached == [[([], [], "RuntimeError: CUDA out of memory")]]

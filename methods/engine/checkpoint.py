@@ -65,22 +65,21 @@ def checkpoint_due(phases_done: int, phases_total: int, every: int) -> bool:
 def keep_earlier_checkpoint(run_dir: Path, keep: int) -> None:
     """Before a new checkpoint replaces checkpoint/, keep the current one as checkpoints/after-phase-NNNN/
     (hard links, or a copy where the file system has none) and drop the oldest beyond `keep` - 1."""
-    if keep <= 1:
-        return
-    current = run_dir / CHECKPOINT
-    if not (current / STATE_FILE).is_file():
-        return
-    done = load_checkpoint(run_dir)["phases_done"]
-    earlier = run_dir / EARLIER
-    kept = earlier / f"after-phase-{done:04d}"
-    if not kept.exists():
-        try:
-            shutil.copytree(current, kept, copy_function=os.link)
-        except OSError:
-            shutil.rmtree(kept, ignore_errors=True)
-            shutil.copytree(current, kept)
-    for old in sorted(p for p in earlier.iterdir() if p.name.startswith("after-phase-"))[:-(keep - 1)]:
-        shutil.rmtree(old)
+    current, earlier = run_dir / CHECKPOINT, run_dir / EARLIER
+    if keep > 1 and (current / STATE_FILE).is_file():
+        kept = earlier / f"after-phase-{load_checkpoint(run_dir)['phases_done']:04d}"
+        if not kept.exists():
+            with AtomicDirectory(kept) as tmp:  # whole or not at all, like checkpoint/ itself
+                for file in current.iterdir():
+                    try:
+                        os.link(file, tmp / file.name)
+                    except OSError:
+                        shutil.copy2(file, tmp / file.name)
+    if earlier.is_dir():
+        # Also when keep_checkpoints was lowered on resume.
+        kept_ones = sorted(p for p in earlier.iterdir() if p.name.startswith("after-phase-"))
+        for old in kept_ones[:max(0, len(kept_ones) - (keep - 1))]:
+            shutil.rmtree(old)
 
 
 def verify_checkpoint(run_dir: Path, state: dict) -> None:

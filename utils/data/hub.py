@@ -53,6 +53,8 @@ def download_lume(repo_id: str, to: str | os.PathLike, revision: str | None = No
 
                 shutil.rmtree(leftover, ignore_errors=True)
             (tmp / COMPLETE).write_text(f"{repo_id}@{revision or 'main'}\n", encoding="utf-8")
+    except ValueError as exc:  # the hub client's check of the id (HFValidationError)
+        raise UserError(f"dataset {repo_id!r}: not a hub dataset id ({str(exc).splitlines()[0]})") from None
     except (GatedRepoError, RepositoryNotFoundError):
         raise UserError(f"dataset {repo_id}: not found, or this account may not read it (log in with "
                         "`hf auth login` or set HF_TOKEN, and accept the dataset's terms on its page)") from None
@@ -73,4 +75,10 @@ def local_data_dir(path: str | os.PathLike) -> Path:
     folder = cache_root() / f"{repo_id.replace('/', '--')}{'@' + revision if revision else ''}"
     if (folder / COMPLETE).is_file():
         return folder
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        # Under a launcher the main process downloads while the others wait, then they read its copy.
+        from accelerate import PartialState
+
+        with PartialState().main_process_first():
+            return folder if (folder / COMPLETE).is_file() else download_lume(repo_id, folder, revision or None)
     return download_lume(repo_id, folder, revision or None)

@@ -13,6 +13,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from utils.errors import UserError
+
 Warn = Callable[[str], None]
 
 
@@ -50,10 +52,17 @@ class Shards:
         from accelerate.utils import gather_object
 
         notes: list[str] = []
-        local = work(list(items[self.rank::self.world]), notes.append)
-        gathered: list[Any] = gather_object([(local, notes)])
+        try:
+            local, error = work(list(items[self.rank::self.world]), notes.append), None
+        except Exception as exc:  # noqa: BLE001 (every process must reach the gather, or the others wait forever)
+            local, error = [], str(exc) if isinstance(exc, UserError) else f"{exc.__class__.__name__}: {exc}"
+        gathered: list[Any] = gather_object([(local, notes, error)])
+        failed = [(rank, message) for rank, (_, _, message) in enumerate(gathered) if message is not None]
+        if failed:
+            rank, message = failed[0]
+            raise UserError(f"process {rank} of {self.world} could not evaluate its share: {message}")
         results: list = [None] * len(items)
-        for rank, (part, rank_notes) in enumerate(gathered):
+        for rank, (part, rank_notes, _) in enumerate(gathered):
             results[rank::self.world] = part
             for note in rank_notes:
                 warn(f"process {rank} of {self.world}: {note}")

@@ -51,6 +51,19 @@ def timestamped_run_dir(name: str, runs: Path = RUNS) -> Path:
     return candidate
 
 
+def claim_run_dir(path: Path) -> Path:
+    """Create `path`, or the next free `<path>-N` beside it: of two runs started in the same second, each
+    gets a folder of its own (the check in `timestamped_run_dir` comes long before the folder is made)."""
+    candidate, count = Path(path), 1
+    while True:
+        try:
+            candidate.mkdir(parents=True)
+            return candidate
+        except FileExistsError:
+            count += 1
+            candidate = Path(path).with_name(f"{Path(path).name}-{count}")
+
+
 def latest_run_dir(name: str, runs: Path = RUNS) -> Path | None:
     """The newest runs/<name>-<time> folder (runs/<name>, the folder of releases before run names, counts
     as the oldest); None when there is none."""

@@ -90,9 +90,15 @@ def check_resumable(config: Config, run_dir: Path) -> None:
         # holds every method's keys).
         saved["method"] = {k: v for k, v in saved["method"].items() if k in current["method"]}
     defaults = to_dict(Config())
+    if isinstance(saved.get("training"), dict) and "master_weights" not in saved["training"]:
+        # Before fp32 master weights, bf16/fp16 last-k and full runs stepped their weights in place ("none");
+        # for fp32 weights or LoRA the setting changes nothing, so any value continues such a run.
+        low = (saved.get("model") or {}).get("dtype") in ("bfloat16", "float16") and \
+            (saved.get("adapter") or {}).get("kind") != "lora"
+        saved["training"]["master_weights"] = "none" if low else current["training"]["master_weights"]
     for section in RESUME_SECTIONS:
         if section != "method" and isinstance(saved.get(section), dict):
-            # A setting added since the run was saved ran at its default (training.master_weights, ...).
+            # A setting added since the run was saved ran at its default.
             saved[section] = {**{k: v for k, v in defaults[section].items() if k not in saved[section]},
                               **saved[section]}
         for key in RESUME_FREE.get(section, ()):
@@ -186,11 +192,16 @@ def run_experiment(experiment, resume: bool = False, progress: bool = True, eval
     from utils.evaluation.plots import BEFORE_FILE
 
     accelerator = accelerator or make_accelerator(experiment.config.training.mixed_precision)
-    if not experiment.run_dir_given and accelerator.num_processes > 1:
-        # Each process stamped its own start time: all take the main process's folder.
-        from accelerate.utils import broadcast_object_list
+    if not experiment.run_dir_given:
+        # The main process claims the folder (another run of the config started in the same second takes
+        # the next one), and every process of the launch takes it.
+        from utils.experiment.experiment import claim_run_dir
 
-        chosen = broadcast_object_list([str(experiment.run_dir)])[0]
+        chosen = str(claim_run_dir(experiment.run_dir)) if accelerator.is_main_process else None
+        if accelerator.num_processes > 1:
+            from accelerate.utils import broadcast_object_list
+
+            chosen = broadcast_object_list([chosen])[0]
         experiment = experiment.with_config(experiment.config, run_dir=chosen)
     run_dir = experiment.run_dir
     check_output_location(run_dir, "folder")
@@ -308,8 +319,9 @@ def run_experiment(experiment, resume: bool = False, progress: bool = True, eval
         # Every process evaluates its share (no process idles at a barrier past the collective timeout).
         from utils.evaluation.sharding import Shards
 
-        results = evaluate_run(experiment, final, tokenizer, elapsed, peak_memory.result(), progress,
-                               Shards.of(accelerator))
+        evaluation = evaluate_run(experiment, final, tokenizer, elapsed, peak_memory.result(), progress,
+                                  Shards.of(accelerator))
+        results = evaluation.results
     if trackers:
         trackers.log({f"final/{key}": results.get(key) for key in ("final_score", "task_aggregate", "mia_auc",
                                                                    "mia_score")}
@@ -322,6 +334,11 @@ def run_experiment(experiment, resume: bool = False, progress: bool = True, eval
         # model/README.md: with the scores when evaluated (results is empty otherwise).
         write_run_card(run_dir / "model", config, experiment.start_model, results, final)
         plot_run(run_dir)
+        if evaluate:
+            from utils.evaluation.evaluate import write_evaluation
+
+            # Last: results.json marks the run finished, so a kill before it leaves a run --resume completes.
+            write_evaluation(evaluation, run_dir)
     accelerator.wait_for_everyone()
     return results
 
@@ -371,9 +388,9 @@ def _starting_point(model, tokenizer, lume, config: Config, phases: list[Phase],
 
 
 def evaluate_run(experiment, model, tokenizer, train_seconds: float, memory: dict | None, progress: bool,
-                 shards=None) -> dict:
-    """The final evaluation of a run, written into its folder (by the first process) with the run's method,
-    time and memory."""
+                 shards=None):
+    """The final evaluation of a run (an Evaluation, not yet written) with the run's name, method, time and
+    memory."""
     from utils.evaluation.sharding import ALONE
 
     shards = shards or ALONE
@@ -387,8 +404,4 @@ def evaluate_run(experiment, model, tokenizer, train_seconds: float, memory: dic
     evaluation.results["timings"]["unlearning"] = train_seconds
     # Measured over the unlearning phases only (not loading, not this evaluation).
     evaluation.results["memory"] = dict(memory or {})
-    if shards.is_main:
-        from utils.evaluation.evaluate import write_evaluation
-
-        write_evaluation(evaluation, experiment.run_dir)
-    return evaluation.results
+    return evaluation
