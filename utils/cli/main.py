@@ -55,8 +55,10 @@ def package_version() -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    # Raw text: the version line (which names the checkout's path) is printed whole, never wrapped to the terminal.
     parser = OneLineParser(
-        prog="unlearn", description="Parameter-efficient unlearning of LLMs on the SemEval-2025 Task 4 benchmark.")
+        prog="unlearn", description="Parameter-efficient unlearning of LLMs on the SemEval-2025 Task 4 benchmark.",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"%(prog)s {package_version()}",
                         help="print the version of the installed project and exit")
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
