@@ -17,7 +17,9 @@ NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
 INTRO = ("Run it top to bottom. The first cell holds the parameters (a scheduled notebook job or papermill sets "
          "them): the config, the work dir of the prepared world, extra `key=value` overrides (any config key, e.g. "
          "`data.path=...` for the real LUME files), the run folder, and the number of processes "
-         "(`notebook_launcher`; use 1 on a CPU). Paths are relative to the project root, wherever the notebook runs.")
+         "(`notebook_launcher`; use 1 on a CPU). Paths are relative to the project root, wherever the notebook runs. "
+         "Each may be given as a string (`papermill -r`, a scheduled job's parameters): the cell after them reads "
+         "`\"2\"`, `\"False\"` and `overrides` as `\"a=b c=d\"` or a JSON list into their types.")
 
 METHODS = {
     "Gold-Standard": ("gold_standard", ("# Gold standard: the model that never saw the forget set\n\n"
@@ -54,12 +56,24 @@ def parameters(lines: list[str]) -> nbformat.NotebookNode:
     return cell
 
 
+def typed_parameters(names: list[str]) -> nbformat.NotebookNode:
+    """The cell right after the parameters (and papermill's injected ones): strings into their types."""
+    readers = {"overrides": "as_overrides", "num_processes": "as_count", "show_progress": "as_bool",
+               "overwrite": "as_bool"}
+    used = sorted({readers[name] for name in names})
+    return new_code_cell("# papermill -r and scheduled notebook jobs pass strings: \"2\" -> 2, \"False\" -> False,\n"
+                         "# overrides as a list, a JSON list or \"a=b c=d\".\n"
+                         f"from utils.experiment.notebook_parameters import {', '.join(used)}\n\n"
+                         + "\n".join(f'{name} = {readers[name]}("{name}", {name})' for name in names))
+
+
 def method_notebook(method: str, title: str, plots: str, references: str) -> nbformat.NotebookNode:
     return new_notebook(cells=[
         new_markdown_cell(f"{title}\n\n{INTRO}"),
         parameters(['workdir = "artifacts/default"', "overrides = []", "num_processes = 1", "show_progress = True",
                     f'config_path = "configs/{method}.yaml"', f'run_dir = "runs/notebooks/{method}"',
                     "overwrite = False  # True: replace a finished run in run_dir instead of reusing it"]),
+        typed_parameters(["overrides", "num_processes", "show_progress", "overwrite"]),
         new_code_cell("from IPython.display import Image, display\n\n"
                       "from utils.evaluation.leaderboard import row_from_results, to_text\n"
                       "from utils.evaluation.metrics import summary_text\n"
@@ -97,10 +111,12 @@ def experiments_notebook() -> nbformat.NotebookNode:
                           "configuration is a full run (unlearn + evaluate) in its own folder; a finished run is "
                           "skipped and a killed one resumed, so re-running this notebook continues a sweep. With "
                           "`num_processes > 1` each run is launched with accelerate's `notebook_launcher`. "
-                          "Paths are relative to the project root, wherever the notebook runs."),
+                          "Paths are relative to the project root, wherever the notebook runs, and parameters may be strings "
+                          "(`papermill -r`, a scheduled job): the cell after them reads them into their types."),
         parameters(['workdir = "artifacts/default"', "overrides = []", "num_processes = 1", "show_progress = True",
                     'sweep_path = "configs/experiments/sugd_grid.yaml"',
                     'sweep_dir = "runs/notebooks/sugd-experiments"']),
+        typed_parameters(["overrides", "num_processes", "show_progress"]),
         new_code_cell("import pandas as pd\n"
                       "from IPython.display import Image, display\n\n"
                       "from utils.experiment import Experiment\n"

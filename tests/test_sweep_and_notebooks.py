@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import csv
+import json
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -66,25 +68,47 @@ def test_sweep_is_killed_and_resumed_without_redoing_finished_runs(tmp_path, sma
     assert (out / "run_summary.png").stat().st_size > 10_000
 
 
-@pytest.mark.parametrize("name", ["Gold-Standard", "AGAD", "SUGD", "SUGD-Experiments"])
-def test_notebook_executes_without_error(name, tmp_path, small_world):
-    from utils.cli.notebooks import execute_notebook
+def papermill(notebook: str, out: Path, cwd: Path, parameters: dict[str, str]) -> subprocess.CompletedProcess:
+    """The notebook run as CI and a scheduled job run it: papermill's command line from the venv, every
+    parameter a string (`-r`), from a folder outside the repository."""
+    command = [str(Path(sys.executable).with_name("papermill")), str(REPO / "notebooks" / f"{notebook}.ipynb"),
+               str(out), "-k", "python3", "--cwd", str(cwd), "--no-progress-bar", "--execution-timeout", "600"]
+    for name, value in parameters.items():
+        command += ["-r", name, value]
+    # The venv's own python3 kernel (ipykernel's), never one a user registered in their home folder.
+    env = {**os.environ, "JUPYTER_PREFER_ENV_PATH": "1"}
+    return subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=900, check=False)
 
+
+@pytest.mark.parametrize("name", ["Gold-Standard", "AGAD", "SUGD", "SUGD-Experiments"])
+def test_notebook_runs_under_papermill_from_outside_the_repo(name, tmp_path, small_world):
+    import nbformat
+
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    # The gold standard has no chunks: each method takes only its own method.* settings.
+    overrides = [*small_world.overrides, *(o for o in FAST_RUN if name != "Gold-Standard" or not o.startswith("method."))]
     parameters = {
         "workdir": str(small_world.root),
-        # The gold standard has no chunks: each method takes only its own method.* settings.
-        "overrides": [*small_world.overrides, *(o for o in FAST_RUN
-                                                if name != "Gold-Standard" or not o.startswith("method."))],
-        "show_progress": False,
+        # Both string forms a job may send: a JSON list (AGAD) and one shell-like string (the others).
+        "overrides": json.dumps(overrides) if name == "AGAD" else " ".join(shlex.quote(o) for o in overrides),
+        "num_processes": "1",
+        "show_progress": "False",
         "run_dir": str(tmp_path / "run"),
     }
     if name == "SUGD-Experiments":
         del parameters["run_dir"]
-        parameters["overrides"] = []
+        parameters["overrides"] = ""
         parameters["sweep_path"] = str(sweep_file(tmp_path, small_world, {"training.learning_rate": [1e-3, 3e-3]}))
         parameters["sweep_dir"] = str(tmp_path / "sweep")
-    notebook = execute_notebook(REPO / "notebooks" / f"{name}.ipynb", tmp_path / f"{name}.ipynb", parameters,
-                                timeout=600)
+    else:
+        parameters["overwrite"] = "false"
+    out = tmp_path / f"{name}.ipynb"
+    result = papermill(name, out, outside, parameters)
+    assert result.returncode == 0, result.stderr[-3000:]
+    notebook = nbformat.read(out, as_version=4)
+    injected = next(c for c in notebook.cells if "injected-parameters" in c.metadata.get("tags", []))
+    assert 'num_processes = "1"' in injected.source  # the strings really reached the kernel as strings
     outputs = "".join(o.get("text", "") for cell in notebook.cells if cell.cell_type == "code"
                       for o in cell.get("outputs", []))
     if name == "SUGD-Experiments":
@@ -101,6 +125,14 @@ def test_notebook_executes_without_error(name, tmp_path, small_world):
         run_name = {"Gold-Standard": "gold_standard", "AGAD": "agad", "SUGD": "sugd"}[name]
         expected = ["target", run_name] if name == "Gold-Standard" else ["gold_standard", "target", run_name]
         assert names == expected, table
+    assert not list(outside.iterdir()), "the notebook wrote into its working folder"
+
+
+def test_a_bad_string_parameter_stops_the_notebook_naming_it(tmp_path):
+    # Stops in the cell after the parameters, before any world or model is touched.
+    result = papermill("SUGD", tmp_path / "out.ipynb", tmp_path, {"num_processes": "two", "run_dir": str(tmp_path)})
+    assert result.returncode != 0
+    assert "notebook parameter num_processes: expected a whole number >= 1, got 'two'" in result.stderr
 
 
 def test_committed_notebooks_have_no_outputs():
