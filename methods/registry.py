@@ -6,9 +6,19 @@ A method is one module that exposes
                                                         utils.config.MethodConfig, with only the knobs it reads
     loss_kinds(settings) -> (forget loss, retain loss)  e.g. ("ascent", "nll"); see methods.engine.losses
     build_phases(forget, retain, settings, training, seed) -> list[Phase]
-and optionally `make_loss(settings, reference) -> LossFunction` (default: the engine's loss for
-`loss_kinds`, with the settings' npo_beta / forget_loss_ceiling / forget_loss_ceiling_scope when
-declared). Adding a method is that module, a YAML file in configs/ and one line in the list below.
+and optionally
+    make_loss(settings, reference) -> LossFunction      default: the engine's loss for `loss_kinds`, with the
+                                                        settings' npo_beta / forget_loss_ceiling /
+                                                        forget_loss_ceiling_scope when declared
+    needs_reference(settings) -> bool                   whether `make_loss` gets a Reference (default: the
+                                                        engine's `needs_reference` on `loss_kinds`)
+    make_examples(items, role, encode, settings, seed)  its own training examples of the forget or retain
+        -> list[Example]                                items (default: [encode(item, role) for item in
+                                                        items]); encode(item, role, answer=None) is the
+                                                        run's tokenisation, with `answer` replacing the
+                                                        item's (IdkNLL's refusals), and gives token-less
+                                                        stand-ins in a dry run without a tokenizer.
+Adding a method is that module, a YAML file in configs/ and one line in the list below.
 A setting the method does not have but whose value it always takes (`FIXED`, e.g. ga's `retain_loss:
 none`) is accepted when it says that value, so configs written before the settings were per method load.
 """
@@ -59,6 +69,12 @@ for _module in (
     "methods.agad",
     "methods.sugd",
     "methods.gold_standard",
+    "methods.simnpo",
+    "methods.wga",
+    "methods.undial",
+    "methods.rmu",
+    "methods.idk_nll",
+    "methods.idk_dpo",
 ):
     register(import_module(_module))
 
@@ -84,8 +100,10 @@ def prepare_reference(method: MethodConfig, model, adapter_kind: str, phases: li
     """The reference `method` needs (None if none), made from `model` with its adapter applied, BEFORE
     training: for full / last-k training it copies the model (KL) or precomputes the reference
     log-likelihoods of the forget examples in `phases` (NPO)."""
-    forget_loss, retain_loss = get_method(method.name).loss_kinds(method)
-    if not needs_reference(forget_loss, retain_loss):
+    module = get_method(method.name)
+    forget_loss, retain_loss = module.loss_kinds(method)
+    own = getattr(module, "needs_reference", None)
+    if not (own(method) if own is not None else needs_reference(forget_loss, retain_loss)):
         return None
     reference = Reference.for_model(model, adapter_kind)
     reference.prepare(phases, tokenizer, batch_size, device)

@@ -208,6 +208,7 @@ def test_the_method_section_is_the_named_methods_own_settings(tmp_path):
     assert kl.Settings().retain_loss == "kl" and gd.Settings().retain_loss == "nll"
     # Only the method's own keys are written, and they load back to the same settings.
     assert set(to_dict(config)["method"]) == {"name", "forget_loss", "retain_loss", "retain_weight", "npo_beta",
+                                              "simnpo_beta", "simnpo_gamma", "wga_beta", "undial_beta",
                                               "forget_loss_ceiling", "forget_loss_ceiling_scope"}
     assert to_dict(load_config(None, ["method.name=gold_standard"]))["method"] == {"name": "gold_standard"}
     save_config(config, tmp_path / "saved.yaml")
@@ -218,13 +219,15 @@ def test_the_method_section_is_the_named_methods_own_settings(tmp_path):
     (["method.name=ga", "method.chunk_size=3"],
      "config: method.chunk_size is not a setting of ga (it belongs to agad, sugd); ga takes: npo_beta, "),
     (["method.name=gold_standard", "method.retain_weight=1"],
-     "config: method.retain_weight is not a setting of gold_standard (it belongs to gd, kl, npo)"),
+     ("config: method.retain_weight is not a setting of gold_standard (it belongs to gd, idk_dpo, idk_nll, kl, npo, "
+      "rmu, simnpo, undial, wga)")),
     (["method.name=npo", "method.forget_loss=ascent"], "config: method.forget_loss of npo is always 'npo', got 'ascent'"),
     (["method.positive_ratio=3", "method.name=agad"],
      "config: method.positive_ratio is not a setting of agad (it belongs to sugd)"),
     (["method.name=ga", "method.chunk_szie=3"], "config: unknown key 'method.chunk_szie' (allowed here: "),
     (["method.name=sgd"],
-     "config: method.name: unknown method 'sgd' (known: ga, gd, kl, npo, agad, sugd, gold_standard)"),
+     ("config: method.name: unknown method 'sgd' (known: ga, gd, kl, npo, agad, sugd, gold_standard, simnpo, wga, "
+      "undial, rmu, idk_nll, idk_dpo)")),
     (["method.name=3"], "config: method.name must be a string, got 3"),
     (["method=3"], "config: method must be a mapping, got int"),
     (["method.name=gd", "method.retain_loss=none"], "config: method.retain_loss must be one of 'nll', 'kl', got"),
@@ -238,7 +241,7 @@ def test_a_key_of_another_method_is_refused_naming_the_method(overrides, message
 def test_a_key_of_another_method_in_a_file_names_the_method(tmp_path):
     path = write(tmp_path, "method:\n  name: ga\n  forget_loss: ascent\n  retain_weight: 0.5\n")
     with pytest.raises(UserError, match=re.escape("method.retain_weight is not a setting of ga (it belongs to gd, "
-                                                  "kl, npo)")):
+                                                  "idk_dpo, idk_nll, kl, npo, rmu, simnpo, undial, wga)")):
         load_config(path)
 
 

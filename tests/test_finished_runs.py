@@ -175,6 +175,8 @@ def test_every_shipped_config_resumes_after_its_first_phase_to_the_same_weights(
     # method.chunk_size only for the chunked methods: each method takes only its own settings.
     overrides = [o for o in overrides if o != "method.chunk_size=8" or hasattr(load_config(config_path).method,
                                                                                "chunk_size")]
+    if hasattr(load_config(config_path).method, "steering_coeff"):  # RMU: the test world has 2 layers
+        overrides += ["method.layer=0", "adapter.layers=[0]"]
     config = load_config(config_path, overrides)
     whole, killed = tmp_path / "whole", tmp_path / "killed"
     run_unlearning(config, whole, evaluate=False, progress=False, log=lambda _: None)

@@ -190,10 +190,14 @@ def test_gd_batches_hold_forget_and_retain_in_equal_numbers(tiny_tokenizer):
 
 
 def test_registry():
-    assert set(METHODS) == {"ga", "gd", "kl", "npo", "agad", "sugd", "gold_standard"}
+    assert set(METHODS) == {"ga", "gd", "kl", "npo", "agad", "sugd", "gold_standard", "simnpo", "wga", "undial",
+                            "rmu", "idk_nll", "idk_dpo"}
+    # RMU (hidden states) and the Idk methods (refusal NLL, preference pairs) bring their own loss; the rest
+    # use the engine's.
+    own_loss = {"rmu", "idk_nll", "idk_dpo"}
     for name, module in METHODS.items():
         assert module.NAME == name and callable(module.build_phases) and callable(module.loss_kinds)
-        assert module.Settings().name == name and not hasattr(module, "make_loss")  # the engine's default loss
+        assert module.Settings().name == name and hasattr(module, "make_loss") == (name in own_loss), name
     with pytest.raises(UserError, match="unknown method 'sgd' .*known: ga, gd, kl, npo, agad, sugd"):
         get_method("sgd")
 

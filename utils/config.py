@@ -124,6 +124,10 @@ class AdapterConfig:
     target_modules: list[str] = field(default_factory=lambda: ["q_proj", "v_proj", "up_proj", "down_proj"])
     last_k: int = 8
     merge_at_end: bool = True
+    # Decoder layers (0-based indices) that train, for methods that act on a few chosen layers (RMU):
+    # with kind last_k these layers train whole instead of the last `last_k`; with lora the LoRA matrices
+    # go into these layers only; kind full refuses it. None: the kind's usual layers.
+    layers: list[int] | None = None
 
 
 def _tiny_pretrain() -> TrainingConfig:

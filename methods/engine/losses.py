@@ -5,24 +5,44 @@ A batch holds forget and/or retain examples (`batch["is_forget"]`), each with a 
 
     forget, "ascent":  -mean token NLL                                   (gradient ascent)
     forget, "npo":     -(2/beta) * logsigmoid(-beta * (logp - ref_logp))  (sequence log-likelihoods)
+    forget, "simnpo":  -(2/beta) * logsigmoid(beta * nll_bar - gamma)      (SimNPO, Fan et al. 2024)
+    forget, "wga":     -(1/T) * sum_t p_t^beta * nll_t                     (WGA, Wang et al. 2025)
+    forget, "undial":  (1/T) * sum_t CE(softmax(ref_z_t - beta * onehot(y_t)), softmax(z_t))
+                                                                         (UNDIAL, Dong et al. 2024)
     forget, "none":    0
     retain, "nll":     mean token NLL                                    (gradient descent)
     retain, "kl":      KL(reference || model) over the vocabulary, averaged over the output tokens
     retain, "none":    0
 
-times the example's weight. With `forget_loss_ceiling` set, a forget example whose mean token NLL
-already reaches the ceiling contributes 0 (and no gradient): ascent stops there instead of
-driving the model into gibberish. With `ceiling_scope="document"` the ceiling is a level of the
+times the example's weight. Here nll_t is the token NLL of answer token y_t, T the example's
+answer-token count, nll_bar = (1/T) * sum_t nll_t its mean token NLL, p_t = exp(-nll_t) the model's
+probability of y_t (in WGA a constant weight: no gradient flows through it), z_t the model's and ref_z_t
+the reference's logits at the position that predicts y_t, and CE(q, p) = -sum_v q_v log p_v.
+
+SimNPO is NPO with the reference replaced by a length normalisation and a margin gamma; WGA is gradient
+ascent whose tokens count by their probability, so already-forgotten tokens stop pulling; UNDIAL distils
+the model towards the reference's own distribution with the true token's logit lowered by beta (a fixed,
+bounded target instead of a divergent ascent). Where OpenUnlearning (locuslab/open-unlearning) writes
+them differently:
+  * SimNPO: its `delta` is this gamma / beta (it subtracts delta inside beta * (...)); its forget
+    coefficient (0.125 on TOFU) is 1 here, the retain term's relative weight being method.retain_weight;
+  * WGA and UNDIAL: it averages over all the batch's tokens at once (UNDIAL also over prompt and padding
+    positions); here each example averages over its own answer tokens, like every other loss here.
+UNDIAL's CE differs from KL(target || model) by the target's entropy, a constant: same gradient.
+
+With `forget_loss_ceiling` set, a forget example whose mean token NLL already reaches the ceiling
+contributes 0 (and no gradient): ascent stops there instead of driving the model into gibberish.
+With `ceiling_scope="document"` the ceiling is a level of the
 whole text's mean token NLL (prompt + answer, what the MIA loss attack measures), read from the same
 forward pass: ascent on the answer stops once the whole text looks as unlikely as the ceiling says.
 
-The reference (pre-unlearning) model, needed by NPO and KL, comes from `Reference`:
+The reference (pre-unlearning) model, needed by NPO, UNDIAL and KL, comes from `Reference`:
   * LoRA: the same model with the adapter disabled (`utils.models.adapters.reference_context`), exact
     and copy-free;
   * full / last-k, NPO: each forget example's reference log-likelihood, precomputed once before
     training (`Reference.precompute_sequence_logp`) and carried in the batch;
-  * full / last-k, KL: a frozen deep copy of the model, the one place a copy of the model is made,
-    because KL needs the reference's whole distribution at every retain token.
+  * full / last-k, KL or UNDIAL: a frozen deep copy of the model, the one place a copy of the model is
+    made, because both need the reference's whole distribution at every (retain / forget) token.
 """
 
 from __future__ import annotations
@@ -38,7 +58,9 @@ from utils.data.tokenization import Example, collate
 from utils.errors import UserError
 from utils.models.adapters import is_lora, reference_context
 
-FORGET_LOSSES = ("ascent", "npo", "none")
+FORGET_LOSSES = ("ascent", "npo", "simnpo", "wga", "undial", "none")
+# Forget losses that read the reference model (NPO its sequence log-likelihoods, UNDIAL its logits).
+REFERENCE_FORGET_LOSSES = ("npo", "undial")
 RETAIN_LOSSES = ("nll", "kl", "none")
 
 
@@ -52,6 +74,45 @@ def unwrap(model):
 def npo_loss(logp: torch.Tensor, ref_logp: torch.Tensor, beta: float) -> torch.Tensor:
     """Per-example NPO loss from sequence log-likelihoods: -(2/beta) * logsigmoid(-beta * (logp - ref_logp))."""
     return -(2.0 / beta) * F.logsigmoid(-beta * (logp - ref_logp))
+
+
+def simnpo_loss(mean_nll: torch.Tensor, beta: float, gamma: float) -> torch.Tensor:
+    """Per-example SimNPO loss from mean token NLLs: -(2/beta) * logsigmoid(beta * mean_nll - gamma)."""
+    return -(2.0 / beta) * F.logsigmoid(beta * mean_nll - gamma)
+
+
+def _answer_positions(logits: torch.Tensor, labels: torch.Tensor):
+    """(logits at the labelled positions as float32 [N, V], their targets [N], each one's example index
+    [N], labelled tokens per example [B]); gathering first keeps the vocabulary-sized tensors small."""
+    mask = labels[:, 1:] != -100
+    example_index = mask.nonzero(as_tuple=True)[0]
+    return logits[:, :-1, :][mask].float(), labels[:, 1:][mask], example_index, mask.sum(dim=1)
+
+
+def _per_example_mean(per_token: torch.Tensor, example_index: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
+    sums = torch.zeros(counts.size(0), dtype=per_token.dtype, device=per_token.device).index_add(
+        0, example_index, per_token)
+    return sums / counts.clamp(min=1)
+
+
+def wga_per_example(logits: torch.Tensor, labels: torch.Tensor, beta: float) -> torch.Tensor:
+    """WGA's per-example loss: -mean over answer tokens of p_t^beta * nll_t, the weight p_t^beta detached."""
+    answer_logits, targets, example_index, counts = _answer_positions(logits, labels)
+    token_nll = F.cross_entropy(answer_logits, targets, reduction="none")
+    weight = torch.exp(-beta * token_nll.detach())  # p_t ** beta, a constant: the gradient is ascent's, reweighted
+    return _per_example_mean(-weight * token_nll, example_index, counts)
+
+
+def undial_per_example(logits: torch.Tensor, ref_logits: torch.Tensor, labels: torch.Tensor,
+                       beta: float) -> torch.Tensor:
+    """UNDIAL's per-example loss: the mean over answer tokens of the cross-entropy from the reference's
+    distribution with the true token's logit lowered by beta to the model's distribution."""
+    answer_logits, targets, example_index, counts = _answer_positions(logits, labels)
+    ref_answer = ref_logits[:, :-1, :][labels[:, 1:] != -100].float()
+    lowered = ref_answer - beta * F.one_hot(targets, ref_answer.size(-1)).to(ref_answer.dtype)
+    target = F.softmax(lowered, dim=-1)
+    per_token = -(target * F.log_softmax(answer_logits, dim=-1)).sum(dim=-1)
+    return _per_example_mean(per_token, example_index, counts)
 
 
 def kl_per_example(logits: torch.Tensor, ref_logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -134,8 +195,9 @@ class Reference:
         self._maybe_precompute()
 
     def require(self, forget_loss: str, retain_loss: str) -> None:
-        """Get ready for a loss combination: a frozen copy for KL, precomputed log-likelihoods for NPO."""
-        if retain_loss == "kl" and self.mode == "precomputed":
+        """Get ready for a loss combination: a frozen copy for KL and UNDIAL (which need the reference's
+        logits), precomputed log-likelihoods for NPO."""
+        if (retain_loss == "kl" or forget_loss == "undial") and self.mode == "precomputed":
             self._make_copy()
         if forget_loss == "npo":
             self._needs_logp = True
@@ -145,7 +207,14 @@ class Reference:
         if self.mode == "precomputed" and self._needs_logp and self._pending is not None and not self._precomputed:
             forget, tokenizer, batch_size, device = self._pending
             self.precompute_sequence_logp(forget, tokenizer, batch_size, device)
+            self.precompute_pair_logp(forget, tokenizer, batch_size, device)
             self._precomputed = True
+
+    def require_sequence_logp(self) -> None:
+        """Get ready for a loss that reads the forget examples' (and their pairs') reference sequence
+        log-likelihoods (e.g. DPO): precomputed now, or once `prepare` comes, when no reference model is free."""
+        self._needs_logp = True
+        self._maybe_precompute()
 
     @property
     def has_logits(self) -> bool:
@@ -163,6 +232,27 @@ class Reference:
             return self.frozen(input_ids=input_ids, attention_mask=attention_mask).logits.detach()
         raise RuntimeError("this reference has no model outputs (full/last-k without KL): "
                            "only precomputed sequence log-likelihoods are available")
+
+    def require_outputs(self) -> None:
+        """Make the reference model's outputs (logits, hidden states) available: under full / last-k this
+        makes the frozen copy now, so call it before training, while the model is still the reference."""
+        if self.mode == "precomputed":
+            self._make_copy()
+
+    @torch.no_grad()
+    def hidden_states(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, index: int) -> torch.Tensor:
+        """The reference model's `hidden_states[index]` (0: the embeddings, i: decoder layer i-1's output),
+        without gradient."""
+        if self.mode == "adapter":
+            with reference_context(self.model):
+                outputs = self.model(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True)
+            return outputs.hidden_states[index].detach()
+        if self.mode == "copy":
+            if next(self.frozen.parameters()).device != input_ids.device:
+                self.frozen.to(input_ids.device)
+            outputs = self.frozen(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True)
+            return outputs.hidden_states[index].detach()
+        raise RuntimeError("this reference has no model outputs yet: call require_outputs() before training")
 
     @torch.no_grad()
     def precompute_sequence_logp(self, examples: Iterable[Example], tokenizer, batch_size: int = 8,
@@ -200,6 +290,18 @@ class Reference:
             model.train(was_training)
         return [float(e.reference_logp) for e in examples]
 
+    def precompute_pair_logp(self, examples: Iterable[Example], tokenizer, batch_size: int = 8,
+                             device=None) -> None:
+        """Set `pair_reference_logp` on every example with a paired sequence (in place), as
+        `precompute_sequence_logp` does for the examples' own sequences; call before training."""
+        paired = [e for e in examples if e.pair_input_ids is not None]
+        if not paired:
+            return
+        values = self.precompute_sequence_logp([Example(e.pair_input_ids, e.pair_labels) for e in paired], tokenizer,
+                                               batch_size, device)
+        for example, value in zip(paired, values):
+            example.pair_reference_logp = value
+
     def sequence_logp(self, batch: dict, rows: torch.Tensor) -> torch.Tensor:
         """Reference sequence log-likelihoods of the batch rows selected by the boolean mask `rows`."""
         if "reference_logp" in batch:
@@ -215,12 +317,13 @@ class Reference:
 
 
 def needs_reference(forget_loss: str, retain_loss: str) -> bool:
-    return forget_loss == "npo" or retain_loss == "kl"
+    return forget_loss in REFERENCE_FORGET_LOSSES or retain_loss == "kl"
 
 
 def make_unlearning_loss(forget_loss: str = "ascent", retain_loss: str = "nll", npo_beta: float = 0.1,
                          forget_loss_ceiling: float | None = None, reference: Reference | None = None,
-                         ceiling_scope: str = "answer") -> LossFunction:
+                         ceiling_scope: str = "answer", simnpo_beta: float = 4.5, simnpo_gamma: float = 0.0,
+                         wga_beta: float = 1.0, undial_beta: float = 10.0) -> LossFunction:
     """The loss function (model, batch) -> LossOutput for one combination of forget and retain losses."""
     if forget_loss not in FORGET_LOSSES:
         raise UserError(f"forget loss must be one of {', '.join(FORGET_LOSSES)}, got {forget_loss!r}")
@@ -228,9 +331,16 @@ def make_unlearning_loss(forget_loss: str = "ascent", retain_loss: str = "nll", 
         raise UserError(f"retain loss must be one of {', '.join(RETAIN_LOSSES)}, got {retain_loss!r}")
     if forget_loss == "npo" and not npo_beta > 0:
         raise UserError(f"method.npo_beta must be positive, got {npo_beta}")
+    if forget_loss == "simnpo" and not simnpo_beta > 0:
+        raise UserError(f"method.simnpo_beta must be positive, got {simnpo_beta}")
+    if forget_loss == "wga" and not wga_beta >= 0:
+        raise UserError(f"method.wga_beta must be non-negative, got {wga_beta}")
+    if forget_loss == "undial" and not undial_beta > 0:
+        raise UserError(f"method.undial_beta must be positive, got {undial_beta}")
     if needs_reference(forget_loss, retain_loss):
         if reference is None:
-            raise UserError(f"the {'npo' if forget_loss == 'npo' else 'kl'} loss needs a reference model")
+            needing = forget_loss if forget_loss in REFERENCE_FORGET_LOSSES else "kl"
+            raise UserError(f"the {needing} loss needs a reference model")
         reference.require(forget_loss, retain_loss)
 
     def loss_fn(model, batch: dict) -> LossOutput:
@@ -249,10 +359,20 @@ def make_unlearning_loss(forget_loss: str = "ascent", retain_loss: str = "nll", 
         if forget_loss != "none" and bool(forget_rows.any()):
             if forget_loss == "ascent":
                 value = -mean_nll
-            else:
+            elif forget_loss == "npo":
                 ref = torch.zeros_like(mean_nll)
                 ref[forget_rows] = reference.sequence_logp(batch, forget_rows).to(ref.dtype)
                 value = npo_loss(-summed_nll, ref, npo_beta)
+            elif forget_loss == "simnpo":
+                value = simnpo_loss(mean_nll, simnpo_beta, simnpo_gamma)
+            elif forget_loss == "wga":
+                value = torch.zeros_like(mean_nll)
+                value[forget_rows] = wga_per_example(logits[forget_rows], labels[forget_rows], wga_beta)
+            else:  # undial: the reference's logits at the forget rows only
+                ref_logits = reference.logits(batch["input_ids"][forget_rows], batch["attention_mask"][forget_rows])
+                value = torch.zeros_like(mean_nll)
+                value[forget_rows] = undial_per_example(logits[forget_rows], ref_logits, labels[forget_rows],
+                                                        undial_beta)
             keep = forget_rows
             if forget_loss_ceiling is not None:
                 level = mean_nll.detach()

@@ -30,6 +30,13 @@ def check_common(name: str, forget: list[Example], retain: list[Example], method
         raise UserError(f"{name}: the retain set is empty but the method needs it (retain loss '{retain_loss}')")
     if forget_loss == "npo" and not method.npo_beta > 0:
         raise UserError(f"{name}: method.npo_beta must be positive, got {method.npo_beta}")
+    # The new losses' knobs, each checked when its loss is the one chosen (settings may lack the others).
+    for loss, knob, positive in (("simnpo", "simnpo_beta", True), ("simnpo", "simnpo_gamma", False),
+                                 ("wga", "wga_beta", False), ("undial", "undial_beta", True)):
+        value = getattr(method, knob, None)
+        if forget_loss == loss and value is not None and not (value > 0 if positive else value >= 0):
+            raise UserError(f"{name}: method.{knob} must be {'positive' if positive else 'non-negative'}, "
+                            f"got {value}")
     if method.forget_loss_ceiling is not None and not method.forget_loss_ceiling > 0:
         raise UserError(f"{name}: method.forget_loss_ceiling must be positive (or null), got {method.forget_loss_ceiling}")
     if not training.epochs > 0:
@@ -93,7 +100,8 @@ def mixed_phase(name: str, forget: list[Example], retain: list[Example], retain_
 
 # Settings attribute -> make_unlearning_loss argument; a setting a method does not declare keeps the default.
 LOSS_KNOBS = {"npo_beta": "npo_beta", "forget_loss_ceiling": "forget_loss_ceiling",
-              "forget_loss_ceiling_scope": "ceiling_scope"}
+              "forget_loss_ceiling_scope": "ceiling_scope", "simnpo_beta": "simnpo_beta",
+              "simnpo_gamma": "simnpo_gamma", "wga_beta": "wga_beta", "undial_beta": "undial_beta"}
 
 
 def loss_for(forget_loss: str, retain_loss: str, method: MethodConfig, reference) -> LossFunction:

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from utils.config import BOUNDS, POSITIVE, Bound, MethodConfig
+from utils.config import BOUNDS, NON_NEGATIVE, POSITIVE, Bound, MethodConfig
 
 
 @dataclass
@@ -19,6 +19,11 @@ class ForgetTermSettings(MethodConfig):
     """The knobs of the forget term every unlearning method has."""
 
     npo_beta: float = 0.1  # NPO's beta (read when the forget loss is npo)
+    # SimNPO's beta and margin gamma (OpenUnlearning's TOFU values; its delta is gamma / beta).
+    simnpo_beta: float = 4.5
+    simnpo_gamma: float = 0.0
+    wga_beta: float = 1.0  # WGA's exponent on the token probability weight (0: plain gradient ascent)
+    undial_beta: float = 10.0  # UNDIAL's drop of the true token's reference logit
     # Stop ascending an example once its mean token NLL passes this level (None: no ceiling).
     # "gold_standard": the gold standard's mean forget-answer NLL from <workdir>/prepare_report.json.
     forget_loss_ceiling: float | Literal["gold_standard"] | None = None
@@ -31,10 +36,11 @@ class ForgetTermSettings(MethodConfig):
 
 @dataclass
 class UnlearningSettings(ForgetTermSettings):
-    """A forget term whose loss is a choice: gradient ascent (-NLL) or NPO."""
+    """A forget term whose loss is a choice: gradient ascent (-NLL), NPO, SimNPO, WGA or UNDIAL."""
 
-    forget_loss: Literal["ascent", "npo"] = "ascent"
+    forget_loss: Literal["ascent", "npo", "simnpo", "wga", "undial"] = "ascent"
 
 
-BOUNDS[ForgetTermSettings] = {"npo_beta": POSITIVE,
+BOUNDS[ForgetTermSettings] = {"npo_beta": POSITIVE, "simnpo_beta": POSITIVE, "simnpo_gamma": NON_NEGATIVE,
+                              "wga_beta": NON_NEGATIVE, "undial_beta": POSITIVE,
                               "forget_loss_ceiling": Bound(low=0, low_open=True, nullable=True)}

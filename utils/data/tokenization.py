@@ -30,6 +30,12 @@ class Example:
     # Sequence log-likelihood of the labelled tokens under the reference (pre-unlearning) model,
     # precomputed once for NPO when the reference is not available for free (full / last-k training).
     reference_logp: float | None = None
+    # A second sequence trained in the same step as this one (same prompt, another answer; e.g. IdkDPO's
+    # refusal, preferred over this example's own answer), with its labels and reference log-likelihood
+    # under the conventions above. None: no pair.
+    pair_input_ids: list[int] | None = None
+    pair_labels: list[int] | None = None
+    pair_reference_logp: float | None = None
 
 
 def special_token_layout(tokenizer) -> tuple[list[int], list[int]]:
@@ -117,7 +123,10 @@ def collate(examples: list[Example], pad_token_id: int) -> dict[str, torch.Tenso
     """Right-padded tensors; `weight` and `is_forget` carry each example's role into the loss.
 
     When any example carries a precomputed `reference_logp`, the batch gets a `reference_logp` tensor
-    (NaN for the examples without one, e.g. retain examples in a mixed batch).
+    (NaN for the examples without one, e.g. retain examples in a mixed batch). When any example carries a
+    paired sequence, the batch gets `has_pair` and the pairs padded alike (`pair_input_ids`,
+    `pair_attention_mask`, `pair_labels`, `pair_reference_logp`); a row without a pair holds one padding
+    token with no label there.
     """
     input_ids, attention_mask = pad_batch([e.input_ids for e in examples], pad_token_id)
     labels, _ = pad_batch([e.labels for e in examples], IGNORE_INDEX)
@@ -131,4 +140,14 @@ def collate(examples: list[Example], pad_token_id: int) -> dict[str, torch.Tenso
     if any(e.reference_logp is not None for e in examples):
         batch["reference_logp"] = torch.tensor(
             [float("nan") if e.reference_logp is None else e.reference_logp for e in examples], dtype=torch.float32)
+    if any(e.pair_input_ids is not None for e in examples):
+        paired = [e.pair_input_ids is not None for e in examples]
+        batch["has_pair"] = torch.tensor(paired, dtype=torch.bool)
+        batch["pair_input_ids"], batch["pair_attention_mask"] = pad_batch(
+            [e.pair_input_ids if has else [pad_token_id] for e, has in zip(examples, paired)], pad_token_id)
+        batch["pair_labels"], _ = pad_batch(
+            [e.pair_labels if has else [IGNORE_INDEX] for e, has in zip(examples, paired)], IGNORE_INDEX)
+        batch["pair_reference_logp"] = torch.tensor(
+            [float("nan") if e.pair_reference_logp is None else e.pair_reference_logp for e in examples],
+            dtype=torch.float32)
     return batch

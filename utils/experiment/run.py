@@ -155,21 +155,40 @@ def appends_eos(config: Config) -> bool:
     return config.method.name == "gold_standard"
 
 
+def example_encoder(tokenizer, config: Config):
+    """encode(item, role, answer=None) -> Example: the item as a run trains on it, `answer` (when given)
+    replacing its own. Without a tokenizer (a dry run that has none locally): a token-less stand-in, which
+    gives the same phases and step counts (those never read tokens)."""
+    def encode(item: Item, role: str, answer: str | None = None) -> Example:
+        if tokenizer is None:
+            return Example(input_ids=[], labels=[], item_id=item.id, role=role)
+        if answer is not None:
+            item = dataclasses.replace(item, output=answer)
+        return encode_item(tokenizer, item, "output", config.training.max_length, role=role,
+                           add_eos=appends_eos(config))
+
+    return encode
+
+
 def training_examples(items: list[Item], role: str, tokenizer, config: Config) -> list[Example]:
-    """The items as training examples. Without a tokenizer (a dry run that has none locally): token-less
-    stand-ins in the same order, which give the same phases and step counts (those never read tokens)."""
-    if tokenizer is None:
-        return [Example(input_ids=[], labels=[], item_id=item.id, role=role) for item in items]
-    return [encode_item(tokenizer, item, "output", config.training.max_length, role=role,
-                        add_eos=appends_eos(config)) for item in items]
+    """The items as training examples (stand-ins without a tokenizer, see `example_encoder`)."""
+    encode = example_encoder(tokenizer, config)
+    return [encode(item, role) for item in items]
 
 
 def build_run_phases(method: ModuleType, config: Config, lume: LumeData, tokenizer) -> list[Phase]:
     """The phases a run of `config` trains, built by the method itself: shared by `run_unlearning` and
-    `unlearn run --dry-run`, so the schedule a dry run shows is the one a run trains."""
+    `unlearn run --dry-run`, so the schedule a dry run shows is the one a run trains. A method with its
+    own `make_examples` (methods/registry.py) makes its examples from the items."""
     training = config.training
-    forget = training_examples(lume.forget, "forget", tokenizer, config)
-    retain = training_examples(lume.retain, "retain", tokenizer, config)
+    make_examples = getattr(method, "make_examples", None)
+    if make_examples is None:
+        forget = training_examples(lume.forget, "forget", tokenizer, config)
+        retain = training_examples(lume.retain, "retain", tokenizer, config)
+    else:
+        encode = example_encoder(tokenizer, config)
+        forget = make_examples(lume.forget, "forget", encode, config.method, training.seed)
+        retain = make_examples(lume.retain, "retain", encode, config.method, training.seed)
     return method.build_phases(forget, retain, config.method, training, training.seed)
 
 

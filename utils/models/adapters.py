@@ -1,4 +1,5 @@
-"""What part of the model an unlearning or fine-tuning run may change: LoRA, the last k layers, or all.
+"""What part of the model an unlearning or fine-tuning run may change: LoRA, the last k layers, or all;
+`adapter.layers` narrows last_k or LoRA to chosen decoder layers.
 
 LoRA keeps the base weights intact, which also gives the KL/NPO reference model for free: the same
 model with the adapter disabled (`reference_context`), never a copy in memory.
@@ -27,19 +28,38 @@ def decoder_layers(model) -> torch.nn.ModuleList:
     raise UserError(f"cannot find the decoder layers of {type(model).__name__} for last-k training")
 
 
+def chosen_layers(config: AdapterConfig, count: int) -> list[int] | None:
+    """`adapter.layers` checked against a model of `count` decoder layers, sorted (None when unset)."""
+    if config.layers is None:
+        return None
+    if config.kind == "full":
+        raise UserError("adapter.layers names the layers that train, but adapter.kind full trains every layer; "
+                        "use kind last_k (those layers whole) or lora (LoRA in those layers)")
+    if not config.layers:
+        raise UserError("adapter.layers must name at least one decoder layer (or be null)")
+    wrong = [index for index in config.layers if isinstance(index, bool) or not 0 <= index < count]
+    if wrong:
+        raise UserError(f"adapter.layers: this model's decoder layers are 0 to {count - 1}, got {wrong[0]}")
+    if len(set(config.layers)) != len(config.layers):
+        raise UserError(f"adapter.layers names a layer twice: {config.layers}")
+    return sorted(config.layers)
+
+
 def apply_adapter(model, config: AdapterConfig):
     """Return the model with only the parts `config` names left trainable."""
     if config.kind == "full":
+        chosen_layers(config, 0)  # refuses adapter.layers
         for parameter in model.parameters():
             parameter.requires_grad_(True)
         return model
     if config.kind == "last_k":
         layers = decoder_layers(model)
-        if not 0 < config.last_k <= len(layers):
+        chosen = chosen_layers(config, len(layers))
+        if chosen is None and not 0 < config.last_k <= len(layers):
             raise UserError(f"adapter.last_k must be between 1 and {len(layers)} for this model, got {config.last_k}")
         for parameter in model.parameters():
             parameter.requires_grad_(False)
-        for layer in layers[-config.last_k:]:
+        for layer in (layers[-config.last_k:] if chosen is None else [layers[i] for i in chosen]):
             for parameter in layer.parameters():
                 parameter.requires_grad_(True)
         return model
@@ -51,8 +71,10 @@ def apply_adapter(model, config: AdapterConfig):
     missing = [m for m in config.target_modules if m not in module_names]
     if missing:
         raise UserError(f"adapter.target_modules: the model has no module named {', '.join(missing)}")
+    # peft finds the layer index in each module's name ("...layers.3.mlp.up_proj") for layers_to_transform.
+    chosen = chosen_layers(config, len(decoder_layers(model))) if config.layers is not None else None
     lora = LoraConfig(r=config.lora_rank, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
-                      target_modules=list(config.target_modules), task_type="CAUSAL_LM")
+                      target_modules=list(config.target_modules), task_type="CAUSAL_LM", layers_to_transform=chosen)
     return get_peft_model(model, lora)
 
 

@@ -56,8 +56,11 @@ def is_hub_name(name: str) -> bool:
 def adapter_summary(adapter: AdapterConfig) -> str:
     if adapter.kind == "lora":
         kept = "merged into the weights" if adapter.merge_at_end else "kept as a separate adapter"
+        where = f" of layers {', '.join(map(str, adapter.layers))}" if adapter.layers else ""
         return (f"LoRA rank {adapter.lora_rank}, alpha {adapter.lora_alpha}, on "
-                f"{', '.join(adapter.target_modules)}; {kept}")
+                f"{', '.join(adapter.target_modules)}{where}; {kept}")
+    if adapter.kind == "last_k" and adapter.layers:
+        return f"only transformer layers {', '.join(map(str, adapter.layers))} trained"
     if adapter.kind == "last_k":
         return f"only the last {adapter.last_k} transformer layers trained"
     return "every weight trained (full fine-tuning)"
@@ -68,7 +71,11 @@ def adapter_settings(adapter: AdapterConfig) -> dict[str, Any]:
     keys = {"lora": ("kind", "lora_rank", "lora_alpha", "lora_dropout", "target_modules", "merge_at_end"),
             "last_k": ("kind", "last_k"), "full": ("kind",)}[adapter.kind]
     values = dataclasses.asdict(adapter)
-    return {key: values[key] for key in keys}
+    chosen = {key: values[key] for key in keys}
+    if adapter.layers:  # explicit layers replace last_k's count (RMU trains the layers up to its steered one)
+        chosen.pop("last_k", None)
+        chosen["layers"] = list(adapter.layers)
+    return chosen
 
 
 def format_value(value: Any, places: int | None = None) -> str:
