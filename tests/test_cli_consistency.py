@@ -28,7 +28,7 @@ from utils.experiment.experiment import Experiment
 
 SWEEP = REPO / "configs" / "experiments" / "sugd_grid.yaml"
 TAKES_CONFIG = {"data", "prepare", "score", "evaluate", "quickstart", "sweep"}  # as --config FILE
-TAKES_SET = TAKES_CONFIG | {"run"}  # run's config is its positional CONFIG.yaml
+TAKES_SET = TAKES_CONFIG | {"run", "merge"}  # run's config is its positional CONFIG.yaml; merge reads its runs'
 NO_CONFIG = {"leaderboard"}  # no config key changes what it does
 
 
@@ -109,7 +109,7 @@ def test_out_is_a_folder_everywhere_but_score(monkeypatch, capsys):
     """One meaning of --out per kind: DIR for the commands that write a folder, FILE for `score` (its
     help says it differs)."""
     kinds = {}
-    for command in ("data", "prepare", "score", "evaluate", "run", "quickstart", "leaderboard", "sweep"):
+    for command in ("data", "prepare", "score", "evaluate", "run", "quickstart", "leaderboard", "sweep", "merge"):
         arguments = arguments_in_help(help_of([command], monkeypatch, capsys))
         outs = {name: text for name, text in arguments.items() if name.startswith("--out ")}
         if outs:
@@ -118,7 +118,7 @@ def test_out_is_a_folder_everywhere_but_score(monkeypatch, capsys):
             if command == "score":
                 assert "FILE, not a folder" in text
     assert kinds == {"prepare": "DIR", "score": "FILE", "evaluate": "DIR", "run": "DIR", "quickstart": "DIR",
-                     "leaderboard": "DIR", "sweep": "DIR"}
+                     "leaderboard": "DIR", "sweep": "DIR", "merge": "DIR"}
 
 
 def test_config_and_set_are_where_a_config_key_matters(monkeypatch, capsys):

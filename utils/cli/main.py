@@ -29,6 +29,7 @@ COMMAND_MODULES = [
     "utils.cli.commands.quickstart",
     "utils.cli.commands.leaderboard",
     "utils.cli.commands.sweep",
+    "utils.cli.commands.merge",
 ]
 
 
