@@ -189,6 +189,17 @@ class EvaluationConfig:
     # (" ." -> ".", " ," -> ",", " n't" -> "n't") its transformers release applied and transformers 5 skips
     # for BPE tokenizers. False: the text exactly as transformers 5 decodes it.
     clean_up_tokenization_spaces: bool = True
+    # Robustness attacks on the evaluated model, run after its evaluation (utils/experiment/robustness.py):
+    # "relearn" (fine-tune a copy on half the forget documents, score the other half) and "quantize".
+    attacks: list[Literal["relearn", "quantize"]] = field(default_factory=list)
+    # Relearning: a few optimiser steps with the run's adapter kind. The defaults suit the tiny default world
+    # (trained at lr 2e-3..5e-3): there a GA run stopped early gets most of its forget scores back and the gold
+    # standard almost nothing. On 7B the literature relearns with lr 1e-5..1e-4 (full) for tens of steps.
+    relearn_steps: int = 10
+    relearn_learning_rate: float = 1e-3
+    relearn_batch_size: int = 4
+    # Round-to-nearest weight quantisation: one scoring per bit width.
+    quantize_bits: list[Literal[2, 3, 4, 5, 6, 7, 8]] = field(default_factory=lambda: [8, 4])
 
 
 @dataclass
@@ -407,6 +418,7 @@ BOUNDS: dict[type, dict[str, Bound]] = {
         "subset": Bound(low=1, nullable=True, text="at least 1 document per task (or null)"),
         "mmlu_shots": NON_NEGATIVE, "mmlu_threshold": Bound(low=0, high=1),
         "per_phase_subset": Bound(low=0, nullable=True), "per_phase_max_new_tokens": AT_LEAST_ONE,
+        "relearn_steps": AT_LEAST_ONE, "relearn_learning_rate": POSITIVE, "relearn_batch_size": AT_LEAST_ONE,
     },
 }
 

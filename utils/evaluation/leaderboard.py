@@ -11,7 +11,10 @@ from utils.io import atomic_write_text, read_json
 
 # The first six columns are a contract (other tools read leaderboard.csv); new ones go at the end.
 COLUMNS = ["method", "final_score", "task_aggregate", "mia_score", "utility", "seconds", "mia_auc",
-           "forget_regurgitation", "retain_regurgitation", "utility_benchmark"]
+           "forget_regurgitation", "retain_regurgitation", "utility_benchmark", "robustness"]
+# The terminal and markdown tables: the headline scores, then robustness (mean recovery under attack, lower is
+# better): blank in the CSV and terminal table, n/a in markdown (as every unmeasured score) when no attack ran.
+TABLE_COLUMNS = [*COLUMNS[:7], "robustness"]
 
 
 def row_from_results(method: str, results: dict, seconds: float | None = None) -> dict:
@@ -30,6 +33,7 @@ def row_from_results(method: str, results: dict, seconds: float | None = None) -
         "forget_regurgitation": overall.get("forget", {}).get("regurgitation"),
         "retain_regurgitation": overall.get("retain", {}).get("regurgitation"),
         "utility_benchmark": utility.get("benchmark"),
+        "robustness": (results.get("robustness") or {}).get("mean_recovery"),
     }
 
 
@@ -64,7 +68,7 @@ def _cell(value) -> str:
 
 
 def to_markdown(rows: list[dict]) -> str:
-    columns = COLUMNS[:7]
+    columns = TABLE_COLUMNS
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     for row in rows:
         lines.append("| " + " | ".join(_cell(row.get(c)) for c in columns) + " |")
@@ -72,7 +76,7 @@ def to_markdown(rows: list[dict]) -> str:
 
 
 def to_text(rows: list[dict]) -> str:
-    return format_table([{c: row.get(c) for c in COLUMNS[:7]} for row in rows])
+    return format_table([{c: row.get(c) for c in TABLE_COLUMNS} for row in rows])
 
 
 def plot_leaderboard(rows: list[dict], path: str | Path, title: str = "Leaderboard",

@@ -423,4 +423,11 @@ def evaluate_run(experiment, model, tokenizer, train_seconds: float, memory: dic
     evaluation.results["timings"]["unlearning"] = train_seconds
     # Measured over the unlearning phases only (not loading, not this evaluation).
     evaluation.results["memory"] = dict(memory or {})
+    if config.evaluation.attacks:
+        # After the sharded evaluation, on every process: each trains and scores its share of the attacks.
+        from utils.experiment.robustness import run_attacks
+
+        started = time.perf_counter()
+        evaluation.results["robustness"] = run_attacks(experiment, model, tokenizer, evaluation, shards, progress)
+        evaluation.results["timings"]["robustness"] = time.perf_counter() - started
     return evaluation

@@ -58,6 +58,12 @@ def register(subparsers) -> None:
     parser.add_argument("--mmlu-shots", type=int, default=None, metavar="N",
                         help="worked examples before each MMLU question, 0 or more (default: config "
                              f"evaluation.mmlu_shots, {EVALUATION.mmlu_shots})")
+    parser.add_argument("--attacks", default=None, metavar="LIST",
+                        help="robustness attacks after the evaluation, comma-separated: relearn (fine-tune a copy on "
+                             "half the forget documents, score the other half), quantize (8- and 4-bit weights), or "
+                             "none; results.json gets a robustness block with the share of forgotten scores that came "
+                             "back, measured against the config's model or the prepared target (default: config "
+                             "evaluation.attacks, none)")
     parser.add_argument("--overwrite", action="store_true",
                         help="replace the results an earlier evaluation left in --out")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -80,7 +86,40 @@ def build_experiment(args) -> Experiment:
     check_at_least("--mmlu-shots", args.mmlu_shots, low=0)
     experiment = Experiment.from_config(args.config, args.overrides)
     flags = {key: getattr(args, name) for name, key in FLAG_KEYS.items()}
+    if getattr(args, "attacks", None) is not None:
+        from utils.experiment.robustness import parse_attacks
+
+        flags["evaluation.attacks"] = parse_attacks(args.attacks)
     return experiment.with_config(replace_keys(experiment.config, flags))
+
+
+def reference_target(args) -> str:
+    """What robustness recovery is measured against: the config's model (file and --set, before --model names the
+    model evaluated), else the prepared world's target."""
+    return Experiment.from_config(args.config, args.overrides).target
+
+
+def evaluate_with_attacks(experiment: Experiment, out: Path, target: str, progress: bool) -> dict:
+    """`experiment.evaluate_checkpoint` followed by the configured robustness attacks on the same loaded model."""
+    import time
+
+    from utils.evaluation.evaluate import write_evaluation
+    from utils.evaluation.sharding import Shards
+    from utils.experiment.robustness import run_attacks
+
+    shards = Shards.from_environment()
+    experiment.check_inputs()
+    model, tokenizer = experiment.load(experiment.target, experiment.config.model.tokenizer)
+    started = time.perf_counter()
+    evaluation = experiment.evaluate(model, tokenizer, evaluated={"model": experiment.target}, progress=progress,
+                                     shards=shards)
+    evaluation.results["timings"]["total"] = time.perf_counter() - started
+    started = time.perf_counter()
+    evaluation.results["robustness"] = run_attacks(experiment, model, tokenizer, evaluation, shards, progress, target)
+    evaluation.results["timings"]["robustness"] = time.perf_counter() - started
+    if shards.is_main:
+        write_evaluation(evaluation, out)
+    return evaluation.results
 
 
 def output_folder(out: str | None, model_name: str) -> Path:
@@ -99,11 +138,18 @@ def run(args) -> int:
     check_output_location(out, "folder")
     if (out / "results.json").is_file() and not args.overwrite:
         raise UserError(f"{out} already holds finished results ({out / 'results.json'}); choose another --out")
-    results = experiment.evaluate_checkpoint(experiment.target, out, tokenizer=experiment.config.model.tokenizer,
-                                             progress=not args.quiet)
+    if experiment.config.evaluation.attacks:
+        results = evaluate_with_attacks(experiment, out, reference_target(args), progress=not args.quiet)
+    else:
+        results = experiment.evaluate_checkpoint(experiment.target, out, tokenizer=experiment.config.model.tokenizer,
+                                                 progress=not args.quiet)
     from utils.evaluation.sharding import Shards
 
     if Shards.from_environment().is_main:  # one report, also when a launcher started several processes
         print(summary_text(results))
+        if "robustness" in results:
+            from utils.experiment.robustness import robustness_text
+
+            print(robustness_text(results["robustness"]))
         print(f"results written to {out / 'results.json'}")
     return 0

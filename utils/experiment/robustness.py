@@ -1,0 +1,369 @@
+"""Robustness attacks on an unlearned model: does what it forgot come back?
+
+A model that merely hides what it knows (its weights still hold the forget set behind a thin suppression)
+scores as well as one that never learned it, until somebody touches the weights. Two attacks from the
+literature do that, each on a copy (the model being evaluated is never modified):
+
+* **relearn** (Hu et al. 2024, Lynch et al. 2024): fine-tune with NLL for a few steps on half of the forget
+  documents (half A), then score the *other* half (half B). Knowledge that returns on B was never removed.
+  The fine-tuning is the project's one training loop with the run's adapter kind (the memory the run needed).
+* **quantize** (Zhang et al. 2024): symmetric round-to-nearest quantisation of every linear layer's weight,
+  per output channel, at each configured bit width; embeddings, norms and the output head keep full precision
+  (as the int8/int4 loaders leave them). The whole forget set and the retain set are scored.
+
+`recovery` is the share of what was forgotten that came back: for every forget term (task x regurgitation /
+knowledge, on the items the attack scores), forgotten = target - unlearned and came_back = attacked -
+unlearned; recovery is the mean over terms with forgotten > MIN_FORGOTTEN of clip(came_back / forgotten, 0, 1).
+0 = nothing came back, 1 = back to the target. It is null when nothing was forgotten or not measured.
+
+It lives with the experiment, not the evaluation: relearning trains, on the engine's one loop.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import gc
+import hashlib
+import json
+import math
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import torch
+
+from utils.data.lume import TASKS, Item
+from utils.errors import UserError
+from utils.evaluation.sharding import ALONE, Shards
+
+ATTACKS = ("relearn", "quantize")
+# Below this drop a term is noise (one exact-match answer of a hundred, a word of ROUGE-L): no ratio of it.
+MIN_FORGOTTEN = 0.01
+KIND_OF = {"sc": "regurgitation", "qa": "knowledge"}
+CACHE_FOLDER = "robustness_cache"
+
+
+def parse_attacks(text: str) -> list[str]:
+    """`relearn,quantize` (the CLI's --attacks) as a list; an unknown name is a one-line UserError."""
+    names = [name.strip() for name in text.split(",") if name.strip()]
+    unknown = [name for name in names if name not in ATTACKS and name != "none"]
+    if unknown:
+        raise UserError(f"--attacks: unknown attack {unknown[0]!r} (known: {', '.join(ATTACKS)}, or none)")
+    return [name for name in dict.fromkeys(names) if name != "none"]
+
+
+# --------------------------------------------------------------------------------------------
+# Quantisation
+
+
+def quantize_rtn(weight: torch.Tensor, bits: int) -> torch.Tensor:
+    """`weight` ([out, in]) rounded to `bits`-bit symmetric integers per output row, returned dequantised.
+
+    scale = max|row| / (2^(bits-1) - 1); value = clamp(round(w / scale)) * scale. A row of zeros stays zero.
+    """
+    if not 2 <= bits <= 8:
+        raise UserError(f"quantisation bits must be between 2 and 8, got {bits}")
+    levels = 2 ** (bits - 1) - 1
+    data = weight.detach().float()
+    scale = data.abs().amax(dim=-1, keepdim=True) / levels
+    scale = torch.where(scale > 0, scale, torch.ones_like(scale))
+    return (torch.clamp(torch.round(data / scale), -levels, levels) * scale).to(weight.dtype)
+
+
+def plain_copy(model):
+    """A deep copy of `model`; an unmerged LoRA model (adapter.merge_at_end: false) merged into plain weights,
+    so the attack sees the weights the model computes with and not the adapter's own layers."""
+    from utils.models.adapters import is_lora
+
+    duplicate = copy.deepcopy(model)
+    return duplicate.merge_and_unload() if is_lora(duplicate) else duplicate
+
+
+def quantized_copy(model, bits: int):
+    """A deep copy of `model` with every nn.Linear weight but the output head's quantised to `bits`."""
+    quantized = plain_copy(model)
+    head = quantized.get_output_embeddings() if hasattr(quantized, "get_output_embeddings") else None
+    with torch.no_grad():
+        for module in quantized.modules():
+            if isinstance(module, torch.nn.Linear) and module is not head:
+                module.weight.copy_(quantize_rtn(module.weight, bits))
+    quantized.eval()
+    return quantized
+
+
+# --------------------------------------------------------------------------------------------
+# The forget halves and recovery
+
+
+def document_halves(items: Sequence[Item]) -> tuple[list[Item], list[Item]]:
+    """(half A, half B) of the forget items, split by document within each task: a task's documents in
+    sorted id order alternate A, B, A, ... so every task is on both sides when it has two documents, all items of
+    a document are on one side, and the split depends on nothing but the ids."""
+    side: dict[str, int] = {}
+    for task in TASKS:
+        documents = sorted({item.document_id for item in items if item.task == task})
+        side.update({document: position % 2 for position, document in enumerate(documents)})
+    return ([item for item in items if side[item.document_id] == 0],
+            [item for item in items if side[item.document_id] == 1])
+
+
+def kind_of(item_id: str) -> str:
+    from utils.data.lume import parse_item_id
+
+    return KIND_OF[parse_item_id(item_id)[0]]
+
+
+def term_means(items: Sequence[Item], scores: dict[str, float]) -> dict[str, dict[str, dict[str, float | None]]]:
+    """{split: {task: {kind: mean score}}} over `items` (None where a task has no item of that kind)."""
+    out: dict = {}
+    for split in dict.fromkeys(item.split for item in items):
+        out[split] = {}
+        for task in TASKS:
+            out[split][task] = {}
+            for kind in KIND_OF.values():
+                values = [scores[i.id] for i in items if i.split == split and i.task == task and kind_of(i.id) == kind]
+                out[split][task][kind] = math.fsum(values) / len(values) if values else None
+    return out
+
+
+def recovery(target: dict, unlearned: dict, attacked: dict) -> tuple[float | None, dict[str, float | None]]:
+    """(mean recovery, per forget term): each argument is one split's {task: {kind: mean}}. A term counts
+    when all three are measured and the unlearning lowered it by more than MIN_FORGOTTEN; the mean of
+    clip((attacked - unlearned) / (target - unlearned), 0, 1) over those, None when there are none."""
+    per_term: dict[str, float | None] = {}
+    for task in TASKS:
+        for kind in KIND_OF.values():
+            values = [(side.get(task) or {}).get(kind) for side in (target, unlearned, attacked)]
+            if any(value is None for value in values):
+                per_term[f"{task}/{kind}"] = None
+                continue
+            before, after, attacked_value = values
+            forgotten = before - after
+            per_term[f"{task}/{kind}"] = (min(1.0, max(0.0, (attacked_value - after) / forgotten))
+                                          if forgotten > MIN_FORGOTTEN else None)
+    counted = [value for value in per_term.values() if value is not None]
+    return (math.fsum(counted) / len(counted) if counted else None), per_term
+
+
+def mean_recovery(block: dict) -> float | None:
+    """The mean of the attacks' recoveries that were measured (the leaderboard's robustness column)."""
+    values = [entry["recovery"] for entry in block.values() if isinstance(entry, dict)
+              and entry.get("recovery") is not None]
+    return math.fsum(values) / len(values) if values else None
+
+
+# --------------------------------------------------------------------------------------------
+# Scoring
+
+
+def item_scores(items: Sequence[Item], outputs: Sequence[str]) -> dict[str, float]:
+    """{item id: official score of its generation} (ROUGE-L recall for sc, exact match for qa)."""
+    from utils.evaluation.metrics import knowledge_score, regurgitation_score
+
+    return {item.id: (regurgitation_score if item.kind == "sc" else knowledge_score)(item.output, output)
+            for item, output in zip(items, outputs)}
+
+
+def score_items(model, tokenizer, items: Sequence[Item], settings, shards: Shards, progress: bool,
+                warn: Callable[[str], None]) -> dict[str, float]:
+    """Greedy generations for `items` (each process its share) scored per item, as the evaluation does."""
+    from utils.evaluation.generation import generate_greedy
+
+    model.eval()
+    with torch.inference_mode():
+        outputs = shards.map(
+            lambda prompts, note: generate_greedy(model, tokenizer, prompts, max_new_tokens=settings.max_new_tokens,
+                                                  batch_size=settings.batch_size, progress=progress, warn=note,
+                                                  clean_up_spaces=settings.clean_up_tokenization_spaces),
+            [item.input for item in items], warn)
+    return item_scores(items, outputs)
+
+
+def mia_auc(model, tokenizer, documents: dict | None, settings, shards: Shards, progress: bool,
+            warn: Callable[[str], None]) -> float | None:
+    """The official loss attack's AUC on `documents` (None without MIA documents or members)."""
+    if documents is None or not documents["member"] or not documents["nonmember"]:
+        return None
+    from utils.evaluation.mia import run_mia
+
+    with torch.inference_mode():
+        return run_mia(model, tokenizer, documents["member"], documents["nonmember"],
+                       batch_size=settings.nll_batch_size, progress=progress, warn=warn, shards=shards)["auc"]
+
+
+def _fingerprint(name: str) -> object:
+    """What identifies a model's weights for the cache: the files of a local folder (name, size, time),
+    else the hub name alone (a revision pins it)."""
+    path = Path(name)
+    if not path.is_dir():
+        return name
+    return sorted((str(f.relative_to(path)), f.stat().st_size, f.stat().st_mtime_ns)
+                  for f in path.rglob("*") if f.is_file() and f.suffix in (".safetensors", ".bin", ".json"))
+
+
+def target_scores(experiment, target: str, items: Sequence[Item], shards: Shards, progress: bool,
+                  warn: Callable[[str], None]) -> dict[str, float] | None:
+    """The target's per-item scores on `items` (what there was to forget), cached in the work dir under a key
+    of the model's files, the items and the generation settings; None when the target cannot be loaded."""
+    from utils.io import atomic_write_json
+
+    settings = experiment.config.evaluation
+    key = json.dumps({"model": target, "files": _fingerprint(target),
+                      "revision": experiment.config.model.revision, "dtype": experiment.config.model.dtype,
+                      "items": [[i.id, i.input, i.output] for i in items], "max_new_tokens": settings.max_new_tokens,
+                      "batch_size": settings.batch_size, "clean_up": settings.clean_up_tokenization_spaces},
+                     sort_keys=True, default=str)
+    path = Path(experiment.workdir) / CACHE_FOLDER / f"target-{hashlib.sha256(key.encode()).hexdigest()[:16]}.json"
+    if path.is_file():
+        try:
+            cached = json.loads(path.read_text(encoding="utf-8"))
+            if set(cached) == {i.id for i in items}:
+                return {k: float(v) for k, v in cached.items()}
+        except (OSError, ValueError, TypeError, AttributeError):
+            pass  # a damaged cache is measured again
+    try:
+        model, tokenizer = experiment.load(target)
+    except (UserError, OSError, ValueError) as exc:
+        warn(f"robustness: the target {target} could not be loaded, so recovery is not measured "
+             f"({str(exc).splitlines()[0] if str(exc) else exc.__class__.__name__})")
+        return None
+    scores = score_items(model, tokenizer, items, settings, shards, progress, warn)
+    del model
+    _free_memory()
+    if shards.is_main:
+        atomic_write_json(path, scores)
+    return scores
+
+
+def _free_memory() -> None:
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+# --------------------------------------------------------------------------------------------
+# The attacks
+
+
+def relearned_copy(model, tokenizer, items: Sequence[Item], config, progress: bool):
+    """A deep copy of `model` fine-tuned with NLL on `items` for `evaluation.relearn_steps` optimiser steps
+    (constant lr, no warm-up, the run's adapter kind, merged at the end)."""
+    from methods.engine.finetune import finetune
+    from utils.experiment.run import training_examples
+
+    settings = config.evaluation
+    examples = training_examples(list(items), "forget", tokenizer, config)
+    per_epoch = math.ceil(len(examples) / settings.relearn_batch_size)
+    # The trainer runs ceil(epochs x batches per epoch) steps; half a step short of the count gives exactly it.
+    epochs = (settings.relearn_steps - 0.5) / per_epoch
+    training = dataclasses.replace(config.training, epochs=epochs, learning_rate=settings.relearn_learning_rate,
+                                   batch_size=settings.relearn_batch_size, lr_schedule="constant", warmup_steps=0,
+                                   report_to="none")
+    adapter = dataclasses.replace(config.adapter, merge_at_end=True)
+    trained, _ = finetune(plain_copy(model), tokenizer, examples, training, adapter, name="relearn",
+                          progress=progress)
+    return trained
+
+
+def _attack_entry(items: Sequence[Item], scores: dict[str, float], target: dict[str, float] | None,
+                  unlearned: dict[str, float], auc: float | None, settings: dict, extra: dict | None = None) -> dict:
+    forget = [item for item in items if item.split == "forget"]
+    terms = term_means(items, scores)
+    if target is None:
+        value, per_term = None, {}
+    else:
+        value, per_term = recovery(term_means(forget, target)["forget"], term_means(forget, unlearned)["forget"],
+                                   terms["forget"])
+    return {"terms": terms, "mia_auc": auc, "recovery": value, "recovery_terms": per_term, "items": len(items),
+            **(extra or {}), "settings": settings}
+
+
+def _relearn(model, tokenizer, half_a: list[Item], half_b: list[Item], config, documents: dict | None,
+             target: dict[str, float] | None, unlearned: dict[str, float], shards: Shards, progress: bool,
+             warn: Callable[[str], None]) -> dict:
+    """Relearn half A on a copy, then score half B and the MIA without the members trained on directly."""
+    settings = config.evaluation
+    relearned = relearned_copy(model, tokenizer, half_a, config, progress)
+    # A member document that is a half-A item's text was trained on directly: it would be trivially "seen".
+    trained = {item.training_text for item in half_a}
+    members = None if documents is None else {
+        "member": [d for d in documents["member"] if d not in trained], "nonmember": documents["nonmember"]}
+    scores = score_items(relearned, tokenizer, half_b, settings, shards, progress, warn)
+    auc = mia_auc(relearned, tokenizer, members, settings, shards, progress, warn)
+    del relearned
+    _free_memory()
+    return _attack_entry(
+        half_b, scores, target, unlearned, auc,
+        {"steps": settings.relearn_steps, "learning_rate": settings.relearn_learning_rate,
+         "batch_size": settings.relearn_batch_size, "adapter": config.adapter.kind,
+         "trained_items": len(half_a), "trained_documents": len({i.document_id for i in half_a})},
+        {"mia_members": None if members is None else len(members["member"])})
+
+
+def run_attacks(experiment, model, tokenizer, evaluation, shards: Shards = ALONE, progress: bool = True,
+                target: str | None = None) -> dict:
+    """Run the configured attacks on copies of `model` (evaluated into `evaluation`) and return results.json's
+    `robustness` block. `target` is the model before unlearning that recovery is measured against (default: the
+    experiment's). Every process of a launch takes part (training and scoring its share): none waits alone."""
+    from utils.evaluation.evaluate import subset_items
+
+    config = experiment.config
+    settings = config.evaluation
+    notes: list[str] = []
+    progress = progress and shards.is_main
+    forget = subset_items(experiment.lume().forget, settings.subset)
+    retain = subset_items(experiment.lume().retain, settings.subset)
+    # The evaluated model's scores on the same items, read back from its generations.
+    generated = {row["id"]: row["model_output"] for row in evaluation.generations["forget"]}
+    unlearned = item_scores(forget, [generated[item.id] for item in forget])
+    target_name = str(target or experiment.target)
+    reference = target_scores(experiment, target_name, forget, shards, progress, notes.append)
+    _, documents, _ = experiment.mia()
+    block: dict = {}
+    if "relearn" in settings.attacks:
+        half_a, half_b = document_halves(forget)
+        if not half_a or not half_b:
+            # Refused when the config is read would be kinder, but the subset decides it: say why, run the rest.
+            block["relearn"] = {"recovery": None, "skipped": "relearn needs two forget documents in a task "
+                                                            "(one to relearn on, one to score)"}
+        else:
+            block["relearn"] = _relearn(model, tokenizer, half_a, half_b, config, documents, reference, unlearned,
+                                        shards, progress, notes.append)
+    if "quantize" in settings.attacks:
+        for bits in dict.fromkeys(settings.quantize_bits):
+            quantized = quantized_copy(model, bits)
+            items = [*forget, *retain]
+            scores = score_items(quantized, tokenizer, items, settings, shards, progress, notes.append)
+            auc = mia_auc(quantized, tokenizer, documents, settings, shards, progress, notes.append)
+            block[f"quantize_{bits}bit"] = _attack_entry(
+                items, scores, reference, unlearned, auc,
+                {"bits": bits, "scheme": "symmetric round-to-nearest per output channel, nn.Linear weights "
+                                         "except the output head"})
+            del quantized
+            _free_memory()
+    block["mean_recovery"] = mean_recovery(block)
+    block["target"] = target_name
+    if notes:
+        block["warnings"] = notes
+    return block
+
+
+def robustness_text(block: dict) -> str:
+    """One line per attack: forget means after it, MIA AUC and recovery (for the terminal summary)."""
+
+    def show(value) -> str:
+        return "not measured" if value is None else f"{value:.4f}"
+
+    lines = []
+    for name, entry in block.items():
+        if not isinstance(entry, dict):
+            continue
+        if "skipped" in entry:
+            lines.append(f"robustness {name}: skipped ({entry['skipped']})")
+            continue
+        forget = [value for task in entry["terms"]["forget"].values() for value in task.values() if value is not None]
+        lines.append(f"robustness {name}: forget mean {show(math.fsum(forget) / len(forget) if forget else None)}  "
+                     f"MIA AUC {show(entry['mia_auc'])}  recovery {show(entry['recovery'])}")
+    lines.append(f"robustness (mean recovery, lower is better): {show(block.get('mean_recovery'))}")
+    lines.extend(f"warning: {note}" for note in block.get("warnings", []))
+    return "\n".join(lines)
