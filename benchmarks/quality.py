@@ -42,7 +42,8 @@ from utils.evaluation.leaderboard import COLUMNS, plot_leaderboard, row_from_res
 from utils.experiment.sweep import SweepRun, run_sweep
 from utils.io import atomic_write_json, atomic_write_text
 
-METHODS = ["ga", "gd", "kl", "npo", "agad", "sugd", "sugd_ceiling", "sugd_doc_ceiling"]
+METHODS = ["ga", "gd", "kl", "npo", "simnpo", "wga", "undial", "rmu", "idk_nll", "idk_dpo", "agad", "sugd",
+           "sugd_simnpo", "sugd_ceiling", "sugd_doc_ceiling"]
 # The real split leaves out the answer-level ceiling (`--methods` adds it back): there the MIA reads
 # whole documents whose prompts stay memorised, so stopping at the gold standard's answer NLL leaves the
 # AUC near 1 (README: Results); the document-level ceiling is the variant that fits, and the hour is short.
@@ -59,7 +60,7 @@ RUN_DEFAULTS = {"real": ["training.max_micro_batch_tokens=1024"], "mini": []}
 DEFAULT_EPOCHS = {"real": 1.0, "mini": None}
 # Columns summarised over seeds (median and range).
 STAT_COLUMNS = ["final_score", "task_aggregate", "mia_score", "utility", "mia_auc", "forget_regurgitation",
-                "retain_regurgitation", "forget_knowledge", "retain_knowledge", "unlearning_seconds",
+                "retain_regurgitation", "forget_knowledge", "retain_knowledge", "robustness", "unlearning_seconds",
                 "wall_seconds", "peak_rss_mb"]
 TABLE_COLUMNS = COLUMNS + ["gold_mia_auc", "lr", "seeds", "forget_knowledge", "retain_knowledge", "wall_seconds",
                            "peak_rss_mb", "final_score_min", "final_score_max", "final_by_lr"]
@@ -106,7 +107,7 @@ def run_jobs(jobs: list[dict], jobs_at_once: int, threads: int, setting: Setting
              log) -> list[dict]:
     """The (method, lr, seed) runs through the sweep engine, each an `unlearn run` child process,
     `jobs_at_once` at a time, the slowest methods first (a shorter tail); finished runs are reused."""
-    cost = {"sugd": 0, "sugd_ceiling": 0, "agad": 1}
+    cost = {"sugd": 0, "sugd_ceiling": 0, "sugd_simnpo": 0, "sugd_doc_ceiling": 0, "agad": 1}
     ordered = sorted(jobs, key=lambda j: cost.get(j["method"], 2))
     runs = [SweepRun(f"{j['method']}_lr{j['lr']:g}_seed{j['seed']}", setting.config(j["method"]),
                      [*setting.base, *setting.per_method.get(j["method"], []), f"training.learning_rate={j['lr']}",
@@ -309,6 +310,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default=None, help="output folder (default: benchmarks/results/quality_<data>)")
     parser.add_argument("--work", default=None, help="run folders (default: artifacts/quality_<data>, or "
                                                      "<out>/work with --out)")
+    parser.add_argument("--attacks", default="relearn,quantize",
+                        help="robustness attacks on every run and reference model (the robustness column), "
+                             "comma-separated, or none")
     parser.add_argument("--set", dest="extra", action="append", default=[], help="extra override for every run")
     parser.add_argument("--world-set", dest="world_extra", action="append", default=[],
                         help="extra override for `unlearn prepare` (must match how the world was built, "
@@ -362,6 +366,9 @@ def main(argv: list[str] | None = None) -> int:
         args.extra = RUN_DEFAULTS[kind] + args.extra
     if args.epochs is not None:
         args.extra = [f"training.epochs={args.epochs:g}", *args.extra]
+    from utils.experiment.robustness import parse_attacks
+
+    args.extra = [f"evaluation.attacks=[{', '.join(parse_attacks(args.attacks))}]", *args.extra]
     lrs = [float(x) for x in lrs_text.split(",")]
     out = Path(args.out or common.RESULTS_DIR / f"quality_{label}").resolve()
     out.mkdir(parents=True, exist_ok=True)

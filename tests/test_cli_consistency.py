@@ -179,7 +179,7 @@ def captured_config(monkeypatch, tmp_path):
     monkeypatch.chdir(tmp_path)
     seen = {}
 
-    def evaluate_checkpoint(self, model_name, out=None, tokenizer=None, label=None, progress=True):
+    def evaluate_checkpoint(self, model_name, out=None, tokenizer=None, label=None, progress=True, target=None):
         seen.update(config=self.config, model=model_name, out=out, tokenizer=tokenizer)
         raise Captured
 

@@ -62,6 +62,12 @@ def test_quickstart_evaluates_the_gold_standard_like_every_method(tmp_path, smal
         assert results["evaluated"]["subset_documents_per_task"] == 1
         assert results["utility"]["benchmark"] == "mmlu-1shot"
         assert any("threshold 0.99" in warning for warning in results["warnings"])
+        # quickstart attacks the gold standard and every run; one document per task leaves relearn nothing
+        # to score, which it says rather than scoring.
+        robustness = results["robustness"]
+        assert set(robustness) >= {"relearn", "quantize_8bit", "quantize_4bit", "mean_recovery"}
+        assert robustness["relearn"]["recovery"] is None and "skipped" in robustness["relearn"]
+        assert robustness["quantize_8bit"]["items"] > 0
     assert generation_ids(runs / "gold_standard") == generation_ids(runs / "ga")
     all_forget_items = len(load_lume(small_world.data).forget)
     assert len(generation_ids(runs / "ga")) < all_forget_items

@@ -241,8 +241,10 @@ class Experiment:
         return model, tokenizer
 
     def evaluate_checkpoint(self, model_name: str, out: str | Path | None = None, tokenizer: str | None = None,
-                            label: str | None = None, progress: bool = True) -> dict:
-        """Load a checkpoint (folder, hub name or LoRA adapter) and evaluate it; returns results.json's dict."""
+                            label: str | None = None, progress: bool = True, target: str | None = None) -> dict:
+        """Load a checkpoint (folder, hub name or LoRA adapter) and evaluate it, then run the configured
+        robustness attacks on it (`evaluation.attacks`; recovery measured against `target`, default this
+        experiment's target); returns results.json's dict."""
         import time
 
         from utils.evaluation.sharding import Shards
@@ -255,6 +257,13 @@ class Experiment:
         evaluation = self.evaluate(model, loaded_tokenizer, evaluated={"model": model_name}, progress=progress,
                                    shards=shards)
         evaluation.results["timings"]["total"] = time.perf_counter() - started
+        if self.config.evaluation.attacks:
+            from utils.experiment.robustness import run_attacks
+
+            started = time.perf_counter()
+            evaluation.results["robustness"] = run_attacks(self, model, loaded_tokenizer, evaluation, shards,
+                                                           progress, target)
+            evaluation.results["timings"]["robustness"] = time.perf_counter() - started
         if label is not None:
             evaluation.results["method"] = evaluation.results["name"] = label
         if out is not None and shards.is_main:

@@ -99,29 +99,6 @@ def reference_target(args) -> str:
     return Experiment.from_config(args.config, args.overrides).target
 
 
-def evaluate_with_attacks(experiment: Experiment, out: Path, target: str, progress: bool) -> dict:
-    """`experiment.evaluate_checkpoint` followed by the configured robustness attacks on the same loaded model."""
-    import time
-
-    from utils.evaluation.evaluate import write_evaluation
-    from utils.evaluation.sharding import Shards
-    from utils.experiment.robustness import run_attacks
-
-    shards = Shards.from_environment()
-    experiment.check_inputs()
-    model, tokenizer = experiment.load(experiment.target, experiment.config.model.tokenizer)
-    started = time.perf_counter()
-    evaluation = experiment.evaluate(model, tokenizer, evaluated={"model": experiment.target}, progress=progress,
-                                     shards=shards)
-    evaluation.results["timings"]["total"] = time.perf_counter() - started
-    started = time.perf_counter()
-    evaluation.results["robustness"] = run_attacks(experiment, model, tokenizer, evaluation, shards, progress, target)
-    evaluation.results["timings"]["robustness"] = time.perf_counter() - started
-    if shards.is_main:
-        write_evaluation(evaluation, out)
-    return evaluation.results
-
-
 def output_folder(out: str | None, model_name: str) -> Path:
     """--out, else `<model>/evaluation` for a local model folder, else ./evaluation."""
     if out:
@@ -138,11 +115,9 @@ def run(args) -> int:
     check_output_location(out, "folder")
     if (out / "results.json").is_file() and not args.overwrite:
         raise UserError(f"{out} already holds finished results ({out / 'results.json'}); choose another --out")
-    if experiment.config.evaluation.attacks:
-        results = evaluate_with_attacks(experiment, out, reference_target(args), progress=not args.quiet)
-    else:
-        results = experiment.evaluate_checkpoint(experiment.target, out, tokenizer=experiment.config.model.tokenizer,
-                                                 progress=not args.quiet)
+    target = reference_target(args) if experiment.config.evaluation.attacks else None
+    results = experiment.evaluate_checkpoint(experiment.target, out, tokenizer=experiment.config.model.tokenizer,
+                                             progress=not args.quiet, target=target)
     from utils.evaluation.sharding import Shards
 
     if Shards.from_environment().is_main:  # one report, also when a launcher started several processes

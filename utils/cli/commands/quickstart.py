@@ -17,7 +17,9 @@ from utils.errors import UserError
 from utils.io import check_output_location
 from utils.project import config_dir
 
-DEFAULT_METHODS = ["ga", "gd", "kl", "npo", "agad", "sugd", "sugd_ceiling"]
+DEFAULT_METHODS = ["ga", "gd", "kl", "npo", "simnpo", "wga", "undial", "rmu", "idk_nll", "idk_dpo", "agad", "sugd",
+                   "sugd_simnpo", "sugd_ceiling"]
+DEFAULT_ATTACKS = "relearn,quantize"
 
 
 def register(subparsers) -> None:
@@ -26,6 +28,9 @@ def register(subparsers) -> None:
                         help="work folder (default: config workdir, artifacts/default)")
     parser.add_argument("--methods", default=",".join(DEFAULT_METHODS),
                         help="comma-separated method configs from configs/ to run")
+    parser.add_argument("--attacks", default=DEFAULT_ATTACKS, metavar="LIST",
+                        help="robustness attacks on the gold standard and every run, comma-separated (relearn, "
+                             "quantize), or none; the leaderboard's robustness column (default: %(default)s)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     add_config_arguments(parser)
     parser.set_defaults(func=run)
@@ -34,8 +39,10 @@ def register(subparsers) -> None:
 def run(args) -> int:
     from utils.evaluation.leaderboard import row_from_results, to_text, write_leaderboard
     from utils.experiment.experiment import Experiment
+    from utils.experiment.robustness import parse_attacks
 
-    overrides = list(args.overrides)
+    # The attacks go first, so a --set evaluation.attacks=... the user gives wins over --attacks' default.
+    overrides = [f"evaluation.attacks=[{', '.join(parse_attacks(args.attacks))}]", *args.overrides]
     if args.out:
         overrides.append(f"workdir={args.out}")
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
