@@ -11,12 +11,11 @@ epoch); "nll" or "kl" adds the retain term in gradient-difference batches weight
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
 
-from methods.engine.phases import check_common, mixed_phase, tagged
-from methods.engine.settings import ForgetTermSettings
+from methods.engine.phases import fixed_forget_loss_phases
+from methods.engine.settings import FixedForgetLossSettings
 from methods.engine.trainer import Phase
-from utils.config import BOUNDS, NON_NEGATIVE, TrainingConfig
+from utils.config import TrainingConfig
 from utils.data.tokenization import Example
 
 NAME = "wga"
@@ -24,15 +23,10 @@ FIXED = {"forget_loss": "wga"}
 
 
 @dataclass
-class Settings(ForgetTermSettings):
+class Settings(FixedForgetLossSettings):
     """The forget loss is WGA's, always: no forget_loss knob."""
 
     name: str = NAME
-    retain_loss: Literal["nll", "kl", "none"] = "nll"
-    retain_weight: float = 1.0
-
-
-BOUNDS[Settings] = {"retain_weight": NON_NEGATIVE}
 
 
 def loss_kinds(settings: Settings) -> tuple[str, str]:
@@ -41,10 +35,4 @@ def loss_kinds(settings: Settings) -> tuple[str, str]:
 
 def build_phases(forget: list[Example], retain: list[Example], settings: Settings, training: TrainingConfig,
                  seed: int) -> list[Phase]:
-    forget_loss, retain_loss = loss_kinds(settings)
-    check_common(NAME, forget, retain, settings, training, forget_loss, retain_loss, retain_needed=True)
-    if retain_loss == "none":
-        examples = [tagged(e, "forget") for e in forget]
-        return [Phase(name=NAME, examples=examples, epochs=training.epochs, shuffle=True,
-                      info={"kind": "ascent"})]
-    return [mixed_phase(NAME, forget, retain, settings.retain_weight, training, seed)]
+    return fixed_forget_loss_phases(NAME, "wga", forget, retain, settings, training, seed)

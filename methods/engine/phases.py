@@ -98,6 +98,18 @@ def mixed_phase(name: str, forget: list[Example], retain: list[Example], retain_
                  info={"kind": "mixed", "epochs": training.epochs, **(info or {})})
 
 
+def fixed_forget_loss_phases(name: str, forget_loss: str, forget: list[Example], retain: list[Example], settings,
+                             training: TrainingConfig, seed: int, kind: str = "ascent") -> list[Phase]:
+    """The phases of a method with a fixed forget loss (`FixedForgetLossSettings`): with retain_loss "none"
+    the forget examples alone, reshuffled every epoch; else gradient-difference batches weighted by
+    settings.retain_weight."""
+    check_common(name, forget, retain, settings, training, forget_loss, settings.retain_loss, retain_needed=True)
+    if settings.retain_loss == "none":
+        examples = [tagged(e, "forget") for e in forget]
+        return [Phase(name=name, examples=examples, epochs=training.epochs, shuffle=True, info={"kind": kind})]
+    return [mixed_phase(name, forget, retain, settings.retain_weight, training, seed)]
+
+
 # Settings attribute -> make_unlearning_loss argument; a setting a method does not declare keeps the default.
 LOSS_KNOBS = {"npo_beta": "npo_beta", "forget_loss_ceiling": "forget_loss_ceiling",
               "forget_loss_ceiling_scope": "ceiling_scope", "simnpo_beta": "simnpo_beta",

@@ -44,3 +44,14 @@ class UnlearningSettings(ForgetTermSettings):
 BOUNDS[ForgetTermSettings] = {"npo_beta": POSITIVE, "simnpo_beta": POSITIVE, "simnpo_gamma": NON_NEGATIVE,
                               "wga_beta": NON_NEGATIVE, "undial_beta": POSITIVE,
                               "forget_loss_ceiling": Bound(low=0, low_open=True, nullable=True)}
+
+
+@dataclass
+class FixedForgetLossSettings(ForgetTermSettings):
+    """A method whose forget loss is fixed (NPO, SimNPO, WGA, UNDIAL), with an optional retain term."""
+
+    retain_loss: Literal["nll", "kl", "none"] = "nll"
+    retain_weight: float = 1.0  # the retain term's weight against the forget term's
+
+
+BOUNDS[FixedForgetLossSettings] = {"retain_weight": NON_NEGATIVE}
