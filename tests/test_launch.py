@@ -9,6 +9,8 @@ import sys
 import textwrap
 from pathlib import Path
 
+import pytest
+
 from methods.engine.trainer import LAUNCHER_PRECISION, launch_precision
 
 REPO = Path(__file__).resolve().parents[1]
@@ -101,6 +103,57 @@ def test_evaluation_split_over_two_processes_equals_one(small_world, tmp_path):
     member_one = json.loads((tmp_path / "one" / "mia_nll.json").read_text())["member"]
     member_two = json.loads((tmp_path / "two" / "mia_nll.json").read_text())["member"]
     assert max(abs(a - b) for a, b in zip(member_one, member_two)) < 1e-5
+
+
+def test_the_quick_check_is_split_over_two_processes_and_equals_one(small_world, tmp_path):
+    """The per-chunk quick check (split_means) under 2 launched processes: each generates half the prompts,
+    and both get the one-process means (no process idles at a barrier while the main one checks alone)."""
+    from utils.data.lume import load_lume
+    from utils.evaluation.evaluate import split_means
+    from utils.models.loading import load_model_and_tokenizer
+
+    lume = load_lume(small_world.root / "data" / "data", "validation")
+    items = lume.forget + lume.retain
+    model, tokenizer = load_model_and_tokenizer(str(small_world.target))
+    alone = split_means(model, tokenizer, items, 16, 4)
+    assert 0 < alone["regurgitation"] <= 1 and len(items) > 10
+    script = textwrap.dedent(f"""
+        import json, os
+
+        from accelerate import PartialState, notebook_launcher
+
+        import utils.evaluation.generation as generation
+        from utils.data.lume import load_lume
+        from utils.evaluation.evaluate import split_means
+        from utils.evaluation.sharding import Shards
+        from utils.models.loading import load_model_and_tokenizer
+
+        whole = generation.generate_greedy
+
+        def counted(model, tokenizer, prompts, **kwargs):
+            print("RANK", os.environ["RANK"], "PROMPTS", len(prompts), flush=True)
+            return whole(model, tokenizer, prompts, **kwargs)
+
+        def check():
+            generation.generate_greedy = counted
+            lume = load_lume({str(small_world.root / "data" / "data")!r}, "validation")
+            model, tokenizer = load_model_and_tokenizer({str(small_world.target)!r})
+            means = split_means(model, tokenizer, lume.forget + lume.retain, 16, 4,
+                                shards=Shards.of(PartialState(cpu=True)))
+            print("MEANS", os.environ["RANK"], json.dumps(means), flush=True)
+
+        notebook_launcher(check, num_processes=2)
+    """)
+    completed = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True,
+                               timeout=600, check=False)
+    assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
+    lines = completed.stdout.splitlines()
+    assert sorted(line for line in lines if line.startswith("RANK")) == [
+        f"RANK 0 PROMPTS {(len(items) + 1) // 2}", f"RANK 1 PROMPTS {len(items) // 2}"]
+    import json
+
+    means = [json.loads(line.split(" ", 2)[2]) for line in lines if line.startswith("MEANS")]
+    assert len(means) == 2 and all(m == pytest.approx(alone, abs=1e-12) for m in means)
 
 
 def test_a_sharding_engine_is_refused_in_one_line():

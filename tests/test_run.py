@@ -221,6 +221,13 @@ def test_two_process_ddp_matches_one_process(small_world, tmp_path):
     assert len(ddp_phases) == PHASES
     for key in ("forget_nll", "retain_nll"):
         assert [p[key] for p in ddp_phases] == pytest.approx([p[key] for p in single_phases], abs=1e-5), key
+    # The quick checks ran sharded over both processes (each generated half the prompts) and gathered: before
+    # any training (same weights) they equal the one-process check; after each phase they are there.
+    ddp_before, single_before = read_jsonl(ddp / "before.json"), read_jsonl(single / "before.json")
+    assert ddp_before[0].keys() == single_before[0].keys() >= {"forget_regurgitation", "retain_knowledge",
+                                                                "forget_nll"}
+    assert ddp_before == [pytest.approx(single_before[0], abs=1e-6)]
+    assert all(0 <= p["forget_regurgitation"] <= 1 and 0 <= p["retain_knowledge"] <= 1 for p in ddp_phases)
     assert sorted(files_of(ddp)) == sorted(files_of(single))
 
 

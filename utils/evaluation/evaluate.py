@@ -46,14 +46,18 @@ def subset_items(items: list[Item], documents_per_task: int | None) -> list[Item
 
 @torch.inference_mode()
 def split_means(model, tokenizer, items: list[Item], max_new_tokens: int, batch_size: int,
-                clean_up_spaces: bool = True, progress: bool = False) -> dict[str, float]:
+                clean_up_spaces: bool = True, progress: bool = False, shards: Shards = ALONE) -> dict[str, float]:
     """Mean regurgitation (sc items) and knowledge (qa items) of greedy generations for `items`: the quick
-    check of a run's phases and of the prepared world (no MIA, no utility, no files)."""
+    check of a run's phases and of the prepared world (no MIA, no utility, no files). Under several processes
+    each generates its `shards` share and every process returns the same means."""
     from utils.evaluation.generation import generate_greedy
     from utils.evaluation.metrics import knowledge_score, regurgitation_score
 
-    outputs = generate_greedy(model, tokenizer, [i.input for i in items], max_new_tokens=max_new_tokens,
-                              batch_size=batch_size, progress=progress, clean_up_spaces=clean_up_spaces)
+    outputs = shards.map(
+        lambda prompts, _warn: generate_greedy(model, tokenizer, prompts, max_new_tokens=max_new_tokens,
+                                               batch_size=batch_size, progress=progress and shards.is_main,
+                                               clean_up_spaces=clean_up_spaces),
+        [i.input for i in items], lambda _note: None)
     regurgitation = [regurgitation_score(i.output, o) for i, o in zip(items, outputs) if i.kind == "sc"]
     knowledge = [knowledge_score(i.output, o) for i, o in zip(items, outputs) if i.kind == "qa"]
     return {"regurgitation": sum(regurgitation) / max(1, len(regurgitation)),

@@ -289,10 +289,16 @@ def run_experiment(experiment, resume: bool = False, progress: bool = True, eval
             truncate_lines(run_dir / "phases.jsonl", phases_done)
         log(f"[run] resuming after phase {phases_done} of {len(phases)}")
 
-    if state is None and accelerator.is_main_process and config.evaluation.per_phase_subset:
+    # The quick checks below run on every process, each on its share of the items (Shards), so none waits
+    # idle at a barrier while the main process checks alone; the main process writes them.
+    from utils.evaluation.sharding import Shards
+
+    shards = Shards.of(accelerator)
+    if state is None and config.evaluation.per_phase_subset:
         # The first point of the per-chunk plots: the model before any unlearning.
-        atomic_write_text(run_dir / BEFORE_FILE,
-                          json_line(_starting_point(trainer.unwrapped_model, tokenizer, lume, config, phases, progress)))
+        before = _starting_point(trainer.unwrapped_model, tokenizer, lume, config, phases, progress, shards)
+        if accelerator.is_main_process:
+            atomic_write_text(run_dir / BEFORE_FILE, json_line(before))
     accelerator.wait_for_everyone()
 
     with PeakMemory() as peak_memory:
@@ -305,12 +311,11 @@ def run_experiment(experiment, resume: bool = False, progress: bool = True, eval
             phase = phases[index]
             result = trainer.train_phase(phase, index)
             elapsed += time.perf_counter() - started
-            accelerator.wait_for_everyone()
+            check = _quick_check(trainer.unwrapped_model, tokenizer, lume, config, progress, shards)
             if accelerator.is_main_process:
                 record = {"phase": index, "name": phase.name, **phase.info, "steps": result.steps,
                           "seconds": result.seconds, "loss": result.mean_loss,
-                          "forget_nll": result.forget_nll, "retain_nll": result.retain_nll}
-                record.update(_quick_check(trainer.unwrapped_model, tokenizer, lume, config, progress))
+                          "forget_nll": result.forget_nll, "retain_nll": result.retain_nll, **check}
                 with (run_dir / "phases.jsonl").open("a", encoding="utf-8") as handle:
                     handle.write(json_line(record))
                 if trackers:
@@ -336,8 +341,6 @@ def run_experiment(experiment, resume: bool = False, progress: bool = True, eval
         save_model(final, tokenizer, run_dir / "model")
     if evaluate:
         # Every process evaluates its share (no process idles at a barrier past the collective timeout).
-        from utils.evaluation.sharding import Shards
-
         evaluation = evaluate_run(experiment, final, tokenizer, elapsed, peak_memory.result(), progress,
                                   Shards.of(accelerator))
         results = evaluation.results
@@ -362,25 +365,29 @@ def run_experiment(experiment, resume: bool = False, progress: bool = True, eval
     return results
 
 
-def _quick_check(model, tokenizer, lume, config: Config, progress: bool) -> dict:
-    """Mean forget/retain regurgitation and knowledge on a few documents, for the per-chunk curves."""
+def _quick_check(model, tokenizer, lume, config: Config, progress: bool, shards=None) -> dict:
+    """Mean forget/retain regurgitation and knowledge on a few documents, for the per-chunk curves; under
+    several processes each generates its `shards` share (every process must call it)."""
     subset = config.evaluation.per_phase_subset
     if not subset:
         return {}
     from utils.evaluation.evaluate import split_means, subset_items
+    from utils.evaluation.sharding import ALONE
 
     model.eval()
     out = {}
     settings = config.evaluation
     for split in ("forget", "retain"):
         means = split_means(model, tokenizer, subset_items(lume.split_items(split), subset),
-                            settings.per_phase_max_new_tokens, settings.batch_size, settings.clean_up_tokenization_spaces)
+                            settings.per_phase_max_new_tokens, settings.batch_size, settings.clean_up_tokenization_spaces,
+                            progress=False, shards=shards or ALONE)
         out[f"{split}_regurgitation"], out[f"{split}_knowledge"] = means["regurgitation"], means["knowledge"]
     model.train()
     return out
 
 
-def _starting_point(model, tokenizer, lume, config: Config, phases: list[Phase], progress: bool) -> dict:
+def _starting_point(model, tokenizer, lume, config: Config, phases: list[Phase], progress: bool,
+                    shards=None) -> dict:
     """The quick check and the forget/retain NLLs of the model before any unlearning (before.json): the first
     point of the per-chunk plots. Each NLL is the mean per-example NLL over the examples of the first phase that
     trains on that role, counted as the trainer counts them (weight not 0)."""
@@ -388,20 +395,26 @@ def _starting_point(model, tokenizer, lume, config: Config, phases: list[Phase],
 
     from methods.engine.trainer import nll_per_example
     from utils.data.tokenization import collate
+    from utils.evaluation.sharding import ALONE
 
-    record = {"phase": -1, "name": "before", **_quick_check(model, tokenizer, lume, config, progress)}
+    shards = shards or ALONE
+    record = {"phase": -1, "name": "before", **_quick_check(model, tokenizer, lume, config, progress, shards)}
     device = next(model.parameters()).device
     size = config.evaluation.nll_batch_size
+
+    def nlls(examples, _warn) -> list[float]:
+        values: list[float] = []
+        with torch.inference_mode():
+            for start in range(0, len(examples), size):
+                batch = collate(examples[start:start + size], tokenizer.pad_token_id)
+                values += nll_per_example(model, {k: v.to(device) for k, v in batch.items()}).tolist()
+        return values
+
     model.eval()
     for role, is_role in (("forget", lambda e: e.role == "forget"), ("retain", lambda e: e.role != "forget")):
         chosen = ([e for e in phase.examples if is_role(e) and e.weight != 0] for phase in phases)
         examples = next((found for found in chosen if found), [])
-        total = 0.0
-        with torch.inference_mode():
-            for start in range(0, len(examples), size):
-                batch = collate(examples[start:start + size], tokenizer.pad_token_id)
-                total += float(nll_per_example(model, {k: v.to(device) for k, v in batch.items()}).sum())
-        record[f"{role}_nll"] = total / len(examples) if examples else None
+        record[f"{role}_nll"] = sum(shards.map(nlls, examples, lambda _note: None)) / len(examples) if examples else None
     model.train()
     return record
 
