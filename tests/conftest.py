@@ -4,6 +4,7 @@ small prepared world (data, tokenizer, target, gold standard) the command tests 
 from __future__ import annotations
 
 import contextlib
+import copy
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -46,6 +47,48 @@ def tiny_model(tiny_tokenizer):
 
     return build_tiny_model(tiny_tokenizer, hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64,
                             max_position_embeddings=128, seed=0)
+
+
+# The sentences as (prompt, answer) pairs, 3 to forget and 3 to retain, and a tiny model trained on all six
+# for a few seconds so that their NLLs mean something: the methods' and losses' tests share them.
+
+
+def pair(tokenizer, sentence, role):
+    from utils.data.tokenization import encode_pair
+
+    words = sentence.split()
+    half = len(words) // 2
+    return encode_pair(tokenizer, " ".join(words[:half]), " ".join(words[half:]), item_id=sentence[:12], role=role)
+
+
+@pytest.fixture(scope="module")
+def data(tiny_tokenizer):
+    forget = [pair(tiny_tokenizer, s, "forget") for s in SENTENCES[:3]]
+    retain = [pair(tiny_tokenizer, s, "retain") for s in SENTENCES[3:]]
+    return forget, retain
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_tokenizer, data):
+    from methods.engine.trainer import Phase, Trainer, nll_loss
+    from utils.config import TrainingConfig
+    from utils.models.loading import build_tiny_model
+
+    torch.manual_seed(0)
+    model = build_tiny_model(tiny_tokenizer, hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64,
+                             max_position_embeddings=128, seed=0)
+    forget, retain = data
+    config = TrainingConfig(epochs=45, learning_rate=1e-2, batch_size=6, lr_schedule="cosine", warmup_steps=5)
+    Trainer(model, tiny_tokenizer, config, nll_loss, progress=False).train_phase(
+        Phase("fit", forget + retain, epochs=45))
+    model.eval()
+    return model
+
+
+@pytest.fixture()
+def model(trained):
+    """A fresh copy of the fitted model for a test to change."""
+    return copy.deepcopy(trained)
 
 
 @contextlib.contextmanager

@@ -10,50 +10,12 @@ import torch
 
 from methods import agad, npo, sugd
 from methods.engine.losses import Reference, kl_per_example, make_unlearning_loss, npo_loss
-from methods.engine.trainer import Phase, Trainer, nll_loss, nll_per_example
+from methods.engine.trainer import Phase, Trainer, nll_per_example
 from methods.registry import METHODS, get_method, make_loss, prepare_reference
 from utils.config import AdapterConfig, TrainingConfig
-from utils.data.tokenization import Example, collate, encode_pair
+from utils.data.tokenization import Example, collate
 from utils.errors import UserError
 from utils.models.adapters import apply_adapter
-from utils.models.loading import build_tiny_model
-
-from .conftest import SENTENCES
-
-# --------------------------------------------------------------------------------------------
-# Fixtures: the conftest sentences as (prompt, answer) pairs, 3 to forget and 3 to retain, and a
-# tiny model trained on all six for a few seconds so that their NLLs mean something.
-
-
-def pair(tokenizer, sentence, role):
-    words = sentence.split()
-    half = len(words) // 2
-    return encode_pair(tokenizer, " ".join(words[:half]), " ".join(words[half:]), item_id=sentence[:12], role=role)
-
-
-@pytest.fixture(scope="module")
-def data(tiny_tokenizer):
-    forget = [pair(tiny_tokenizer, s, "forget") for s in SENTENCES[:3]]
-    retain = [pair(tiny_tokenizer, s, "retain") for s in SENTENCES[3:]]
-    return forget, retain
-
-
-@pytest.fixture(scope="module")
-def trained(tiny_tokenizer, data):
-    torch.manual_seed(0)
-    model = build_tiny_model(tiny_tokenizer, hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64,
-                             max_position_embeddings=128, seed=0)
-    forget, retain = data
-    config = TrainingConfig(epochs=45, learning_rate=1e-2, batch_size=6, lr_schedule="cosine", warmup_steps=5)
-    Trainer(model, tiny_tokenizer, config, nll_loss, progress=False).train_phase(
-        Phase("fit", forget + retain, epochs=45))
-    model.eval()
-    return model
-
-
-@pytest.fixture()
-def model(trained):
-    return copy.deepcopy(trained)
 
 
 def mean_nll(model, tokenizer, items):

@@ -12,16 +12,15 @@ import torch
 from methods import sugd
 from methods.engine.losses import Reference, make_unlearning_loss, needs_reference
 from methods.engine.phases import check_common
-from methods.engine.trainer import Phase, Trainer, nll_loss
+from methods.engine.trainer import Phase, Trainer
 from methods.registry import get_method, make_loss, prepare_reference
 from utils.config import AdapterConfig, TrainingConfig
 from utils.data.tokenization import collate
 from utils.errors import UserError
 from utils.models.adapters import apply_adapter
-from utils.models.loading import build_tiny_model
 
-from .conftest import REPO, SENTENCES
-from .test_methods import fake, ids, nll_change, pair, settings
+from .conftest import REPO
+from .test_methods import fake, ids, nll_change, settings
 
 # --------------------------------------------------------------------------------------------
 # Hand-computed losses: two sequences over a 3-token vocabulary with fixed logits. Example 0 scores
@@ -147,32 +146,6 @@ def test_bad_knobs_are_one_line_user_errors(name, changes, message):
 
 # --------------------------------------------------------------------------------------------
 # UNDIAL's reference: a frozen copy under full training, the disabled adapter under LoRA
-
-
-@pytest.fixture(scope="module")
-def data(tiny_tokenizer):
-    forget = [pair(tiny_tokenizer, s, "forget") for s in SENTENCES[:3]]
-    retain = [pair(tiny_tokenizer, s, "retain") for s in SENTENCES[3:]]
-    return forget, retain
-
-
-@pytest.fixture(scope="module")
-def trained(tiny_tokenizer, data):
-    """The tiny model fitted on all six sentences (as in test_methods), so their NLLs mean something."""
-    torch.manual_seed(0)
-    model = build_tiny_model(tiny_tokenizer, hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64,
-                             max_position_embeddings=128, seed=0)
-    forget, retain = data
-    config = TrainingConfig(epochs=45, learning_rate=1e-2, batch_size=6, lr_schedule="cosine", warmup_steps=5)
-    Trainer(model, tiny_tokenizer, config, nll_loss, progress=False).train_phase(
-        Phase("fit", forget + retain, epochs=45))
-    model.eval()
-    return model
-
-
-@pytest.fixture()
-def model(trained):
-    return copy.deepcopy(trained)
 
 
 def test_undial_full_and_lora_references_agree_with_the_model_at_step_zero(model, tiny_tokenizer, data):

@@ -121,15 +121,12 @@ def kl_per_example(logits: torch.Tensor, ref_logits: torch.Tensor, labels: torch
     Only the labelled (answer) positions are gathered before the softmaxes, so the float32
     vocabulary-sized tensors cover the answer tokens, not every padded position of the batch.
     """
-    mask = labels[:, 1:] != -100
-    example_index = mask.nonzero(as_tuple=True)[0]
-    log_model = F.log_softmax(logits[:, :-1, :][mask].float(), dim=-1)
-    log_ref = F.log_softmax(ref_logits[:, :-1, :][mask].float(), dim=-1)
+    answer_logits, _, example_index, counts = _answer_positions(logits, labels)
+    log_model = F.log_softmax(answer_logits, dim=-1)
+    log_ref = F.log_softmax(ref_logits[:, :-1, :][labels[:, 1:] != -100].float(), dim=-1)
     # kl_div(input=log q, target=log p, log_target=True) = sum p * (log p - log q) = KL(p || q).
     per_token = F.kl_div(log_model, log_ref, reduction="none", log_target=True).sum(dim=-1)
-    sums = torch.zeros(labels.size(0), dtype=per_token.dtype, device=per_token.device).index_add(
-        0, example_index, per_token)
-    return sums / mask.sum(dim=1).clamp(min=1)
+    return _per_example_mean(per_token, example_index, counts)
 
 
 class Reference:
