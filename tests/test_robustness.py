@@ -23,6 +23,8 @@ from utils.experiment.robustness import (
     recovery,
 )
 
+from .conftest import REPO
+
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
@@ -193,3 +195,19 @@ def test_leaderboard_has_a_robustness_column(ga_run, gold_evaluation):
     assert header.startswith("method,final_score,task_aggregate,mia_score,utility,seconds,")  # the contract
     assert lines[2].endswith(",")  # not measured: blank
     assert "robustness" in to_text(rows).splitlines()[0]
+
+
+def test_the_run_summary_and_the_sweep_summary_show_robustness(ga_run, tmp_path, monkeypatch, capsys):
+    """`unlearn run` prints the attacks after the scores, and a sweep's run_summary.csv has the column."""
+    from utils.experiment.experiment import Experiment
+    from utils.experiment.sweep import SCORE_COLUMNS, summary_row
+
+    monkeypatch.setattr(Experiment, "run", lambda self, **kwargs: ga_run)
+    capsys.readouterr()
+    assert main(["run", str(REPO / "configs" / "ga.yaml"), "--out", str(tmp_path / "run"), "--quiet"]) == 0
+    printed = capsys.readouterr().out
+    assert "robustness relearn: forget mean" in printed
+    assert f"robustness (mean recovery, lower is better): {ga_run['robustness']['mean_recovery']:.4f}" in printed
+    assert SCORE_COLUMNS[-1] == "robustness"
+    row = summary_row({"run": "run_000", "results": ga_run}, [])
+    assert row["robustness"] == ga_run["robustness"]["mean_recovery"] > 0

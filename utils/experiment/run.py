@@ -347,7 +347,9 @@ def run_experiment(experiment, resume: bool = False, progress: bool = True, eval
     if trackers:
         trackers.log({f"final/{key}": results.get(key) for key in ("final_score", "task_aggregate", "mia_auc",
                                                                    "mia_score")}
-                     | {"final/utility": (results.get("utility") or {}).get("score")}, step=trainer.global_step)
+                     | {"final/utility": (results.get("utility") or {}).get("score"),
+                        "final/robustness": (results.get("robustness") or {}).get("mean_recovery")},
+                     step=trainer.global_step)
         trackers.finish()
     if accelerator.is_main_process:
         from utils.evaluation.plots import plot_run

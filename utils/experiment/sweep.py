@@ -42,7 +42,7 @@ from utils.errors import UserError
 from utils.io import atomic_write_json, atomic_write_text
 
 SCORE_COLUMNS = ["final_score", "task_aggregate", "mia_score", "mia_auc", "utility", "forget_regurgitation",
-                 "retain_regurgitation", "seconds"]
+                 "retain_regurgitation", "seconds", "robustness"]
 RECORD_FILE = "sweep_record.json"  # wall time and peak memory of a finished run, kept for a resumed sweep
 EARLIER_RECORD_FILE = "bench.json"  # the same, as benchmarks/quality.py wrote it before the sweep engine
 

@@ -55,6 +55,10 @@ def run(args) -> int:
                              overwrite=args.overwrite)
     if results:
         print(summary_text(results))
+        if results.get("robustness"):
+            from utils.experiment.robustness import robustness_text
+
+            print(robustness_text(results["robustness"]))
         print(f"run folder: {experiment.run_dir}")
     return 0
 
