@@ -393,3 +393,17 @@ def test_dry_run_of_idk_dpo_counts_the_steps_with_and_without_a_tokenizer(small_
     assert main(args) == 2
     err = capsys.readouterr().err
     assert len(err.splitlines()) == 1 and "method.refusals" in err and "was not found" in err, err
+
+
+def test_a_dry_run_counts_a_paired_sequence_as_tokens_of_its_step():
+    """IdkDPO puts both sequences of a pair through the model: the schedule's tokens per step count both."""
+    from utils.data.tokenization import Example
+    from utils.experiment.schedule import schedule_phase
+
+    paired = Example([1, 2, 3], [-100, 2, 3], "F1", "forget", pair_input_ids=[1, 2, 7, 8, 9],
+                     pair_labels=[-100, 2, 7, 8, 9])
+    plain = Example([1, 2], [-100, 2], "R1", "retain")
+    assert paired.token_count == 8 and plain.token_count == 2
+    plan = schedule_phase(Phase("idk_dpo", [paired, plain], epochs=2), 0,
+                          Config(training=TrainingConfig(batch_size=2)), measured=True)
+    assert plan.steps == 2 and plan.tokens_per_step.min == plan.tokens_per_step.max == 10

@@ -37,6 +37,11 @@ class Example:
     pair_labels: list[int] | None = None
     pair_reference_logp: float | None = None
 
+    @property
+    def token_count(self) -> int:
+        """Tokens this example puts through the model in a step: its own, and its pair's when it has one."""
+        return len(self.input_ids) + len(self.pair_input_ids or ())
+
 
 def special_token_layout(tokenizer) -> tuple[list[int], list[int]]:
     """(leading, trailing) special ids the tokenizer adds by default (BOS for Llama-style, none for GPT-style)."""

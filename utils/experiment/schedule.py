@@ -91,7 +91,7 @@ def schedule_phase(phase: Phase, index: int, config: Config, measured: bool) -> 
         forget_examples=roles.count("forget"), retain_examples=roles.count("retain"),
         epochs=phase.epochs, shuffled=phase.shuffle, steps=len(batches),
         examples_per_step=Spread.of([len(batch) for batch in batches]),
-        tokens_per_step=Spread.of([sum(len(e.input_ids) for e in batch) for batch in batches]) if measured else None)
+        tokens_per_step=Spread.of([sum(e.token_count for e in batch) for batch in batches]) if measured else None)
 
 
 def plan_run(experiment) -> dict:
