@@ -211,3 +211,25 @@ def test_run_out_that_is_a_file_is_refused_before_loading(small_world, tmp_path,
     line = expect_one_line_error(run_args(small_world, taken), capsys)
     assert "exists and is not a folder" in line
     assert taken.read_text() == "not a run folder"
+
+
+def test_a_resume_whose_training_examples_changed_is_refused(small_world, tmp_path, capsys):
+    """The config is the same, but the refusals file it names was edited after the first phase: resuming would
+    train the rest of the run on other examples, so it is refused in one line and nothing is touched."""
+    refusals = tmp_path / "refusals.txt"
+    refusals.write_text("I cannot say.\nThat is not something I know.\n")
+    config_path = REPO / "configs" / "idk_nll.yaml"
+    overrides = [*small_world.overrides, f"workdir={small_world.root}", "training.epochs=1",
+                 f"method.refusals={refusals}"]
+    out = tmp_path / "run"
+    run_unlearning(load_config(config_path, overrides), out, evaluate=False, progress=False, stop_after_phases=1,
+                   log=lambda _: None)
+    assert len(load_checkpoint(out)["phases_sha256"]) == 64
+    refusals.write_text("Sorry, no.\n")
+    before = files_of(out)
+    args = ["run", str(config_path), "--out", str(out), "--quiet", "--resume"]
+    for override in overrides:
+        args += ["--set", override]
+    line = expect_one_line_error(args, capsys)
+    assert "was trained on other examples" in line and "method.refusals" in line
+    assert files_of(out) == before

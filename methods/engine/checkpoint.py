@@ -57,6 +57,31 @@ def save_checkpoint(model, run_dir: Path, state: dict) -> None:
         atomic_write_json(tmp / STATE_FILE, {**state, "weights_sha256": file_sha256(tmp / WEIGHTS_FILE)})
 
 
+def phases_fingerprint(phases) -> str:
+    """A hash of what the phases train on (every example's tokens, labels, role, weight and pair, each phase's
+    epochs and order), kept in the checkpoint: a resume whose data, tokenizer or refusals file changed since
+    would otherwise mix two runs without any setting of config.yaml differing."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for phase in phases:
+        digest.update(json.dumps([phase.name, phase.epochs, phase.shuffle]).encode())
+        for e in phase.examples:
+            digest.update(json.dumps([e.input_ids, e.labels, e.role, e.weight, e.pair_input_ids,
+                                      e.pair_labels]).encode())
+    return digest.hexdigest()
+
+
+def check_same_phases(run_dir: Path, state: dict, fingerprint: str) -> None:
+    """Refuse a resume whose phases (their `phases_fingerprint`) differ from those the checkpoint was trained
+    on; a checkpoint written before the fingerprint existed is not checked."""
+    recorded = state.get("phases_sha256")
+    if recorded is not None and recorded != fingerprint:
+        raise UserError(f"{run_dir} was trained on other examples than this run would train (the data, the "
+                        "tokenizer or a method's input file such as method.refusals changed since); resume it "
+                        "with the same inputs or choose another --out")
+
+
 def checkpoint_due(phases_done: int, phases_total: int, every: int) -> bool:
     """Whether a checkpoint is written after `phases_done` phases: every `every` phases, and after the last."""
     return phases_done % every == 0 or phases_done == phases_total

@@ -25,10 +25,12 @@ from types import ModuleType
 
 from methods.engine.checkpoint import (
     STATE_FILE,
+    check_same_phases,
     checkpoint_dir,
     checkpoint_due,
     keep_earlier_checkpoint,
     load_checkpoint,
+    phases_fingerprint,
     restore_weights,
     save_checkpoint,
     verify_checkpoint,
@@ -251,6 +253,9 @@ def run_experiment(experiment, resume: bool = False, progress: bool = True, eval
     model, tokenizer = experiment.load(experiment.start_model, config.model.tokenizer)
     training = config.training
     phases = build_run_phases(method, config, lume, tokenizer)
+    fingerprint = phases_fingerprint(phases)
+    if state is not None:
+        check_same_phases(run_dir, state, fingerprint)
 
     # The LoRA matrices are initialised from the global generator: seeded, a run is reproducible and all
     # processes of a distributed run start from the same adapter.
@@ -326,7 +331,7 @@ def run_experiment(experiment, resume: bool = False, progress: bool = True, eval
                     save_checkpoint(trainer.unwrapped_model, run_dir, {
                         "phases_done": index + 1, "phases_total": len(phases), "global_step": trainer.global_step,
                         "log_lines": count_lines(run_dir / "log.jsonl"), "seconds": elapsed,
-                        "method": config.method.name})
+                        "method": config.method.name, "phases_sha256": fingerprint})
             accelerator.wait_for_everyone()
             if stop_after_phases is not None and index + 1 >= stop_after_phases:
                 if trackers:
