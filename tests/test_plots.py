@@ -237,3 +237,26 @@ def test_plot_run_skips_absent_logs_and_names_a_malformed_line(tmp_path):
     with pytest.raises(UserError, match=r"config.yaml: not valid YAML"):
         plot_run(tmp_path / "bad")
     assert plt.get_fignums() == []
+
+
+def test_attacked_rows_get_a_fifth_hatched_robustness_bar_and_unattacked_ones_say_n_a():
+    from utils.evaluation.plots import ROBUSTNESS_COMPONENT
+
+    attacked = [dict(GOLD, robustness=0.005), dict(BOARD[1], robustness=0.21), dict(BOARD[2])]
+    ax = score_bars_figure(attacked, [row["method"] for row in attacked], "Leaderboard").axes[0]
+    containers = [c for c in ax.containers if isinstance(c, BarContainer)]
+    assert len(containers) == 5
+    heights = [patch.get_height() for patch in containers[4]]
+    assert heights == pytest.approx([0.005, 0.21, 0.0])
+    assert all(patch.get_hatch() == "//" for patch in containers[4])
+    assert not any(patch.get_hatch() for patch in containers[0])
+    # Five bars share the group's width, centred on the tick; the third row was not attacked.
+    assert [patch.get_x() + patch.get_width() / 2 for patch in containers[4]] == pytest.approx(
+        [i + 2 * 0.16 for i in range(3)])
+    assert texts(ax, "value:robustness") == ["0.01", "0.21", "n/a"]
+    legend = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert ROBUSTNESS_COMPONENT[1] in legend and "lower is better" in ROBUSTNESS_COMPONENT[1]
+    assert "robustness: lower" in ax.get_ylabel()
+    # Without any robustness the chart keeps its four bars.
+    plain = score_bars_figure(BOARD, [row["method"] for row in BOARD], "Leaderboard").axes[0]
+    assert len([c for c in plain.containers if isinstance(c, BarContainer)]) == 4

@@ -31,6 +31,9 @@ from utils.io import read_json, read_jsonl, read_utf8_text
 # The bars of `score_bars`: (results key, legend label), the official final score first.
 SCORE_COMPONENTS = (("final_score", "final score"), ("task_aggregate", "task aggregate"),
                     ("mia_score", "MIA score"), ("utility", "utility"))
+# The fifth bar, drawn when some row was attacked (the leaderboard's robustness column): hatched, because
+# unlike the four scores lower is better.
+ROBUSTNESS_COMPONENT = ("robustness", "robustness: share of forgetting undone\nby attacks (hatched; lower is better)")
 # What a MIA score of 1 means (the score is 1 - 2|AUC - 0.5|): said in the legend of every score chart.
 MIA_DIRECTION = "MIA score (higher is better;\n1 = AUC 0.5: members look like non-members)"
 # The row `score_bars` takes as the reference when none is passed.
@@ -86,15 +89,19 @@ def _utility_label(rows: Sequence[Mapping]) -> str:
 
 def score_bars_figure(rows: Sequence[Mapping], labels: Sequence[str], title: str,
                       reference: Mapping | None = None) -> Figure:
-    """The figure of `score_bars`: one group of four bars per row, each bar labelled with its value.
+    """The figure of `score_bars`: one group of four bars per row (five when some row has `robustness`), each
+    bar labelled with its value.
 
-    Bar containers and value labels come in `SCORE_COMPONENTS` order; a reference level is a line with
-    gid `reference:<key>` and a zero mark one with gid `zero:<key>`.
+    Bar containers and value labels come in `SCORE_COMPONENTS` order (then ROBUSTNESS_COMPONENT); a reference
+    level is a line with gid `reference:<key>` and a zero mark one with gid `zero:<key>`.
     """
     if len(labels) != len(rows):
         raise ValueError(f"{len(labels)} labels for {len(rows)} rows")
     lines = max((label.count("\n") + 1 for label in labels), default=1)
-    width = 0.2
+    components = list(SCORE_COMPONENTS)
+    if any(row.get("robustness") is not None for row in rows):
+        components.append(ROBUSTNESS_COMPONENT)
+    width = 0.8 / len(components)
     fig_width = max(8.0, 1.7 * len(rows) + 2)
     fig, ax = plt.subplots(figsize=(fig_width, 4.8 + 0.15 * (lines - 1)))
     gold = _reference_row(rows, reference)
@@ -102,11 +109,11 @@ def score_bars_figure(rows: Sequence[Mapping], labels: Sequence[str], title: str
     # The reference's own bars are its levels: they get no dashes.
     dashed = [gold is not None and row is not gold
               and not (gold.get("method") and row.get("method") == gold.get("method")) for row in rows]
-    names = dict(SCORE_COMPONENTS, mia_score=MIA_DIRECTION, utility=_utility_label(rows))
+    names = dict(components, mia_score=MIA_DIRECTION, utility=_utility_label(rows))
     reference_labelled = False
-    for offset, (key, _) in enumerate(SCORE_COMPONENTS):
+    for offset, (key, _) in enumerate(components):
         colour = f"C{offset}"
-        xs = [i + (offset - 1.5) * width for i in range(len(rows))]
+        xs = [i + (offset - (len(components) - 1) / 2) * width for i in range(len(rows))]
         values = [row.get(key) for row in rows]
         heights = [0.0 if v is None else float(v) for v in values]
         lows = [row.get(f"{key}_min") for row in rows]
@@ -117,7 +124,8 @@ def score_bars_figure(rows: Sequence[Mapping], labels: Sequence[str], title: str
                  for h, v, high in zip(heights, values, highs)]
         ranged = any(below) or any(above)
         ax.bar(xs, heights, width, color=colour, label=names[key], yerr=[below, above] if ranged else None,
-               error_kw={"elinewidth": 1, "capsize": 2})
+               error_kw={"elinewidth": 1, "capsize": 2}, hatch="//" if key == "robustness" else None,
+               edgecolor="white" if key == "robustness" else None)
         zeros = [x for x, v in zip(xs, values) if v == 0]
         if zeros:
             # A zero-height bar is invisible: a thick mark on the baseline in the bar's colour shows it.
@@ -145,7 +153,8 @@ def score_bars_figure(rows: Sequence[Mapping], labels: Sequence[str], title: str
     ax.set_xticklabels(list(labels), fontsize=7 if lines > 1 else None)
     ax.set_ylim(-0.03, 1.16)
     ax.set_yticks([0.0, 0.2, 0.4, 0.6, 0.8, 1.0])
-    ax.set_ylabel("score, 0 to 1 (higher is better)")
+    ax.set_ylabel("score, 0 to 1 (higher is better)" if len(components) == len(SCORE_COMPONENTS)
+                  else "0 to 1 (higher is better; robustness: lower)")
     ax.set_title(title)
     # Below the axis labels, however many lines they take: the four scores, then the reference.
     handles, names_ = ax.get_legend_handles_labels()
