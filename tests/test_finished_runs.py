@@ -233,3 +233,17 @@ def test_a_resume_whose_training_examples_changed_is_refused(small_world, tmp_pa
     line = expect_one_line_error(args, capsys)
     assert "was trained on other examples" in line and "method.refusals" in line
     assert files_of(out) == before
+
+
+def test_the_examples_hash_does_not_depend_on_how_a_number_was_written():
+    """epochs 3 (a config without a training section) and 3.0 (one with any training key) train the same."""
+    from methods.engine.checkpoint import phases_fingerprint
+    from methods.engine.trainer import Phase
+    from utils.data.tokenization import Example
+
+    def phases(epochs, weight):
+        return [Phase("chunk 1", [Example([1, 2, 3], [-100, 2, 3], "F1", "forget", weight=weight)], epochs=epochs)]
+
+    assert phases_fingerprint(phases(3, 1)) == phases_fingerprint(phases(3.0, 1.0))
+    assert phases_fingerprint(phases(3, 1)) != phases_fingerprint(phases(2, 1))
+    assert phases_fingerprint(phases(3, 1)) != phases_fingerprint(phases(3, 0.5))

@@ -407,3 +407,16 @@ def test_a_dry_run_counts_a_paired_sequence_as_tokens_of_its_step():
     plan = schedule_phase(Phase("idk_dpo", [paired, plain], epochs=2), 0,
                           Config(training=TrainingConfig(batch_size=2)), measured=True)
     assert plan.steps == 2 and plan.tokens_per_step.min == plan.tokens_per_step.max == 10
+
+
+def test_the_trainer_counts_a_pair_s_tokens_and_not_the_stand_in_of_an_unpaired_row(tiny_model, tiny_tokenizer):
+    """A phase of one paired example (3 + 5 tokens) and one plain example (2 tokens, given a one-token stand-in
+    pair by collate): the trainer's token total is the dry run's, 10 per step."""
+    from utils.data.tokenization import Example
+
+    paired = Example([1, 2, 3], [-100, 2, 3], "F1", "forget", pair_input_ids=[1, 2, 7, 8, 9],
+                     pair_labels=[-100, 2, 7, 8, 9])
+    plain = Example([1, 2], [-100, 2], "R1", "retain")
+    result = Trainer(tiny_model, tiny_tokenizer, TrainingConfig(batch_size=2, epochs=2), nll_loss,
+                     progress=False).train_phase(Phase("idk_dpo", [paired, plain], epochs=2))
+    assert result.steps == 2 and result.tokens == 2 * 10

@@ -65,9 +65,10 @@ def phases_fingerprint(phases) -> str:
 
     digest = hashlib.sha256()
     for phase in phases:
-        digest.update(json.dumps([phase.name, phase.epochs, phase.shuffle]).encode())
+        # Numbers as floats: a config's epochs may be 3 or 3.0 depending on how it was given.
+        digest.update(json.dumps([phase.name, float(phase.epochs), phase.shuffle]).encode())
         for e in phase.examples:
-            digest.update(json.dumps([e.input_ids, e.labels, e.role, e.weight, e.pair_input_ids,
+            digest.update(json.dumps([e.input_ids, e.labels, e.role, float(e.weight), e.pair_input_ids,
                                       e.pair_labels]).encode())
     return digest.hexdigest()
 
@@ -78,8 +79,8 @@ def check_same_phases(run_dir: Path, state: dict, fingerprint: str) -> None:
     recorded = state.get("phases_sha256")
     if recorded is not None and recorded != fingerprint:
         raise UserError(f"{run_dir} was trained on other examples than this run would train (the data, the "
-                        "tokenizer or a method's input file such as method.refusals changed since); resume it "
-                        "with the same inputs or choose another --out")
+                        "tokenizer, a method's input file such as method.refusals, or the code that builds the "
+                        "examples changed since); resume it with the same inputs or choose another --out")
 
 
 def checkpoint_due(phases_done: int, phases_total: int, every: int) -> bool:

@@ -300,8 +300,8 @@ class Trainer:
                     self.accelerator.backward(loss)
                 step_loss += loss.item() / world
                 tokens += int(tensors["attention_mask"].sum())
-                if "pair_attention_mask" in tensors:  # paired sequences (IdkDPO) go through the model too
-                    tokens += int(tensors["pair_attention_mask"].sum())
+                if "has_pair" in tensors:  # paired sequences (IdkDPO) go through the model too; not the stand-ins
+                    tokens += int(tensors["pair_attention_mask"][tensors["has_pair"]].sum())
                 nll = output.nll.detach()
                 for role, selector in (("forget", tensors["is_forget"]), ("retain", ~tensors["is_forget"])):
                     chosen = nll[selector & (tensors["weight"] != 0)]

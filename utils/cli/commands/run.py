@@ -53,7 +53,9 @@ def run(args) -> int:
         raise UserError("--schedule-out writes the schedule of a dry run: pass it with --dry-run")
     results = experiment.run(resume=args.resume, progress=not args.quiet, evaluate=not args.no_eval,
                              overwrite=args.overwrite)
-    if results:
+    from utils.evaluation.sharding import Shards
+
+    if results and Shards.from_environment().is_main:  # one report, also under a launcher of several processes
         print(summary_text(results))
         if results.get("robustness"):
             from utils.experiment.robustness import robustness_text
