@@ -318,7 +318,7 @@ def rehearse(config_path: Path, model_dir: Path, data_dir: Path, scratch: Path, 
             f"{memory['peak_rss_bytes'] / 2**30:.2f} GiB", flush=True)
         stage = "checkpoint"
         trained_model = trainer.unwrapped_model
-        save_checkpoint(trained_model, run_dir, {
+        save_checkpoint(trainer.trainable_state(), run_dir, {
             "phases_done": 1, "phases_total": len(phases), "global_step": trainer.global_step,
             "log_lines": count_lines(run_dir / "log.jsonl"), "seconds": result.seconds,
             "method": config.method.name})

@@ -105,6 +105,9 @@ class TrainingConfig:
     # away). auto: when some trainable weight is bf16/fp16, except under DeepSpeed/FSDP (they keep their own);
     # fp32: whenever some is; none: step the low-precision weights in place (less memory, coarser updates).
     master_weights: Literal["auto", "fp32", "none"] = "auto"
+    # fsdp: on several processes, split every weight, gradient and optimiser state over them (torch's FSDP2,
+    # one unit per decoder layer) for full and last-k training too large for DDP; none: DDP.
+    sharding: Literal["none", "fsdp"] = "none"
     # Phases between checkpoints (the last phase always gets one); a 7B last-8 checkpoint is about 3 GB.
     checkpoint_every: int = 1
     # Checkpoints kept: the newest in checkpoint/ (what --resume reads) and up to N-1 earlier ones in

@@ -11,7 +11,6 @@ from pathlib import Path
 from methods.engine.trainer import TrainingDiverged, all_finite
 from utils.errors import UserError
 from utils.io import AtomicDirectory, atomic_write_json, file_sha256
-from utils.models.adapters import trainable_state
 
 CHECKPOINT = "checkpoint"
 EARLIER = "checkpoints"  # earlier checkpoints kept by training.keep_checkpoints
@@ -44,11 +43,11 @@ def load_checkpoint(run_dir: Path) -> dict | None:
     return state
 
 
-def save_checkpoint(model, run_dir: Path, state: dict) -> None:
-    """Weights, then their hash and the state, swapped in whole; non-finite weights are never written."""
+def save_checkpoint(weights: dict, run_dir: Path, state: dict) -> None:
+    """The trainable weights (Trainer.trainable_state), then their hash and the state, swapped in whole;
+    non-finite weights are never written."""
     from safetensors.torch import save_file
 
-    weights = trainable_state(model)
     if not all_finite(weights.values()):
         raise TrainingDiverged(f"the weights are non-finite after phase {state['phases_done']}; the last good "
                                f"checkpoint in {run_dir} is kept (lower the learning rate)")

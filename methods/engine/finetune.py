@@ -21,6 +21,6 @@ def finetune(model, tokenizer, examples: list[Example], training: TrainingConfig
     trainer = Trainer(model, tokenizer, training, nll_loss, accelerator=accelerator, log_path=log_path,
                       progress=progress)
     result = trainer.train_phase(Phase(name=name, examples=examples, epochs=training.epochs, shuffle=True))
-    trained = finalise(trainer.unwrapped_model, adapter)
+    trained = finalise(trainer.plain_model(), adapter)
     trained.eval()
     return trained, result

@@ -102,13 +102,14 @@ SHARDING_ENGINES = ("FSDP", "DEEPSPEED", "MEGATRON")
 
 
 def check_engine(accelerator) -> None:
-    """Refuse, in one line, a launch under FSDP, DeepSpeed or Megatron-LM (see SHARDING_ENGINES)."""
+    """Refuse, in one line, a launch under accelerate's FSDP, DeepSpeed or Megatron-LM (see SHARDING_ENGINES):
+    the loop shards with torch's FSDP2 itself (methods.engine.sharding)."""
     engine = str(getattr(accelerator, "distributed_type", "")).upper()
     if any(name in engine for name in SHARDING_ENGINES):
         raise UserError(f"accelerate was launched with {engine.removeprefix('DISTRIBUTEDTYPE.')}, which this training "
                         "loop does not support (a fresh optimiser per phase, checkpoints read from one process); "
-                        "launch with DDP (configs/accelerate/multi_gpu_8.yaml): LoRA and last-8 training of 7B fit "
-                        "80 GB GPUs under it")
+                        "launch with DDP (configs/accelerate/multi_gpu_8.yaml), and set training.sharding: fsdp "
+                        "to shard full or last-k training over the processes")
 
 
 def make_accelerator(mixed_precision: str = "no"):
@@ -218,7 +219,19 @@ class Trainer:
                  log_path: str | Path | None = None, progress: bool = True, trackers=None):
         self.accelerator = accelerator or make_accelerator(config.mixed_precision)
         check_engine(self.accelerator)
-        self.model = self.accelerator.prepare_model(model)
+        # training.sharding: fsdp on several processes: every weight, gradient and optimiser state split
+        # over them (methods.engine.sharding); otherwise DDP (or one process) through accelerate.
+        self.sharded = config.sharding == "fsdp" and self.accelerator.num_processes > 1
+        if self.sharded:
+            from methods.engine.sharding import shard_model
+            from utils.models.adapters import is_lora
+
+            if is_lora(model):
+                raise UserError("training.sharding: fsdp shards full and last-k training; a LoRA run trains "
+                                "few weights and needs none (set training.sharding: none)")
+            self.model = shard_model(model, self.accelerator.device)
+        else:
+            self.model = self.accelerator.prepare_model(model)
         self.tokenizer = tokenizer
         self.config = config
         self.loss_fn = loss_fn
@@ -230,7 +243,30 @@ class Trainer:
 
     @property
     def unwrapped_model(self):
+        """The model without DDP's wrapper; under sharding still sharded (see plain_model)."""
         return self.accelerator.unwrap_model(self.model)
+
+    def plain_model(self):
+        """The model with its full weights on this process, to check, save or evaluate: the unwrapped model
+        itself, or under sharding an unsharded copy (every process must call it then)."""
+        if not self.sharded:
+            return self.unwrapped_model
+        from methods.engine.sharding import plain_copy
+
+        return plain_copy(self.model, self.accelerator.device)
+
+    def trainable_state(self) -> dict[str, torch.Tensor]:
+        """The trainable tensors, full, on the CPU (what a checkpoint holds). Under sharding every process must
+        call it, and only the main process gets the tensors (the others an empty dict)."""
+        from utils.models.adapters import trainable_state
+
+        if not self.sharded:
+            return trainable_state(self.unwrapped_model)
+        from methods.engine.sharding import full_state_dict
+
+        names = {name for name, p in self.model.named_parameters() if p.requires_grad}
+        return {name: tensor for name, tensor in full_state_dict(self.model, everywhere=False).items()
+                if name in names}
 
     def batches_for(self, phase: Phase, phase_index: int) -> list[list[Example]]:
         """The global batches this trainer runs for `phase` (see `global_batches`)."""
@@ -292,7 +328,12 @@ class Trainer:
             for micro_index, micro in enumerate(micro_batches):
                 tensors = {k: v.to(device) for k, v in collate(micro, pad_id).items()}
                 last = micro_index == len(micro_batches) - 1
-                context = self.accelerator.no_sync(self.model) if not last else contextlib.nullcontext()
+                if self.sharded:
+                    # Gradients are reduce-scattered after the step's last micro-batch only.
+                    self.model.set_requires_gradient_sync(last)
+                    context = contextlib.nullcontext()
+                else:
+                    context = self.accelerator.no_sync(self.model) if not last else contextlib.nullcontext()
                 with context, self.accelerator.autocast():
                     output = self.loss_fn(self.model, tensors)
                     # Sum of per-example losses over the global batch size; times W because DDP averages.
@@ -324,7 +365,7 @@ class Trainer:
             optimizer.zero_grad(set_to_none=True)
             if master:
                 master.write_back()
-            if not all_finite(params):
+            if not self._all_finite(params):
                 raise TrainingDiverged(
                     f"the weights became non-finite in phase '{phase.name}' at step {step + 1} (loss {step_loss:.4g}); "
                     "the last good checkpoint is kept (lower the learning rate or set a forget_loss_ceiling)")
@@ -346,6 +387,15 @@ class Trainer:
             forget_nll=role_sums["forget"][0] / role_sums["forget"][1] if role_sums["forget"][1] else None,
             retain_nll=role_sums["retain"][0] / role_sums["retain"][1] if role_sums["retain"][1] else None,
         )
+
+    def _all_finite(self, parameters) -> bool:
+        """all_finite over every process's weights: under sharding each checks its shards and all agree."""
+        if not self.sharded:
+            return all_finite(parameters)
+        from methods.engine.sharding import local_part
+
+        bad = 0.0 if all_finite([local_part(p) for p in parameters]) else 1.0
+        return self._sum_over_processes([bad])[0] == 0.0
 
     def _sum_over_processes(self, values: list[float]) -> list[float]:
         local = torch.tensor(values, dtype=torch.float64, device=self.accelerator.device)

@@ -48,7 +48,7 @@ from utils.seeding import seed_everything
 # What decides the weights a run ends with; a resume must not change any of it.
 RESUME_SECTIONS = ("model", "data", "method", "training", "adapter")
 # Settings in those sections that do not: a resume may change them.
-RESUME_FREE = {"training": ("checkpoint_every", "keep_checkpoints", "report_to")}
+RESUME_FREE = {"training": ("checkpoint_every", "keep_checkpoints", "report_to", "sharding")}
 
 
 def resolve_paths(config: Config) -> tuple[str, str]:
@@ -279,13 +279,18 @@ def run_experiment(experiment, resume: bool = False, progress: bool = True, eval
     loss_fn = make_loss(config.method, reference)
     trackers = open_trackers(training.report_to, run_dir, experiment.name, to_dict(config),
                              accelerator.is_main_process)
+    if state is not None:
+        # Into the whole model, before the Trainer wraps or shards it.
+        restore_weights(model, run_dir)
     trainer = Trainer(model, tokenizer, training, loss_fn, accelerator=accelerator,
                       log_path=run_dir / "log.jsonl", progress=progress, trackers=trackers)
 
+    if trainer.sharded and accelerator.is_main_process:
+        log(f"[run] training.sharding: fsdp: weights, gradients and optimiser state split over "
+            f"{accelerator.num_processes} processes")
     phases_done = 0
     elapsed = 0.0
     if state is not None:
-        restore_weights(trainer.unwrapped_model, run_dir)
         phases_done = state["phases_done"]
         elapsed = state.get("seconds", 0.0)
         trainer.global_step = state["global_step"]
@@ -301,7 +306,7 @@ def run_experiment(experiment, resume: bool = False, progress: bool = True, eval
     shards = Shards.of(accelerator)
     if state is None and config.evaluation.per_phase_subset:
         # The first point of the per-chunk plots: the model before any unlearning.
-        before = _starting_point(trainer.unwrapped_model, tokenizer, lume, config, phases, progress, shards)
+        before = _starting_point(trainer.plain_model(), tokenizer, lume, config, phases, progress, shards)
         if accelerator.is_main_process:
             atomic_write_text(run_dir / BEFORE_FILE, json_line(before))
     accelerator.wait_for_everyone()
@@ -316,7 +321,11 @@ def run_experiment(experiment, resume: bool = False, progress: bool = True, eval
             phase = phases[index]
             result = trainer.train_phase(phase, index)
             elapsed += time.perf_counter() - started
-            check = _quick_check(trainer.unwrapped_model, tokenizer, lume, config, progress, shards)
+            check = (_quick_check(trainer.plain_model(), tokenizer, lume, config, progress, shards)
+                     if config.evaluation.per_phase_subset else {})
+            due = checkpoint_due(index + 1, len(phases), training.checkpoint_every)
+            # On every process: under sharding, gathering the weights is a collective.
+            weights = trainer.trainable_state() if due else None
             if accelerator.is_main_process:
                 record = {"phase": index, "name": phase.name, **phase.info, "steps": result.steps,
                           "seconds": result.seconds, "loss": result.mean_loss,
@@ -326,9 +335,9 @@ def run_experiment(experiment, resume: bool = False, progress: bool = True, eval
                 if trackers:
                     trackers.log({f"phase/{key}": value for key, value in record.items()
                                   if key not in ("phase", "steps")}, step=trainer.global_step)
-                if checkpoint_due(index + 1, len(phases), training.checkpoint_every):
+                if due:
                     keep_earlier_checkpoint(run_dir, training.keep_checkpoints)
-                    save_checkpoint(trainer.unwrapped_model, run_dir, {
+                    save_checkpoint(weights, run_dir, {
                         "phases_done": index + 1, "phases_total": len(phases), "global_step": trainer.global_step,
                         "log_lines": count_lines(run_dir / "log.jsonl"), "seconds": elapsed,
                         "method": config.method.name, "phases_sha256": fingerprint})
@@ -338,7 +347,7 @@ def run_experiment(experiment, resume: bool = False, progress: bool = True, eval
                     trackers.finish()
                 return {"stopped_after_phase": index + 1}
 
-    final = finalise(trainer.unwrapped_model, config.adapter)
+    final = finalise(trainer.plain_model(), config.adapter)
     results: dict = {}
     if accelerator.is_main_process:
         from utils.models.loading import save_model
