@@ -102,8 +102,8 @@ class TrainingConfig:
     # `unlearn prepare` trains) but not for unlearning examples, so ascent does not push EOS down too.
     append_eos: bool | None = None
     # Trainable weights held in bf16/fp16 are stepped as fp32 copies (an update at lr 1e-5 otherwise rounds
-    # away). auto: when some trainable weight is bf16/fp16, except under DeepSpeed/FSDP (they keep their own);
-    # fp32: whenever some is; none: step the low-precision weights in place (less memory, coarser updates).
+    # away). auto and fp32: when some trainable weight is bf16/fp16 (the same since accelerate's DeepSpeed and
+    # FSDP, which keep copies of their own, are refused); none: step them in place (less memory, coarser updates).
     master_weights: Literal["auto", "fp32", "none"] = "auto"
     # fsdp: on several processes, split every weight, gradient and optimiser state over them (torch's FSDP2,
     # one unit per decoder layer) for full and last-k training too large for DDP; none: DDP.

@@ -4,7 +4,7 @@ A bf16 weight has 8 bits of mantissa: AdamW's step at lr 1e-5 is smaller than ha
 representable values near a typical weight, so it rounds away and last-k or full training in bf16 barely
 moves. The optimiser therefore steps an fp32 copy of each low-precision trainable tensor; the model's
 tensor receives the copy, rounded, after every step. LoRA needs none of this (peft keeps adapter weights
-in fp32), nor do DeepSpeed and FSDP, which keep their own fp32 copy.
+in fp32).
 
 The copies live for one phase, like the optimiser: a phase starts from the model's (rounded) weights,
 so a run resumed from a checkpoint ends with the same weights as an uninterrupted one.
@@ -17,15 +17,11 @@ import torch
 LOW_PRECISION = (torch.bfloat16, torch.float16)
 
 
-def wants_master_weights(setting: str, parameters, accelerator) -> bool:
-    """Whether to keep fp32 copies: `training.master_weights` is fp32, or auto with some trainable tensor in
-    bf16/fp16 outside DeepSpeed and FSDP (which keep copies of their own)."""
+def wants_master_weights(setting: str, parameters) -> bool:
+    """Whether to keep fp32 copies: `training.master_weights` is auto or fp32 and some trainable tensor is
+    bf16/fp16 (under training.sharding: fsdp too: the copies are then sharded like the weights)."""
     if setting == "none":
         return False
-    if setting == "auto":
-        engine = str(getattr(accelerator, "distributed_type", "")).upper()
-        if "DEEPSPEED" in engine or "FSDP" in engine:
-            return False
     return any(p.dtype in LOW_PRECISION for p in parameters)
 
 

@@ -305,8 +305,7 @@ class Trainer:
         if not params:
             raise UserError("the model has no trainable parameters (check the adapter settings)")
         # The optimiser steps fp32 copies of bf16/fp16 trainable weights (see methods.engine.precision).
-        master = MasterWeights(params) if wants_master_weights(
-            self.config.master_weights, params, self.accelerator) else None
+        master = MasterWeights(params) if wants_master_weights(self.config.master_weights, params) else None
         stepped = master.parameters if master else params
         optimizer = torch.optim.AdamW(stepped, lr=self.config.learning_rate, weight_decay=self.config.weight_decay)
         scheduler = torch.optim.lr_scheduler.LambdaLR(
