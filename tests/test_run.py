@@ -101,10 +101,10 @@ def test_run_end_to_end_writes_the_run_folder_and_unlearns(small_world, referenc
     assert [p["phase"] for p in phases] == list(range(PHASES)) and all(p["steps"] == 4 for p in phases)
     assert len(read_jsonl(out / "log.jsonl")) == STEPS
     state = load_checkpoint(out)
-    assert state | {"seconds": 0, "weights_sha256": ""} == {
+    assert state | {"seconds": 0, "weights_sha256": "", "phases_sha256": ""} == {
         "phases_done": PHASES, "phases_total": PHASES, "global_step": STEPS, "log_lines": STEPS, "seconds": 0,
-        "method": "sugd", "weights_sha256": ""}
-    assert len(state["weights_sha256"]) == 64
+        "method": "sugd", "weights_sha256": "", "phases_sha256": ""}
+    assert len(state["weights_sha256"]) == len(state["phases_sha256"]) == 64
     results = json.loads((out / "results.json").read_text())
     assert results["method"] == "sugd" and results["evaluated"]["unlearned_from"] == str(small_world.target)
     assert {"final_score", "task_aggregate", "mia_auc", "utility", "terms"} <= set(results)
