@@ -15,6 +15,16 @@ from methods.engine.trainer import LAUNCHER_PRECISION, launch_precision
 
 REPO = Path(__file__).resolve().parents[1]
 
+# For the scripts launched below (at their indentation): generate_greedy wrapped to print how many prompts
+# each process got.
+COUNT_PROMPTS = textwrap.indent(textwrap.dedent("""
+    whole = generation.generate_greedy
+
+    def counted(model, tokenizer, prompts, **kwargs):
+        print("RANK", os.environ["RANK"], "PROMPTS", len(prompts), flush=True)
+        return whole(model, tokenizer, prompts, **kwargs)
+"""), " " * 8).strip()
+
 
 def test_the_launch_decides_the_precision_and_a_plain_process_takes_the_config():
     assert launch_precision("bf16", {}, cuda=True) == ("bf16", "")
@@ -70,12 +80,7 @@ def test_evaluation_split_over_two_processes_equals_one(small_world, tmp_path):
         import utils.evaluation.generation as generation
         from utils.experiment import Experiment
 
-        whole = generation.generate_greedy
-
-        def counted(model, tokenizer, prompts, **kwargs):
-            print("RANK", os.environ["RANK"], "PROMPTS", len(prompts), flush=True)
-            return whole(model, tokenizer, prompts, **kwargs)
-
+        {COUNT_PROMPTS}
         def evaluate():
             generation.generate_greedy = counted
             Experiment.from_config(None, {overrides!r}).evaluate_checkpoint(
@@ -128,12 +133,7 @@ def test_the_quick_check_is_split_over_two_processes_and_equals_one(small_world,
         from utils.evaluation.sharding import Shards
         from utils.models.loading import load_model_and_tokenizer
 
-        whole = generation.generate_greedy
-
-        def counted(model, tokenizer, prompts, **kwargs):
-            print("RANK", os.environ["RANK"], "PROMPTS", len(prompts), flush=True)
-            return whole(model, tokenizer, prompts, **kwargs)
-
+        {COUNT_PROMPTS}
         def check():
             generation.generate_greedy = counted
             lume = load_lume({str(small_world.root / "data" / "data")!r}, "validation")
