@@ -238,8 +238,8 @@ def cell(row: dict, key: str, digits: int = 3, spread: bool = True) -> str:
 
 def markdown_table(rows: list[dict], gold_auc: float | None) -> str:
     header = ["method", "lr", "seeds", "final", "task agg", "MIA score", "MIA AUC", "gold AUC", "utility",
-              "forget regurg.", "retain regurg.", "forget QA", "retain QA", "unlearning s", "peak RSS MB",
-              "final by lr (seed 0)"]
+              "robustness", "forget regurg.", "retain regurg.", "forget QA", "retain QA", "unlearning s",
+              "peak RSS MB", "final by lr (seed 0)"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row in rows:
         lr = f"{row['lr']:g}" if row.get("lr") is not None else "-"
@@ -248,7 +248,8 @@ def markdown_table(rows: list[dict], gold_auc: float | None) -> str:
         lines.append("| " + " | ".join([
             row["method"], lr, str(row.get("seeds") or "-"), cell(row, "final_score"), cell(row, "task_aggregate"),
             cell(row, "mia_score"), cell(row, "mia_auc"), f"{gold_auc:.3f}" if gold_auc is not None else "n/a",
-            cell(row, "utility"), cell(row, "forget_regurgitation", 2), cell(row, "retain_regurgitation", 2),
+            cell(row, "utility"), cell(row, "robustness") if row.get("robustness") is not None else "-",
+            cell(row, "forget_regurgitation", 2), cell(row, "retain_regurgitation", 2),
             cell(row, "forget_knowledge", 2), cell(row, "retain_knowledge", 2), seconds, rss,
             row.get("final_by_lr") or ""]) + " |")
     return "\n".join(lines) + "\n"

@@ -74,6 +74,7 @@ def test_quality_end_to_end_on_the_small_world(small_world, tmp_path):
     # Unlearning moved the model: the target's forget regurgitation is above the methods'.
     assert float(rows["target"]["forget_regurgitation"]) > float(rows["gd"]["forget_regurgitation"])
     assert (out / "quality.png").stat().st_size > 0 and "| gd | 0.01 | 2 |" in (out / "quality.md").read_text()
+    assert "| utility | robustness |" in (out / "quality.md").read_text()
 
     # A second call resumes: every run is reused, nothing recomputed.
     stamps = {p: p.stat().st_mtime_ns for p in (out / "work" / "runs").glob("*/results.json")}
