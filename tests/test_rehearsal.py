@@ -68,7 +68,10 @@ def test_a_lora_and_a_last_k_config_rehearse_end_to_end(rehearsal, tmp_path):
         # The checkpoint is the trainable tensors and little else: 2 bytes each in bf16, 4 in float32.
         width = {"bfloat16": 2, "float32": 4}[row["trainable_dtype"]]
         assert width <= row["checkpoint_bytes_per_trainable"] < width * 1.1
-        assert row["process_peak_rss_bytes"] >= row["peak_rss_bytes"] > row["parameter_bytes"] > 0
+        # The kernel's peak (ru_maxrss) and the sampled /proc peak count pages slightly differently (a run
+        # here had the sampled one 160 KB above): the same peak within 1%.
+        assert row["process_peak_rss_bytes"] >= 0.99 * row["peak_rss_bytes"]
+        assert row["peak_rss_bytes"] > row["parameter_bytes"] > 0
     assert rows["ga"]["adapter"] == "lora" and rows["sugd"]["adapter"] == "last_k"
     assert 0 < rows["ga"]["moved_share"] <= 1  # training changed the adapter
     written = (tmp_path / "out" / "rehearsal.md").read_text()
