@@ -7,8 +7,8 @@ which would leave this path untestable on CPU, while `fully_shard` runs the same
 (gloo) as on 8 GPUs (NCCL), and takes a fresh optimiser per phase like any module.
 
 Whatever reads the weights outside a training step (the per-chunk check, checkpoints, the final model,
-its evaluation and attacks) gets full tensors: `full_state_dict` (every process calls it) or
-`plain_copy`, an unsharded copy of the model on every process.
+its evaluation and attacks) gets full tensors: the trainable ones gathered for a checkpoint
+(Trainer.trainable_state), or `plain_copy`, an unsharded copy of the model on every process.
 """
 
 from __future__ import annotations
@@ -51,12 +51,11 @@ def local_part(tensor: torch.Tensor) -> torch.Tensor:
     return tensor.to_local() if is_sharded(tensor) else tensor
 
 
-def full_state_dict(model, everywhere: bool) -> dict[str, torch.Tensor]:
-    """The full (unsharded) state dict; every process must call it. `everywhere`: every process gets the
-    tensors (on the model's device); otherwise the main process gets them on the CPU and the others {}."""
+def full_state_dict(model) -> dict[str, torch.Tensor]:
+    """The full (unsharded) state dict on every process (on the model's device); every process must call it."""
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
-    return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=not everywhere))
+    return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True))
 
 
 def plain_copy(model, device) -> torch.nn.Module:
@@ -65,7 +64,7 @@ def plain_copy(model, device) -> torch.nn.Module:
     check, the final model and its evaluation, which then run on each process alone."""
     from transformers import AutoModelForCausalLM
 
-    state = full_state_dict(model, everywhere=True)
+    state = full_state_dict(model)
     dtype = next(iter(state.values())).dtype
     # The copy's random initialisation is overwritten; it must not move the global generator either.
     with torch.random.fork_rng(devices=[]), torch.device(device):

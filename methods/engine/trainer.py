@@ -262,11 +262,10 @@ class Trainer:
 
         if not self.sharded:
             return trainable_state(self.unwrapped_model)
-        from methods.engine.sharding import full_state_dict
-
-        names = {name for name, p in self.model.named_parameters() if p.requires_grad}
-        return {name: tensor for name, tensor in full_state_dict(self.model, everywhere=False).items()
-                if name in names}
+        # Only the trainable tensors are gathered (a collective per tensor, in the same order everywhere),
+        # not the frozen rest of the model.
+        state = {name: p.detach().full_tensor() for name, p in self.model.named_parameters() if p.requires_grad}
+        return {name: t.cpu().clone() for name, t in state.items()} if self.accelerator.is_main_process else {}
 
     def batches_for(self, phase: Phase, phase_index: int) -> list[list[Example]]:
         """The global batches this trainer runs for `phase` (see `global_batches`)."""
