@@ -493,10 +493,11 @@ def notes(meta: dict) -> list[str]:
          "sampled during the 2 steps (utils.memory.PeakMemory), the model included; RSS / params divides it by "
          "the model's parameter bytes. Process peak RSS: the same process's lifetime peak (ru_maxrss: loading, "
          "training, checkpoint, the second load for the resume, saving, reload, generation). "
-         "moved %: share of trainable values the 2 steps changed. bf16 last-k weights are stepped as fp32 "
-         "copies (training.master_weights: auto), so updates accumulate, but 2 steps at lr 1e-5 still round "
-         "back to the same bf16 value for all weights but those near zero; the LoRA weights are fp32 and all "
-         "move. full run: phases and optimiser steps of the unmodified config on this data."),
+         "moved %: share of trainable values the 2 steps changed. bf16 last-k weights are stepped in place "
+         "where the config says training.master_weights: none (the seed's, sugd*.yaml) and as fp32 copies "
+         "where it says auto (sugd_master_weights.yaml, rmu.yaml), so updates accumulate there, but 2 steps at "
+         "lr 1e-5 still round back to the same bf16 value for all weights but those near zero; the LoRA weights "
+         "are fp32 and all move. full run: phases and optimiser steps of the unmodified config on this data."),
     ]
     if meta.get("ceiling") is not None:
         lines.append(f"sugd_ceiling: forget_loss_ceiling=gold_standard read from a stand-in prepare_report.json "

@@ -25,7 +25,7 @@ def test_a_config_merges_over_its_base_chain(tmp_path):
     write(tmp_path / "mid" / "middle.yaml", {"base": "../root.yaml", "training": {"epochs": 5}})
     leaf = write(tmp_path / "mid" / "leaf.yaml", {"base": "middle.yaml", "adapter": {"target_modules": ["k_proj"]}})
     config = load_config(leaf, ["training.batch_size=3"])
-    assert config.workdir == "w0"
+    assert config.workdir == str(REPO / "w0")  # a relative path names a place in the checkout
     assert (config.training.epochs, config.training.learning_rate, config.training.batch_size) == (5, 1e-4, 3)
     assert config.adapter.target_modules == ["k_proj"]  # a list replaces the base's, it is not appended to
 

@@ -53,8 +53,10 @@ def test_the_seed_sugd_setting_is_224_steps_of_8_examples_per_chunk(real_data_di
     assert (last["forget_examples"], last["retain_examples"], last["steps"]) == (remainder, 7 * remainder, 7 * remainder)
     assert last["examples_per_step"] == {"min": 8, "median": 8, "max": 8}
     assert schedule["total_steps"] == 224 * full_chunks + 7 * remainder == 1778
-    assert schedule["checkpoints"] == {"count": len(phases), "path": str(out / "checkpoint"), "every": 1, "keep": 1,
-                                       "note": "one after each phase, each replacing the one before"}
+    # configs/olmo-7b/sugd_training.yaml: a 3 GB checkpoint every 5th chunk and after the last (here 5 and 8).
+    assert schedule["checkpoints"] == {"count": 2, "path": str(out / "checkpoint"), "every": 5, "keep": 1,
+                                       "note": "one every 5 phases and after the last, each replacing the one "
+                                               "before"}
 
     # The tokenizer is a hub name: tokens are unknown, with the reason, and the examples are stand-ins.
     assert schedule["stand_in_examples"] and all(phase["tokens_per_step"] is None for phase in phases)

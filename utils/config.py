@@ -67,6 +67,9 @@ class ModelConfig:
     # Hub name or local folder of the model to unlearn; None: `<workdir>/target` from prepare.
     name_or_path: str | None = None
     tokenizer: str | None = None  # defaults to name_or_path
+    # The gold standard the run is read against (a folder or hub name): a reference row in the notebooks and
+    # leaderboards. None: `<workdir>/gold_standard`, the one `unlearn prepare` or a gold-standard run made.
+    gold_standard: str | None = None
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     trust_remote_code: bool = False
     # A hub model's branch, tag or commit (pins the weights a run starts from); refused for a local folder.
@@ -105,6 +108,15 @@ class TrainingConfig:
     # away). auto and fp32: when some trainable weight is bf16/fp16 (the same since accelerate's DeepSpeed and
     # FSDP, which keep copies of their own, are refused); none: step them in place (less memory, coarser updates).
     master_weights: Literal["auto", "fp32", "none"] = "auto"
+    # How a step averages its loss. example: the mean over the global batch of each example's weight x mean token
+    # loss (every example counts alike; the seed's SUGD). token: the sum over all answer tokens of the global batch
+    # of weight x token loss, over their number (a long answer counts more; the HF Trainer's, which the seed's AGAD
+    # and gold standard used). token needs a loss averaged over answer tokens (NLL, ascent, KL, WGA, UNDIAL,
+    # IdkNLL); the sequence-level NPO, SimNPO, IdkDPO and RMU refuse it.
+    loss_reduction: Literal["token", "example"] = "example"
+    # The model's own gradient checkpointing: activations recomputed in backward instead of kept (less memory,
+    # about one more forward pass per step; the same losses).
+    gradient_checkpointing: bool = False
     # fsdp: on several processes, split every weight, gradient and optimiser state over them (torch's FSDP2,
     # one unit per decoder layer) for full and last-k training too large for DDP; none: DDP.
     sharding: Literal["none", "fsdp"] = "none"
@@ -192,6 +204,10 @@ class EvaluationConfig:
     # (" ." -> ".", " ," -> ",", " n't" -> "n't") its transformers release applied and transformers 5 skips
     # for BPE tokenizers. False: the text exactly as transformers 5 decodes it.
     clean_up_tokenization_spaces: bool = True
+    # "batched": length-sorted, left-padded batches (fast; in bf16 a near-tie token can flip against the
+    # one-at-a-time loop). "strict": one item and one MIA document at a time without padding, as the official
+    # scorer ran, in the model's loaded precision.
+    parity: Literal["batched", "strict"] = "batched"
     # Robustness attacks on the evaluated model, run after its evaluation (utils/experiment/robustness.py):
     # "relearn" (fine-tune a copy on half the forget documents, score the other half) and "quantize".
     attacks: list[Literal["relearn", "quantize"]] = field(default_factory=list)
@@ -506,7 +522,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     data = apply_overrides(data, overrides or [])
     config = from_dict(Config, data)
     check_ranges(config)
-    return config
+    return resolve_config_paths(config)
 
 
 def read_config_file(path: str | Path, chain: tuple[Path, ...] = ()) -> dict:
@@ -600,3 +616,68 @@ def replace_keys(config: Config, values: dict[str, Any]) -> Config:
         config = new
     check_ranges(config)
     return config
+
+
+# --------------------------------------------------------------------------------------------
+# Paths: a relative path in a config (file or --set) names a place in the project's checkout, whatever the
+# current folder is, so a notebook, a scheduled job and the CLI read the same config the same way.
+
+# Keys that always name a local place when relative, and keys that may also be a hub name (resolved only when
+# the checkout holds that folder: `allenai/OLMo-1B-0724-hf` stays a hub name).
+LOCAL_PATH_KEYS = ("workdir", "data.path", "data.mia_path", "evaluation.utility", "model.tiny.tokenizer")
+LOCAL_OR_HUB_KEYS = ("model.name_or_path", "model.tokenizer", "model.gold_standard")
+NOT_PATHS = {"none", "olmo"}  # named choices some of those keys take
+
+
+def resolve_config_path(key: str, value, root: Path | None = None):
+    """`value` of config key `key` with a relative local path made absolute under `root` (the project root)."""
+    from utils.project import PROJECT_ROOT
+
+    root = PROJECT_ROOT if root is None else root
+    if not isinstance(value, str) or not value or value in NOT_PATHS or value.startswith("hf:"):
+        return value
+    if key == "evaluation.utility":
+        kind, sep, target = value.partition(":")
+        if not sep or not target or target.startswith("hf:"):
+            return value
+        return f"{kind}:{resolve_config_path('data.path', target, root)}"
+    path = Path(value).expanduser()
+    if path.is_absolute():
+        return str(path)
+    if key in LOCAL_OR_HUB_KEYS and not (root / path).exists():
+        return value
+    return str(root / path)
+
+
+def resolve_config_paths(config: Config, root: Path | None = None) -> Config:
+    """`config` with every relative path of LOCAL_PATH_KEYS and LOCAL_OR_HUB_KEYS made absolute (see above)."""
+    values = {}
+    for key in (*LOCAL_PATH_KEYS, *LOCAL_OR_HUB_KEYS):
+        node = config
+        for part in key.split("."):
+            node = getattr(node, part)
+        resolved = resolve_config_path(key, node, root)
+        if resolved != node:
+            values[key] = resolved
+    refusals = getattr(config.method, "refusals", None)
+    if isinstance(refusals, str):
+        resolved = resolve_config_path("method.refusals", refusals, root)
+        if resolved != refusals:
+            config = dataclasses.replace(config, method=dataclasses.replace(config.method, refusals=resolved))
+    return replace_keys(config, values) if values else config
+
+
+def resolve_saved_paths(saved: dict, root: Path | None = None) -> dict:
+    """A saved config's plain data with its paths resolved as `resolve_config_paths` does (a run folder written
+    before paths were resolved holds them relative)."""
+    import copy
+
+    saved = copy.deepcopy(saved)
+    for key in (*LOCAL_PATH_KEYS, *LOCAL_OR_HUB_KEYS, "method.refusals"):
+        *sections, name = key.split(".")
+        node = saved
+        for section in sections:
+            node = node.get(section) if isinstance(node, dict) else None
+        if isinstance(node, dict) and name in node:
+            node[name] = resolve_config_path(key, node[name], root)
+    return saved

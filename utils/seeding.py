@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import random
 
 import numpy as np
@@ -13,10 +12,10 @@ def seed_everything(seed: int) -> None:
     """Seed Python, numpy and torch (every device), and ask torch for deterministic algorithms.
 
     `warn_only`: an operation without a deterministic kernel (some CUDA scatter ops) warns instead of
-    stopping a GPU run. cuBLAS needs its workspace setting for deterministic matrix products; it is read
-    when CUDA starts, so it is set only where the user has not set it.
+    stopping a GPU run. cuBLAS's workspace setting, which deterministic matrix products also need, is set
+    when the `utils` package is imported (utils/__init__.py): here it would come after a model may already
+    have run on the GPU, too late to count.
     """
-    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)

@@ -62,6 +62,19 @@ FORGET_LOSSES = ("ascent", "npo", "simnpo", "wga", "undial", "none")
 # Forget losses that read the reference model (NPO its sequence log-likelihoods, UNDIAL its logits).
 REFERENCE_FORGET_LOSSES = ("npo", "undial")
 RETAIN_LOSSES = ("nll", "kl", "none")
+# Losses whose per-example value is a mean over the answer tokens, so `training.loss_reduction: token` can sum
+# them token by token (IdkNLL's refusal NLL included); NPO, SimNPO, DPO and RMU are sequence-level.
+TOKEN_MEAN_LOSSES = ("ascent", "wga", "undial", "refusal_nll", "nll", "kl", "none")
+
+
+def check_loss_reduction(name: str, training, forget_loss: str, retain_loss: str) -> None:
+    """Refuse, in one line, `training.loss_reduction: token` for a method whose loss is not a token mean."""
+    if training.loss_reduction != "token":
+        return
+    for kind in (forget_loss, retain_loss):
+        if kind not in TOKEN_MEAN_LOSSES:
+            raise UserError(f"{name}: training.loss_reduction: token sums the loss over answer tokens, but the {kind} "
+                            "loss is one value per sequence; set training.loss_reduction: example")
 
 
 def unwrap(model):
@@ -343,7 +356,7 @@ def make_unlearning_loss(forget_loss: str = "ascent", retain_loss: str = "nll", 
     def loss_fn(model, batch: dict) -> LossOutput:
         logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
         labels = batch["labels"]
-        mean_nll, summed_nll, _ = token_nll_from_logits(logits, labels)
+        mean_nll, summed_nll, counts = token_nll_from_logits(logits, labels)
         weight = batch["weight"].to(mean_nll.dtype)
         is_forget = batch["is_forget"]
         active = weight != 0  # zero-weight rows (DDP placeholders) never need a reference
@@ -389,6 +402,7 @@ def make_unlearning_loss(forget_loss: str = "ascent", retain_loss: str = "nll", 
                 value[retain_rows] = kl_per_example(logits[retain_rows], ref_logits, labels[retain_rows])
             per_example = per_example + torch.where(retain_rows, value, zeros)
 
-        return LossOutput(per_example=per_example * weight, nll=mean_nll)
+        tokens = counts if forget_loss in TOKEN_MEAN_LOSSES and retain_loss in TOKEN_MEAN_LOSSES else None
+        return LossOutput(per_example=per_example * weight, nll=mean_nll, tokens=tokens)
 
     return loss_fn

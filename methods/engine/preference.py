@@ -71,12 +71,13 @@ def make_refusal_nll_loss(retain_loss: str = "nll", reference: Reference | None 
 
     def loss_fn(model, batch: dict) -> LossOutput:
         logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-        mean_nll = token_nll_from_logits(logits, batch["labels"])[0]
+        mean_nll, _, counts = token_nll_from_logits(logits, batch["labels"])
         weight = batch["weight"].to(mean_nll.dtype)
         is_forget, active = batch["is_forget"], weight != 0
         forget_term = torch.where(is_forget & active, mean_nll, mean_nll * 0.0)
         retain = retain_values(logits, batch, mean_nll, ~is_forget & active, retain_loss, reference)
-        return LossOutput(per_example=(forget_term + retain) * weight, nll=mean_nll)
+        # Both terms are means over the answer tokens: the token reduction can sum them.
+        return LossOutput(per_example=(forget_term + retain) * weight, nll=mean_nll, tokens=counts)
 
     return loss_fn
 

@@ -6,9 +6,10 @@ maps a batch to one loss per example. Everything else (batching, distributed sha
 accumulation, clipping, the schedule, mixed precision, NaN checks, logging, progress) lives here, once.
 
 Batch semantics are global: `training.batch_size` examples make one optimiser step, and the step's
-loss is the mean over those examples of each example's loss, whatever the number of processes. Under
-DDP each process takes every W-th example of the global batch, so 1 process and W processes compute
-the same gradient (up to floating point).
+loss is the mean over those examples of each example's loss (`training.loss_reduction: example`), or
+the sum of every answer token's weighted loss over the number of answer tokens in the global batch
+(`token`), whatever the number of processes and micro-batches. Under DDP each process takes every W-th
+example of the global batch, so 1 process and W processes compute the same gradient (up to floating point).
 """
 
 from __future__ import annotations
@@ -38,10 +39,16 @@ from utils.io import finite_or_null
 
 @dataclass
 class LossOutput:
-    """Per-example loss (what is optimised, weights applied) and per-example mean NLL (for logs)."""
+    """Per-example loss (what is optimised, weights applied) and per-example mean NLL (for logs).
+
+    `tokens`: each example's answer-token count, given only by a loss whose per-example value is a mean over
+    those tokens (weight x mean token loss), so that per_example x tokens is its weighted token sum, what
+    `training.loss_reduction: token` adds up. None: a sequence-level loss (NPO, DPO, RMU), which refuses it.
+    """
 
     per_example: torch.Tensor
     nll: torch.Tensor
+    tokens: torch.Tensor | None = None
 
 
 LossFunction = Callable[[torch.nn.Module, dict], LossOutput]
@@ -73,16 +80,18 @@ class TrainingDiverged(UserError):
     """A loss became NaN or infinite; the caller keeps the last good checkpoint."""
 
 
-# Set by `accelerate launch` (its --mixed_precision flag or config file) and by notebook_launcher.
+# Set by `accelerate launch` (its --mixed_precision flag or config file). Not by notebook_launcher: it exports
+# its mixed_precision as MIXED_PRECISION, which the Accelerator does not read.
 LAUNCHER_PRECISION = "ACCELERATE_MIXED_PRECISION"
 
 
 def launch_precision(configured: str, environ=os.environ, cuda: bool | None = None) -> tuple[str | None, str]:
     """(what to pass as the Accelerator's mixed_precision, a note when the config is overruled).
 
-    None leaves it to accelerate: a process started by `accelerate launch` or notebook_launcher takes the
-    precision the launch was given (flag or config file), as accelerate users expect; a plain process
-    takes `training.mixed_precision`. A CPU never mixes precision here.
+    None leaves it to accelerate: a process started by `accelerate launch` takes the precision the launch was
+    given (flag or config file), as accelerate users expect; a plain process, and one started by
+    notebook_launcher (which sets no ACCELERATE_MIXED_PRECISION), takes `training.mixed_precision`. A CPU never
+    mixes precision here.
     """
     cuda = torch.cuda.is_available() if cuda is None else cuda
     if not cuda:
@@ -222,6 +231,8 @@ class Trainer:
         # training.sharding: fsdp on several processes: every weight, gradient and optimiser state split
         # over them (methods.engine.sharding); otherwise DDP (or one process) through accelerate.
         self.sharded = config.sharding == "fsdp" and self.accelerator.num_processes > 1
+        if config.gradient_checkpointing:
+            enable_gradient_checkpointing(model)
         if self.sharded:
             from methods.engine.sharding import shard_model
             from utils.models.adapters import is_lora
@@ -271,7 +282,7 @@ class Trainer:
         """The global batches this trainer runs for `phase` (see `global_batches`)."""
         return global_batches(phase, phase_index, self.config)
 
-    def _local_micro_batches(self, batch: list[Example]) -> list[list[Example]]:
+    def local_micro_batches(self, batch: list[Example]) -> list[list[Example]]:
         """This process's share of a global batch, split for gradient accumulation.
 
         A process left without an example gets a zero-weight copy, so every process runs the same
@@ -314,6 +325,7 @@ class Trainer:
         pad_id = self.tokenizer.pad_token_id
         device = self.accelerator.device
         world = self.accelerator.num_processes
+        by_token = self.config.loss_reduction == "token"
         started = time.perf_counter()
         tokens = 0
         loss_sum = 0.0
@@ -321,7 +333,10 @@ class Trainer:
         bar = tqdm(batches, desc=phase.name, leave=False, dynamic_ncols=True,
                    disable=not (self.progress and self.accelerator.is_main_process))
         for step, batch in enumerate(bar):
-            micro_batches = self._local_micro_batches(batch)
+            micro_batches = self.local_micro_batches(batch)
+            # What the summed loss is divided by: the global batch's examples, or its answer tokens (every process
+            # holds the whole global batch, so each counts them all alike, with no communication).
+            divisor = sum(answer_tokens(e) for e in batch) if by_token else len(batch)
             step_loss = 0.0
             for micro_index, micro in enumerate(micro_batches):
                 tensors = {k: v.to(device) for k, v in collate(micro, pad_id).items()}
@@ -334,8 +349,15 @@ class Trainer:
                     context = self.accelerator.no_sync(self.model) if not last else contextlib.nullcontext()
                 with context, self.accelerator.autocast():
                     output = self.loss_fn(self.model, tensors)
-                    # Sum of per-example losses over the global batch size; times W because DDP averages.
-                    loss = output.per_example.sum() * (world / len(batch))
+                    summed = output.per_example
+                    if by_token:
+                        if output.tokens is None:
+                            raise UserError("training.loss_reduction: token needs a loss averaged over answer tokens, "
+                                            "and this method's is not (set training.loss_reduction: example)")
+                        summed = summed * output.tokens.to(summed.dtype)
+                    # Sum of the losses over the global batch's size (examples or answer tokens); times W because
+                    # DDP averages.
+                    loss = summed.sum() * (world / max(1, divisor))
                     self.accelerator.backward(loss)
                 step_loss += loss.item() / world
                 tokens += int(tensors["attention_mask"].sum())
@@ -411,6 +433,33 @@ class Trainer:
             handle.write(json_line(record))
 
 
+def answer_tokens(example: Example) -> int:
+    """The tokens an example's loss scores: its labelled tokens after the first (each predicted from the ones
+    before it; the first has none)."""
+    return sum(1 for label in example.labels[1:] if label != -100)
+
+
+def enable_gradient_checkpointing(model) -> None:
+    """Turn on the model's own gradient checkpointing (peft models pass the call to their base model;
+    transformers 5 names it activation checkpointing, earlier releases gradient checkpointing).
+
+    Non-reentrant checkpointing gives gradients to the trainable weights inside a checkpointed layer even when
+    its input does not require grad (frozen embeddings under LoRA or last-k); the input hook is added anyway, as
+    peft and transformers do, for any layer that checkpoints reentrantly.
+    """
+    options = {"use_reentrant": False}
+    if hasattr(model, "activation_checkpointing_enable"):
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs=options)
+    elif hasattr(model, "gradient_checkpointing_enable"):
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=options)
+    else:
+        raise UserError("training.gradient_checkpointing: this model has no gradient checkpointing "
+                        "(set training.gradient_checkpointing: false)")
+    embeddings = model.get_input_embeddings()
+    if not any(p.requires_grad for p in embeddings.parameters()):
+        model.enable_input_require_grads()
+
+
 def json_line(record: dict) -> str:
     """One JSON line; a non-finite number becomes null (JSON has no NaN, and readers reject it)."""
     return json.dumps(finite_or_null(record), allow_nan=False) + "\n"
@@ -424,5 +473,6 @@ def all_finite(parameters) -> bool:
 
 def nll_loss(model, batch: dict) -> LossOutput:
     """Plain weighted NLL: fine-tuning, pre-training, and the descent half of gradient difference."""
-    nll = nll_per_example(model, batch)
-    return LossOutput(per_example=nll * batch["weight"], nll=nll)
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    nll, _, counts = token_nll_from_logits(logits, batch["labels"])
+    return LossOutput(per_example=nll * batch["weight"], nll=nll, tokens=counts)

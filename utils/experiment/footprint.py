@@ -240,7 +240,7 @@ def micro_batch_tokens(micro: list) -> int:
 
 def largest_step(phases: list, training, processes: int = 1) -> StepShape:
     """The largest micro-batch any of `processes` processes trains in any step of `phases`, split the way the
-    Trainer splits a global batch (its own `_local_micro_batches`, called with this launch's rank and size)."""
+    Trainer splits a global batch (its `local_micro_batches`, called with this launch's rank and size)."""
     from types import SimpleNamespace
 
     from methods.engine.trainer import Trainer, global_batches
@@ -251,7 +251,7 @@ def largest_step(phases: list, training, processes: int = 1) -> StepShape:
             for rank in range(processes):
                 stand_in = SimpleNamespace(config=training,
                                            accelerator=SimpleNamespace(num_processes=processes, process_index=rank))
-                for micro in Trainer._local_micro_batches(stand_in, batch):
+                for micro in Trainer.local_micro_batches(stand_in, batch):
                     largest = max(largest, micro_batch_tokens(micro))
     return StepShape(largest, "the longest step's largest micro-batch")
 

@@ -36,7 +36,7 @@ from methods.engine.checkpoint import (
     verify_checkpoint,
 )
 from methods.engine.trainer import Phase, Trainer, json_line, make_accelerator
-from utils.config import Config, save_config, to_dict
+from utils.config import Config, resolve_saved_paths, save_config, to_dict
 from utils.data.lume import Item, LumeData
 from utils.data.tokenization import Example, encode_item
 from utils.errors import UserError
@@ -48,7 +48,8 @@ from utils.seeding import seed_everything
 # What decides the weights a run ends with; a resume must not change any of it.
 RESUME_SECTIONS = ("model", "data", "method", "training", "adapter")
 # Settings in those sections that do not: a resume may change them.
-RESUME_FREE = {"training": ("checkpoint_every", "keep_checkpoints", "report_to", "sharding")}
+RESUME_FREE = {"training": ("checkpoint_every", "keep_checkpoints", "report_to", "sharding",
+                            "gradient_checkpointing")}
 
 
 def resolve_paths(config: Config) -> tuple[str, str]:
@@ -86,6 +87,8 @@ def check_resumable(config: Config, run_dir: Path) -> None:
     if not saved_path.is_file():
         return
     saved = yaml.safe_load(saved_path.read_text())
+    if isinstance(saved, dict):
+        saved = resolve_saved_paths(saved)
     current = to_dict(config)
     if isinstance(saved, dict) and isinstance(saved.get("method"), dict):
         # Only the method's own settings decide its training (a run saved before the settings were typed
@@ -182,7 +185,10 @@ def build_run_phases(method: ModuleType, config: Config, lume: LumeData, tokeniz
     """The phases a run of `config` trains, built by the method itself: shared by `run_unlearning` and
     `unlearn run --dry-run`, so the schedule a dry run shows is the one a run trains. A method with its
     own `make_examples` (methods/registry.py) makes its examples from the items."""
+    from methods.engine.losses import check_loss_reduction
+
     training = config.training
+    check_loss_reduction(method.NAME, training, *method.loss_kinds(config.method))
     make_examples = getattr(method, "make_examples", None)
     if make_examples is None:
         forget = training_examples(lume.forget, "forget", tokenizer, config)

@@ -63,7 +63,8 @@ def fresh_log(path: Path) -> Path:
 # out of the cache key at that value, so a new option does not rebuild every existing world.
 LATER_TRAINING_SETTINGS = {"group_by_length": False, "max_micro_batch_tokens": None, "append_eos": None,
                            "master_weights": "auto", "checkpoint_every": 1, "keep_checkpoints": 1,
-                           "report_to": "auto", "sharding": "none"}
+                           "report_to": "auto", "sharding": "none", "loss_reduction": "example",
+                           "gradient_checkpointing": False}
 
 
 def without_neutral(settings: dict, neutral: dict) -> dict:
