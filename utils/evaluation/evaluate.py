@@ -70,11 +70,12 @@ def evaluate_model(model, tokenizer, lume: LumeData, *, mia_documents: dict[str,
                    nll_batch_size: int = 16, mmlu_shots: int = 0, mmlu_threshold: float = DEFAULT_MMLU_THRESHOLD,
                    subset: int | None = None, evaluated: dict | None = None, progress: bool = True,
                    warnings: list[str] | None = None, clean_up_spaces: bool = True,
-                   shards: Shards = ALONE) -> Evaluation:
+                   shards: Shards = ALONE, parity: str = "batched") -> Evaluation:
     """Generate, score, attack and measure utility; `warnings` (e.g. why the MIA is missing) join the
     results' own, as do the counts of prompts and MIA documents cut to the model's context. Under several
-    processes each scores its `shards` share and every process returns the whole evaluation."""
-    from utils.evaluation.generation import generate_greedy
+    processes each scores its `shards` share and every process returns the whole evaluation. `parity`
+    "strict" generates and takes the MIA losses one item at a time, as the official scorer did."""
+    from utils.evaluation.generation import generate
     from utils.evaluation.metrics import build_results, compute_terms
     from utils.evaluation.mia import run_mia
     from utils.evaluation.mmlu import evaluate_utility
@@ -87,9 +88,9 @@ def evaluate_model(model, tokenizer, lume: LumeData, *, mia_documents: dict[str,
     progress = progress and shards.is_main
     # One call for both splits: longer, better-filled batches.
     outputs = shards.map(
-        lambda prompts, warn: generate_greedy(model, tokenizer, prompts, max_new_tokens=max_new_tokens,
-                                              batch_size=batch_size, progress=progress, warn=warn,
-                                              clean_up_spaces=clean_up_spaces),
+        lambda prompts, warn: generate(model, tokenizer, prompts, parity=parity, max_new_tokens=max_new_tokens,
+                                       batch_size=batch_size, progress=progress, warn=warn,
+                                       clean_up_spaces=clean_up_spaces),
         [i.input for i in items], notes.append)
     timings["generation"] = time.perf_counter() - started
     records = [{"id": i.id, "task": i.task, "split": i.split, "expected_output": i.output, "model_output": o}
@@ -100,7 +101,8 @@ def evaluate_model(model, tokenizer, lume: LumeData, *, mia_documents: dict[str,
     if mia_documents is not None:
         started = time.perf_counter()
         mia = run_mia(model, tokenizer, mia_documents["member"], mia_documents["nonmember"],
-                      batch_size=nll_batch_size, progress=progress, warn=notes.append, shards=shards)
+                      batch_size=nll_batch_size, progress=progress, warn=notes.append, shards=shards,
+                      parity=parity)
         timings["mia"] = time.perf_counter() - started
 
     utility = None
@@ -119,7 +121,7 @@ def evaluate_model(model, tokenizer, lume: LumeData, *, mia_documents: dict[str,
         mmlu_threshold=mmlu_threshold,
         timings=timings,
         evaluated={**(evaluated or {}), "subset_documents_per_task": subset, "max_new_tokens": max_new_tokens,
-                   "clean_up_tokenization_spaces": clean_up_spaces},
+                   "clean_up_tokenization_spaces": clean_up_spaces, "parity": parity},
         warnings=notes,
     )
     if utility is not None and utility.get("details") is not None:

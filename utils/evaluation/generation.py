@@ -4,8 +4,9 @@ The official scorer generates one item at a time: the raw prompt tokenised with 
 default special tokens (no chat template), greedy decoding, `max_new_tokens=256`, and only the new
 tokens decoded with `skip_special_tokens=True` and the tokenizer's space clean-up (`decode_new_tokens`).
 `generate_one_at_a_time` is that loop, kept as the
-reference the tests and the benchmark compare against. `generate_greedy` produces the same text with
-`model.generate` on batches:
+reference the tests and the benchmark compare against and run by the strict parity mode (`generate`,
+config `evaluation.parity`). `generate_greedy` produces the same text with `model.generate` on batches (in
+bf16 a padded batch computes each row slightly differently, and a near-tie token can flip):
 
 * prompts are sorted by token length, longest first, so each batch carries little padding and an
   out-of-memory error shows up on the first batch rather than after an hour;
@@ -222,11 +223,18 @@ def generate_greedy(model, tokenizer, prompts: list[str], max_new_tokens: int = 
 
 
 def generate_one_at_a_time(model, tokenizer, prompts: list[str], max_new_tokens: int = 256,
-                           progress: bool = False, clean_up_spaces: bool = True) -> list[str]:
-    """The official-style reference: each prompt alone (no padding; an all-ones mask), greedy.
+                           progress: bool = False, clean_up_spaces: bool = True,
+                           warn: Callable[[str], None] | None = None) -> list[str]:
+    """The official-style reference: each prompt alone (no padding; an all-ones mask), greedy, one `generate`
+    call of `max_new_tokens` per prompt (no stages), in the model's own precision.
 
-    Slow on purpose; it defines what `generate_greedy` must reproduce.
+    Slow on purpose; it defines what `generate_greedy` must reproduce, and it is the strict parity mode of the
+    evaluation. Given `warn`, prompts longer than the model's context keep their ends as in `generate_greedy`
+    (the official loop has no such guard); without it every prompt is used whole.
     """
+    encoded = _encode_all(tokenizer, prompts)
+    if warn is not None:
+        encoded = keep_prompt_ends(encoded, context_length(model), max_new_tokens, warn)
     eos_ids = eos_token_ids(model, tokenizer)
     kwargs = _greedy_kwargs(max_new_tokens, _pad_id(model, tokenizer, eos_ids), eos_ids)
     device = _model_device(model)
@@ -235,7 +243,7 @@ def generate_one_at_a_time(model, tokenizer, prompts: list[str], max_new_tokens:
     model.eval()
     try:
         with torch.inference_mode():
-            for ids in tqdm(_encode_all(tokenizer, prompts), desc="generating (one at a time)", unit="prompt",
+            for ids in tqdm(encoded, desc="generating (one at a time)", unit="prompt",
                             disable=not progress):
                 input_ids = torch.tensor([ids], dtype=torch.long, device=device)
                 output = model.generate(input_ids=input_ids, attention_mask=torch.ones_like(input_ids), **kwargs)
@@ -244,3 +252,25 @@ def generate_one_at_a_time(model, tokenizer, prompts: list[str], max_new_tokens:
     finally:
         model.train(was_training)
     return outputs
+
+
+PARITY_MODES = ("batched", "strict")
+
+
+def generate(model, tokenizer, prompts: list[str], *, parity: str = "batched", max_new_tokens: int = 256,
+             batch_size: int = 64, progress: bool = True, warn: Callable[[str], None] = warnings.warn,
+             clean_up_spaces: bool = True) -> list[str]:
+    """The evaluation's generations in the parity mode asked for (config `evaluation.parity`): "batched" is
+    `generate_greedy`; "strict" is `generate_one_at_a_time`, the official loop, whose text cannot depend on
+    which prompts share a batch (in bf16 a batched row can flip a near-tie token)."""
+    if parity == "batched":
+        return generate_greedy(model, tokenizer, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size,
+                               progress=progress, warn=warn, clean_up_spaces=clean_up_spaces)
+    if parity == "strict":
+        if not prompts:
+            return []
+        if max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be at least 1, got {max_new_tokens}")
+        return generate_one_at_a_time(model, tokenizer, prompts, max_new_tokens=max_new_tokens, progress=progress,
+                                      clean_up_spaces=clean_up_spaces, warn=warn)
+    raise UserError(f"evaluation.parity must be one of {', '.join(PARITY_MODES)}, got {parity!r}")

@@ -98,13 +98,18 @@ def keep_document_starts(encoded: list[list[int]], context: int | None,
 
 def token_statistics(model, tokenizer, documents: Sequence[str], batch_size: int = 16,
                      max_length: int | None = None, distribution_stats: bool = True,
-                     progress: bool = True, warn: Callable[[str], None] = warnings.warn) -> list[DocumentStatistics]:
+                     progress: bool = True, warn: Callable[[str], None] = warnings.warn,
+                     one_at_a_time: bool = False) -> list[DocumentStatistics]:
     """Per-document NLL, token log-probs and (optionally) Min-K%++ moments, in the input order.
 
     `distribution_stats=False` skips mu/sigma (a few vocabulary-sized operations per token) when
     only the loss is wanted. `max_length` truncates each tokenised document to its first tokens; so
-    does the model's context, and `warn` is told how many documents that cut.
+    does the model's context, and `warn` is told how many documents that cut. `one_at_a_time` (the strict
+    parity mode) is the official loop: each document alone, and its NLL the model's own loss with
+    labels = input ids.
     """
+    if one_at_a_time:
+        batch_size = 1
     if batch_size < 1:
         raise ValueError("batch_size must be at least 1")
     encoded = keep_document_starts(_encode_documents(tokenizer, documents, max_length), context_length(model), warn)
@@ -118,13 +123,18 @@ def token_statistics(model, tokenizer, documents: Sequence[str], batch_size: int
                                           disable=not progress) as bar:
             for rows in length_sorted_batches([len(ids) for ids in encoded], batch_size):
                 input_ids, attention_mask = pad_batch([encoded[i] for i in rows], pad_id)
-                logits = model(input_ids=input_ids.to(device), attention_mask=attention_mask.to(device),
-                               use_cache=False).logits
+                input_ids = input_ids.to(device)
+                outputs = model(input_ids=input_ids, attention_mask=attention_mask.to(device),
+                                labels=input_ids if one_at_a_time else None, use_cache=False)
+                logits = outputs.logits
                 for row, index in enumerate(rows):
                     n = len(encoded[index])
-                    results[index] = _row_statistics(logits[row, :n - 1], input_ids[row, 1:n].to(device),
+                    results[index] = _row_statistics(logits[row, :n - 1], input_ids[row, 1:n],
                                                      documents[index], n, distribution_stats)
-                del logits
+                if one_at_a_time:
+                    # The official number itself, not our float32 re-computation of it.
+                    results[rows[0]].nll = float(outputs.loss)
+                del logits, outputs
                 bar.update(len(rows))
     finally:
         model.train(was_training)
@@ -224,8 +234,10 @@ def attack_aucs(member_stats: Sequence[DocumentStatistics], nonmember_stats: Seq
 
 def run_mia(model, tokenizer, member_docs: Sequence[str], nonmember_docs: Sequence[str], batch_size: int = 16,
             progress: bool = True, max_length: int | None = None, k: float = DEFAULT_K,
-            warn: Callable[[str], None] = warnings.warn, shards: Shards = ALONE) -> dict[str, Any]:
-    """All attacks over members and non-members in one pass each document (each process its `shards` share).
+            warn: Callable[[str], None] = warnings.warn, shards: Shards = ALONE,
+            parity: str = "batched") -> dict[str, Any]:
+    """All attacks over members and non-members in one pass each document (each process its `shards` share;
+    `parity="strict"`: one document at a time, see `token_statistics`).
 
     Returns `{"member_nll", "nonmember_nll", "auc" (official loss AUC), "score" (1 - 2|auc - 0.5|),
     "attacks": {"loss", "zlib", "min_k", "min_k_plus_plus"}}`.
@@ -236,7 +248,8 @@ def run_mia(model, tokenizer, member_docs: Sequence[str], nonmember_docs: Sequen
     stats = shards.map(
         lambda documents, warn_share: token_statistics(model, tokenizer, documents, batch_size=batch_size,
                                                        max_length=max_length, distribution_stats=True,
-                                                       progress=progress, warn=warn_share),
+                                                       progress=progress, warn=warn_share,
+                                                       one_at_a_time=parity == "strict"),
         [*member_docs, *nonmember_docs], warn)
     member_stats, nonmember_stats = stats[:len(member_docs)], stats[len(member_docs):]
     attacks = attack_aucs(member_stats, nonmember_stats, k)

@@ -167,14 +167,15 @@ def item_scores(items: Sequence[Item], outputs: Sequence[str]) -> dict[str, floa
 def score_items(model, tokenizer, items: Sequence[Item], settings, shards: Shards, progress: bool,
                 warn: Callable[[str], None]) -> dict[str, float]:
     """Greedy generations for `items` (each process its share) scored per item, as the evaluation does."""
-    from utils.evaluation.generation import generate_greedy
+    from utils.evaluation.generation import generate
 
     model.eval()
     with torch.inference_mode():
         outputs = shards.map(
-            lambda prompts, note: generate_greedy(model, tokenizer, prompts, max_new_tokens=settings.max_new_tokens,
-                                                  batch_size=settings.batch_size, progress=progress, warn=note,
-                                                  clean_up_spaces=settings.clean_up_tokenization_spaces),
+            lambda prompts, note: generate(model, tokenizer, prompts, parity=settings.parity,
+                                           max_new_tokens=settings.max_new_tokens, batch_size=settings.batch_size,
+                                           progress=progress, warn=note,
+                                           clean_up_spaces=settings.clean_up_tokenization_spaces),
             [item.input for item in items], warn)
     return item_scores(items, outputs)
 
@@ -188,7 +189,8 @@ def mia_auc(model, tokenizer, documents: dict | None, settings, shards: Shards, 
 
     with torch.inference_mode():
         return run_mia(model, tokenizer, documents["member"], documents["nonmember"],
-                       batch_size=settings.nll_batch_size, progress=progress, warn=warn, shards=shards)["auc"]
+                       batch_size=settings.nll_batch_size, progress=progress, warn=warn, shards=shards,
+                       parity=settings.parity)["auc"]
 
 
 def _fingerprint(name: str) -> object:

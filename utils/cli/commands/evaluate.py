@@ -12,6 +12,7 @@ from utils.experiment.experiment import Experiment
 from utils.io import check_output_location
 
 DTYPES = list(typing.get_args(typing.get_type_hints(ModelConfig)["dtype"]))
+PARITY_MODES = list(typing.get_args(typing.get_type_hints(EvaluationConfig)["parity"]))
 EVALUATION, MODEL = EvaluationConfig(), ModelConfig()  # the defaults the help text quotes
 
 # Each flag is a config key under another name; a flag given wins over the config file and --set.
@@ -27,6 +28,7 @@ FLAG_KEYS = {
     "max_new_tokens": "evaluation.max_new_tokens",
     "batch_size": "evaluation.batch_size",
     "mmlu_shots": "evaluation.mmlu_shots",
+    "parity": "evaluation.parity",
 }
 
 
@@ -58,6 +60,10 @@ def register(subparsers) -> None:
     parser.add_argument("--mmlu-shots", type=int, default=None, metavar="N",
                         help="worked examples before each MMLU question, 0 or more (default: config "
                              f"evaluation.mmlu_shots, {EVALUATION.mmlu_shots})")
+    parser.add_argument("--parity", choices=PARITY_MODES, default=None,
+                        help="batched: length-sorted, padded batches (fast; in bf16 a near-tie token can flip); "
+                             "strict: one item and one MIA document at a time, as the official scorer ran "
+                             f"(default: config evaluation.parity, {EVALUATION.parity})")
     parser.add_argument("--attacks", default=None, metavar="LIST",
                         help="robustness attacks after the evaluation, comma-separated: relearn (fine-tune a copy on "
                              "half the forget documents, score the other half), quantize (8- and 4-bit weights), or "
