@@ -29,7 +29,7 @@ import torch
 from methods.engine.phases import check_chunk_size, check_common, chunks, tagged
 from methods.engine.settings import UnlearningSettings
 from methods.engine.trainer import Phase
-from utils.config import AT_LEAST_ONE, BOUNDS, POSITIVE, Bound, TrainingConfig
+from utils.config import BOUNDS, MANY, Bound, TrainingConfig, up_to
 from utils.data.tokenization import Example
 from utils.errors import UserError
 
@@ -47,7 +47,8 @@ class Settings(UnlearningSettings):
     anneal_after_remainder: bool = False  # the seed's schedule: no rule annealing after a remainder chunk
 
 
-BOUNDS[Settings] = {"chunk_size": AT_LEAST_ONE, "interleaving_factor": POSITIVE,
+# interleaving_factor annealing phases follow each chunk: the phase list grows with it (the seed used 1 to 4).
+BOUNDS[Settings] = {"chunk_size": up_to(MANY), "interleaving_factor": Bound(low=0, low_open=True, high=1_000, generous=True),
                     "annealing_fraction": Bound(low=0, low_open=True, high=1)}
 
 

@@ -22,7 +22,7 @@ from typing import Literal
 from methods.engine.phases import check_chunk_size, check_common, chunks, tagged
 from methods.engine.settings import UnlearningSettings
 from methods.engine.trainer import Phase
-from utils.config import AT_LEAST_ONE, BOUNDS, NON_NEGATIVE, TrainingConfig
+from utils.config import BOUNDS, MANY, NON_NEGATIVE, TrainingConfig, up_to
 from utils.data.tokenization import Example
 from utils.errors import UserError
 
@@ -38,7 +38,8 @@ class Settings(UnlearningSettings):
     positive_factor: float = 0.5  # the retain examples' weight
 
 
-BOUNDS[Settings] = {"chunk_size": AT_LEAST_ONE, "positive_ratio": NON_NEGATIVE, "positive_factor": NON_NEGATIVE}
+# Each forget example is followed by positive_ratio retain examples: the phase lists grow with it (the seed used 7).
+BOUNDS[Settings] = {"chunk_size": up_to(MANY), "positive_ratio": up_to(1_000, low=0), "positive_factor": NON_NEGATIVE}
 
 
 def loss_kinds(settings: Settings) -> tuple[str, str]:

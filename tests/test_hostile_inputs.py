@@ -301,6 +301,114 @@ def case_score_out_is_folder(area, world):
     return ["score", str(folder), "--out", str(area / "results")], f"output file {area / 'results'} exists and is a folder"
 
 
+# Issue 23: strict model loading, every scored term checked before training, bounded configs.
+
+
+def model_variant(area: Path, world, **config_changes) -> Path:
+    """A copy of the target whose config.json says something its weights do not."""
+    model = copy_of_target(area, world)
+    config = json.loads((model / "config.json").read_text())
+    (model / "config.json").write_text(json.dumps({**config, **config_changes}))
+    return model
+
+
+def case_renamed_tensors(area, world):
+    from safetensors.torch import load_file, save_file
+
+    model = copy_of_target(area, world)
+    weights = load_file(model / "model.safetensors")
+    save_file({name.replace("model.", "transformer.", 1): tensor for name, tensor in weights.items()},
+              model / "model.safetensors", metadata={"format": "pt"})
+    return world_evaluate(area, world, model), "missing (e.g. model.embed_tokens.weight); 24 not in the model"
+
+
+def case_wrong_hidden_size(area, world):
+    model = model_variant(area, world, hidden_size=32, intermediate_size=128)
+    return world_evaluate(area, world, model), "of another shape (e.g. lm_head.weight) tensors; refusing"
+
+
+def case_wrong_architecture(area, world):
+    model = model_variant(area, world, model_type="llama", architectures=["LlamaForCausalLM"])
+    return world_evaluate(area, world, model), "its weights do not fit its config.json (LlamaForCausalLM): 2 missing"
+
+
+def case_unknown_architecture(area, world):
+    model = model_variant(area, world, model_type="no-such-model", architectures=["NoSuchForCausalLM"])
+    return world_evaluate(area, world, model), "has model type `no-such-model` but Transformers does not recognize"
+
+
+def case_tokenizer_bigger_than_embedding(area, world):
+    from utils.models.loading import load_tokenizer
+
+    model = copy_of_target(area, world)
+    tokenizer = load_tokenizer(str(model))
+    rows = len(tokenizer)
+    tokenizer.add_tokens([f"extra_token_{i}" for i in range(10)])
+    tokenizer.save_pretrained(model)
+    return world_evaluate(area, world, model), f"has {rows + 10} tokens but model {model} embeds only {rows}"
+
+
+def case_adapter_for_another_base(area, world):
+    """A LoRA adapter trained on a model of half the width, naming the target as its base."""
+    from peft import LoraConfig, get_peft_model
+
+    from utils.models.loading import build_tiny_model, load_tokenizer
+
+    tokenizer = load_tokenizer(str(world.target))
+    other = build_tiny_model(tokenizer, hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64,
+                             max_position_embeddings=64)
+    adapter = get_peft_model(other, LoraConfig(r=4, target_modules=["q_proj", "v_proj"]))
+    adapter.peft_config["default"].base_model_name_or_path = str(world.target)
+    adapter.save_pretrained(area / "adapter")
+    return (world_evaluate(area, world, area / "adapter"),
+            f"adapter {area / 'adapter'} does not fit its base model {world.target}: ")
+
+
+def case_task_missing_from_retain(area, world):
+    """Refused before any model loads or trains: no run folder, so no config.yaml and no log.jsonl."""
+    folder = write_lume(area / "lume")
+    write_rows(folder / "retain.jsonl", [row for row in lume_rows("retain") if row["task"] != "Task2"])
+    return (["run", str(REPO / "configs" / "sugd.yaml"), "--out", str(area / "run"), "--set", f"data.path={folder}",
+             "--set", f"workdir={world.root}", "--set", "evaluation.utility=none", "--quiet"],
+            "the retain set has no sentence-completion (sc) items for Task2: all 12")
+
+
+def case_alias_bomb(area, world):
+    lines = ['a: &a ["lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol"]']
+    for name, previous in zip("bcdefghi", "abcdefgh"):
+        lines.append(f"{name}: &{name} [{', '.join([f'*{previous}'] * 9)}]")
+    path = config_file(area, "\n".join(lines) + "\n")
+    assert path.stat().st_size < 1024
+    return ["run", str(path), "--out", str(area / "run")], "expands to more than 100000 values"
+
+
+def case_duplicate_keys(area, world):
+    path = config_file(area, "training:\n  learning_rate: 1.0e-4\n  epochs: 2\n  learning_rate: 1.0e-3\n")
+    return (["run", str(path), "--out", str(area / "run")],
+            f"config file {path} is not valid YAML at line 4, column 3: duplicate key 'learning_rate' (first at line 2)")
+
+
+def case_deep_nesting(area, world):
+    path = config_file(area, "training: " + "[" * 5000 + "]" * 5000 + "\n")
+    return ["run", str(path), "--out", str(area / "run")], "nested deeper than 32 levels"
+
+
+def case_config_too_large(area, world):
+    path = config_file(area, "# padding\n" * 120_000 + "training:\n  epochs: 1\n")
+    return ["run", str(path), "--out", str(area / "run")], "more than the 1048576 a config may hold"
+
+
+def case_set_not_yaml(area, world):
+    return (["run", str(REPO / "configs" / "sugd.yaml"), "--out", str(area / "run"), "--set",
+             "adapter.target_modules=[q_proj, v_proj"],
+            "--set adapter.target_modules: the value '[q_proj, v_proj' is not valid YAML")
+
+
+def case_huge_positive_ratio_dry_run(area, world):
+    return (["run", str(REPO / "configs" / "sugd.yaml"), "--dry-run", "--set", "method.positive_ratio=1000000000"],
+            "config: method.positive_ratio must be an integer in [0, 1000], got 1000000000")
+
+
 CASES: dict[str, Case] = {
     # 1. config files
     "config_empty": Case(case_config_empty),
@@ -357,6 +465,21 @@ CASES: dict[str, Case] = {
     "empty_tokenizer_folder": Case(case_empty_tokenizer_folder, needs_world=True),
     "model_folder_without_tokenizer": Case(case_model_folder_without_tokenizer, needs_world=True),
     "truncated_safetensors": Case(case_truncated_safetensors, needs_world=True),
+    "model_renamed_tensors": Case(case_renamed_tensors, needs_world=True),
+    "model_wrong_hidden_size": Case(case_wrong_hidden_size, needs_world=True),
+    "model_wrong_architecture": Case(case_wrong_architecture, needs_world=True),
+    "model_unknown_architecture": Case(case_unknown_architecture, needs_world=True),
+    "tokenizer_bigger_than_embedding": Case(case_tokenizer_bigger_than_embedding, needs_world=True),
+    "adapter_for_another_base": Case(case_adapter_for_another_base, needs_world=True),
+    # 6. inputs the final evaluation needs, checked before the first optimiser step
+    "task_missing_from_retain": Case(case_task_missing_from_retain, needs_world=True),
+    # 8. hostile configs
+    "config_alias_bomb": Case(case_alias_bomb),
+    "config_duplicate_keys": Case(case_duplicate_keys),
+    "config_deep_nesting": Case(case_deep_nesting),
+    "config_too_large": Case(case_config_too_large),
+    "set_not_yaml": Case(case_set_not_yaml),
+    "dry_run_huge_positive_ratio": Case(case_huge_positive_ratio_dry_run),
     # 7. output locations
     "evaluate_out_is_file": Case(out_is_file("evaluate")),
     "prepare_out_is_file": Case(out_is_file("prepare")),
@@ -478,3 +601,25 @@ def test_a_half_mia_folder_next_to_the_data_is_reported_not_silent(small_world, 
     assert results["mia_auc"] is None and results["final_score"] is None
     assert reason in results["warnings"]
     assert f"warning: {reason}" in capsys.readouterr().out
+
+
+def test_a_huge_max_new_tokens_is_capped_at_the_context_and_recorded(small_world, tmp_path, capsys):
+    """A million new tokens on the 256-position model: generation stops at the context, and results.json says so."""
+    out = tmp_path / "evaluation"
+    assert main(["evaluate", "--model", str(small_world.target), "--out", str(out), "--set",
+                 f"workdir={small_world.root}", "--max-new-tokens", "1000000", "--subset", "1", "--utility", "none",
+                 "--quiet"]) == 0
+    results = json.loads((out / "results.json").read_text())
+    assert results["evaluated"]["max_new_tokens"] == 1_000_000 and results["evaluated"]["generation_cap"] == 256
+    assert ("evaluation.max_new_tokens=1000000 is more than the model's context (256 positions): generations were "
+            "capped at 256 new tokens") in results["warnings"]
+
+
+def test_null_in_a_sweep_grid_is_a_null_setting(tmp_path):
+    from utils.experiment.sweep import load_sweep
+
+    sweep = tmp_path / "sweep.yaml"
+    sweep.write_text(f"base: {REPO / 'configs' / 'sugd.yaml'}\ngrid:\n  evaluation.subset: [null, 2]\n")
+    runs = load_sweep(sweep).runs()
+    assert [run.load().evaluation.subset for run in runs] == [None, 2]
+    assert runs[0].overrides[-1] == "evaluation.subset=null"

@@ -381,6 +381,7 @@ class Bound:
     high_open: bool = False
     nullable: bool = False
     text: str = ""
+    generous: bool = False  # the high end only stops hostile values: a value below the low end is told plainly
 
     def admits(self, value: Any) -> bool:
         if value is None:
@@ -393,7 +394,12 @@ class Bound:
             return False
         return self.high is None or (value < self.high if self.high_open else value <= self.high)
 
-    def describe(self, integer: bool) -> str:
+    def describe(self, integer: bool, value: Any = None) -> str:
+        if self.generous:
+            # Told as its range only when over the high end; below the low end as if it had none.
+            over = isinstance(value, (int, float)) and value > self.high
+            plain = dataclasses.replace(self, generous=False, **({"text": ""} if over else {"high": None}))
+            return plain.describe(integer)
         if self.text:
             return self.text
         if integer and self.low in (0, 1) and self.high is None and not self.low_open:
@@ -415,29 +421,43 @@ AT_LEAST_ONE = Bound(low=1)
 NON_NEGATIVE = Bound(low=0)
 SEED = Bound(low=0, high=MAX_SEED)
 
+
+def up_to(high: int, low: int = 1, nullable: bool = False) -> Bound:
+    return Bound(low=low, high=high, nullable=nullable, generous=True)
+
+
+# Upper ends for counts and sizes a loop or an allocation follows: each far above any sensible setting (a
+# real run uses tens to thousands), so only a typo or a hostile value (1e9 examples per chunk, a billion new
+# tokens) meets them, and meets them at load time instead of hanging a dry run or exhausting memory.
+MANY = 1_000_000  # items, documents, tokens, steps
+BATCH = 65_536  # rows per batch and accumulation steps
+TINY = {"vocab_size": up_to(262_144), "hidden_size": up_to(8_192), "num_layers": up_to(128), "num_heads": up_to(128),
+        "intermediate_size": up_to(32_768), "max_position_embeddings": up_to(MANY)}  # at most a 7B's shape
+
 # Per class; a class's keys are bounded by the entries of the class and of all its bases. The methods'
 # settings classes add their own entries (see methods/engine/settings.py and each method module).
 BOUNDS: dict[type, dict[str, Bound]] = {
-    SyntheticConfig: {"seed": SEED, "documents_per_task": AT_LEAST_ONE, "mia_nonmembers": AT_LEAST_ONE,
-                      "general_facts": AT_LEAST_ONE, "general_corpus_repeats": AT_LEAST_ONE},
-    TinyModelConfig: {name: AT_LEAST_ONE for name in ("vocab_size", "hidden_size", "num_layers", "num_heads",
-                                                      "intermediate_size", "max_position_embeddings")},
+    SyntheticConfig: {"seed": SEED, "documents_per_task": up_to(MANY), "mia_nonmembers": up_to(MANY),
+                      "general_facts": up_to(MANY), "general_corpus_repeats": up_to(1_000)},
+    TinyModelConfig: TINY,
     TrainingConfig: {
         "epochs": Bound(low=0, low_open=True, high=MAX_EPOCHS,
                         text=f"a finite number > 0 and at most {MAX_EPOCHS}"),
-        "learning_rate": POSITIVE, "batch_size": AT_LEAST_ONE, "gradient_accumulation_steps": AT_LEAST_ONE,
-        "warmup_steps": NON_NEGATIVE, "max_grad_norm": NON_NEGATIVE, "weight_decay": NON_NEGATIVE,
-        "seed": SEED, "max_length": AT_LEAST_ONE, "max_micro_batch_tokens": Bound(low=1, nullable=True),
-        "checkpoint_every": AT_LEAST_ONE, "keep_checkpoints": AT_LEAST_ONE,
+        "learning_rate": POSITIVE, "batch_size": up_to(BATCH), "gradient_accumulation_steps": up_to(BATCH),
+        "warmup_steps": up_to(MANY, low=0), "max_grad_norm": NON_NEGATIVE, "weight_decay": NON_NEGATIVE,
+        "seed": SEED, "max_length": up_to(MANY), "max_micro_batch_tokens": up_to(2**40, nullable=True),
+        "checkpoint_every": up_to(MANY), "keep_checkpoints": up_to(1_000),
     },
-    AdapterConfig: {"lora_rank": AT_LEAST_ONE, "lora_alpha": AT_LEAST_ONE,
-                    "lora_dropout": Bound(low=0, high=1, high_open=True), "last_k": AT_LEAST_ONE},
+    AdapterConfig: {"lora_rank": up_to(BATCH), "lora_alpha": up_to(MANY),
+                    "lora_dropout": Bound(low=0, high=1, high_open=True), "last_k": up_to(1_000)},
     EvaluationConfig: {
-        "max_new_tokens": AT_LEAST_ONE, "batch_size": AT_LEAST_ONE, "nll_batch_size": AT_LEAST_ONE,
-        "subset": Bound(low=1, nullable=True, text="at least 1 document per task (or null)"),
-        "mmlu_shots": NON_NEGATIVE, "mmlu_threshold": Bound(low=0, high=1),
-        "per_phase_subset": Bound(low=0, nullable=True), "per_phase_max_new_tokens": AT_LEAST_ONE,
-        "relearn_steps": AT_LEAST_ONE, "relearn_learning_rate": POSITIVE, "relearn_batch_size": AT_LEAST_ONE,
+        # Generation is also capped by the model's context when it runs (utils/evaluation/generation.py).
+        "max_new_tokens": up_to(MANY), "batch_size": up_to(BATCH), "nll_batch_size": up_to(BATCH),
+        "subset": Bound(low=1, high=MANY, nullable=True, generous=True,
+                        text="at least 1 document per task (or null)"),
+        "mmlu_shots": up_to(100, low=0), "mmlu_threshold": Bound(low=0, high=1),
+        "per_phase_subset": up_to(MANY, low=0, nullable=True), "per_phase_max_new_tokens": up_to(MANY),
+        "relearn_steps": up_to(MANY), "relearn_learning_rate": POSITIVE, "relearn_batch_size": up_to(BATCH),
     },
 }
 
@@ -453,7 +473,7 @@ def check_ranges(config: Any, path: str = "") -> None:
             check_ranges(value, where)
         elif item.name in bounds and not bounds[item.name].admits(value):
             integer = int in (hints[item.name], *typing.get_args(hints[item.name]))
-            raise UserError(f"config: {where} must be {bounds[item.name].describe(integer)}, got {value!r}")
+            raise UserError(f"config: {where} must be {bounds[item.name].describe(integer, value)}, got {value!r}")
     if isinstance(config, AdapterConfig) and not config.target_modules:
         raise UserError(f"config: {path}.target_modules must name at least one module, got []")
     if isinstance(config, TinyModelConfig):
@@ -502,7 +522,7 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
             if not isinstance(child, dict):
                 raise UserError(f"--set {key}: '{part}' is not a section")
             node = child
-        value = yaml.safe_load(raw) if raw.strip() else ""
+        value = parse_set_value(key, raw) if raw.strip() else ""
         # YAML reads 1e-4 as a string (it wants 1.0e-4); numbers are what people mean.
         if isinstance(value, str):
             try:
@@ -560,8 +580,11 @@ def read_yaml_mapping(path: str | Path, what: str) -> dict:
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{what} not found: {path}")
+    size = path.stat().st_size
+    if size > MAX_YAML_BYTES:
+        raise UserError(f"{what} {path} is {size} bytes, more than the {MAX_YAML_BYTES} a config may hold")
     try:
-        loaded = yaml.safe_load(read_utf8_text(path))
+        loaded = load_bounded_yaml(read_utf8_text(path))
     except yaml.YAMLError as exc:
         raise UserError(f"{what} {path} is not valid YAML{_yaml_error_place(exc)}") from None
     if loaded is None:
@@ -569,6 +592,76 @@ def read_yaml_mapping(path: str | Path, what: str) -> dict:
     if not isinstance(loaded, dict):
         raise UserError(f"{what} {path} must hold a mapping at the top level")
     return loaded
+
+
+# A config is a few dozen keys: these limits are far above any real one, and stop a hostile file (an alias
+# bomb, thousands of nested brackets) before it is expanded or recursed into.
+MAX_YAML_BYTES = 1 << 20
+MAX_YAML_DEPTH = 32
+MAX_YAML_NODES = 100_000  # counted with every alias expanded, as the config's readers will walk it
+
+
+class BoundedLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, refusing duplicate keys and documents too deep or too large once aliases expand."""
+
+    def __init__(self, stream):
+        super().__init__(stream)
+        self.depth = 0
+        self.sizes: dict[int, int] = {}  # id(node) -> nodes it stands for with its aliases expanded
+
+    def compose_node(self, parent, index):
+        event = self.peek_event()
+        self.depth += 1
+        if self.depth > MAX_YAML_DEPTH:
+            raise yaml.composer.ComposerError(None, None, f"nested deeper than {MAX_YAML_DEPTH} levels",
+                                              event.start_mark)
+        node = super().compose_node(parent, index)
+        self.depth -= 1
+        if isinstance(node, yaml.SequenceNode):
+            children = node.value
+        elif isinstance(node, yaml.MappingNode):
+            children = [child for pair in node.value for child in pair]
+        else:
+            children = []
+        size = self.sizes.get(id(node)) or 1 + sum(self.sizes.get(id(child), 1) for child in children)
+        if size > MAX_YAML_NODES:
+            raise yaml.composer.ComposerError(None, None, f"expands to more than {MAX_YAML_NODES} values "
+                                              "(aliases of aliases)", event.start_mark)
+        self.sizes[id(node)] = size
+        return node
+
+    def construct_mapping(self, node, deep=False):
+        if isinstance(node, yaml.MappingNode):
+            seen: dict = {}
+            for key_node, _ in node.value:
+                if not isinstance(key_node, yaml.ScalarNode) or key_node.tag == "tag:yaml.org,2002:merge":
+                    continue
+                key = (key_node.tag, key_node.value)
+                if key in seen:
+                    raise yaml.constructor.ConstructorError(
+                        None, None, f"duplicate key '{key_node.value}' (first at line {seen[key]})",
+                        key_node.start_mark)
+                seen[key] = key_node.start_mark.line + 1
+        return super().construct_mapping(node, deep)
+
+
+def load_bounded_yaml(text: str) -> Any:
+    """`yaml.safe_load` within the limits above (BoundedLoader)."""
+    loader = BoundedLoader(text)
+    try:
+        return loader.get_single_data()
+    finally:
+        loader.dispose()
+
+
+def parse_set_value(key: str, raw: str) -> Any:
+    """The value of a `--set KEY=VALUE`, read as YAML; one line naming the key when it is not YAML."""
+    if len(raw) > MAX_YAML_BYTES:
+        raise UserError(f"--set {key}: the value is longer than {MAX_YAML_BYTES} characters")
+    try:
+        return load_bounded_yaml(raw)
+    except yaml.YAMLError as exc:
+        raise UserError(f"--set {key}: the value {raw[:60]!r} is not valid YAML{_yaml_error_place(exc)}") from None
 
 
 def _yaml_error_place(exc: yaml.YAMLError) -> str:

@@ -44,6 +44,16 @@ def subset_items(items: list[Item], documents_per_task: int | None) -> list[Item
     return out
 
 
+def generation_cap(model, max_new_tokens: int) -> int | None:
+    """The new tokens a generation may take at most: the model's context, when `max_new_tokens` asks for more (past
+    its positions a model reads what it never trained on, and a huge setting would generate for hours). None when
+    no cap applies."""
+    from utils.models.loading import context_length
+
+    context = context_length(model)
+    return context if context is not None and max_new_tokens > context else None
+
+
 @torch.inference_mode()
 def split_means(model, tokenizer, items: list[Item], max_new_tokens: int, batch_size: int,
                 clean_up_spaces: bool = True, progress: bool = False, shards: Shards = ALONE) -> dict[str, float]:
@@ -53,6 +63,7 @@ def split_means(model, tokenizer, items: list[Item], max_new_tokens: int, batch_
     from utils.evaluation.generation import generate_greedy
     from utils.evaluation.metrics import knowledge_score, regurgitation_score
 
+    max_new_tokens = generation_cap(model, max_new_tokens) or max_new_tokens
     outputs = shards.map(
         lambda prompts, _warn: generate_greedy(model, tokenizer, prompts, max_new_tokens=max_new_tokens,
                                                batch_size=batch_size, progress=progress and shards.is_main,
@@ -84,6 +95,11 @@ def evaluate_model(model, tokenizer, lume: LumeData, *, mia_documents: dict[str,
     notes = list(warnings or [])
     timings: dict[str, float] = {}
     items = subset_items(lume.forget, subset) + subset_items(lume.retain, subset)
+    asked, cap = max_new_tokens, generation_cap(model, max_new_tokens)
+    if cap is not None:
+        max_new_tokens = cap
+        notes.append(f"evaluation.max_new_tokens={asked} is more than the model's context ({cap} positions): "
+                     f"generations were capped at {cap} new tokens")
     started = time.perf_counter()
     progress = progress and shards.is_main
     # One call for both splits: longer, better-filled batches.
@@ -120,7 +136,8 @@ def evaluate_model(model, tokenizer, lume: LumeData, *, mia_documents: dict[str,
         utility_score=None if utility is None else utility["score"],
         mmlu_threshold=mmlu_threshold,
         timings=timings,
-        evaluated={**(evaluated or {}), "subset_documents_per_task": subset, "max_new_tokens": max_new_tokens,
+        evaluated={**(evaluated or {}), "subset_documents_per_task": subset, "max_new_tokens": asked,
+                   "generation_cap": cap,
                    "clean_up_tokenization_spaces": clean_up_spaces, "parity": parity},
         warnings=notes,
     )

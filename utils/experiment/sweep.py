@@ -74,7 +74,9 @@ class GridSweep:
     def runs(self, extra: list[str] | None = None) -> list[SweepRun]:
         runs = []
         for number, combination in enumerate(self.combinations()):
-            settings = [f"{k}={json.dumps(v) if isinstance(v, (list, dict)) else v}" for k, v in combination.items()]
+            # As JSON (a subset of YAML) where Python's spelling differs: null, not None; lists and mappings.
+            settings = [f"{k}={json.dumps(v) if v is None or isinstance(v, (list, dict)) else v}"
+                        for k, v in combination.items()]
             runs.append(SweepRun(f"run_{number:03d}", self.base, [*self.overrides, *(extra or []), *settings],
                                  combination))
         return runs
@@ -170,10 +172,19 @@ def run_sweep(runs: list[SweepRun], out_dir: str | Path, *, progress: bool = Tru
     A killed run is resumed from its checkpoint, unless `restart_unfinished` (a benchmark that reports
     each run's time and memory wants them whole): then its folder is cleared and it starts afresh.
     """
+    from utils.folders import folder_lock
+
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     if len({run.name for run in runs}) != len(runs):
         raise UserError("a sweep's runs need distinct names (each is a folder)")
+    # One sweep per folder at a time (each run also locks its own folder while it runs).
+    with folder_lock(out_dir, "unlearn sweep"):
+        return _run_sweep(runs, out_dir, progress, log, num_processes, in_subprocess, jobs, threads,
+                          restart_unfinished)
+
+
+def _run_sweep(runs: list[SweepRun], out_dir: Path, progress: bool, log, num_processes: int, in_subprocess: bool,
+               jobs: int, threads: int | None, restart_unfinished: bool) -> list[dict]:
     records: dict[str, dict] = {}
     summary_lock = threading.Lock()  # workers finish at once; the table and pyplot want one writer
 

@@ -7,6 +7,7 @@ loaded as base model + adapter. `trust_remote_code` stays off unless the config 
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -25,7 +26,7 @@ WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_mo
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "vocab.txt", "spiece.model")
 
 
-def _check_local_model_folder(path: Path) -> None:
+def check_model_folder(path: Path) -> None:
     if not path.is_dir():
         return
     if not (path / "config.json").is_file() and not (path / "adapter_config.json").is_file():
@@ -50,7 +51,7 @@ def check_safetensors_file(path: Path) -> None:
         raise UserError(f"{path}: not a complete safetensors file ({exc}); it may have been cut short") from None
 
 
-def _check_local_tokenizer_folder(path: Path) -> None:
+def check_tokenizer_folder(path: Path) -> None:
     """An empty (or weightless) tokenizer folder would otherwise fail with advice to install sentencepiece."""
     if path.is_dir() and not any((path / name).is_file() for name in TOKENIZER_FILES):
         raise UserError(f"tokenizer folder {path} has no tokenizer files (expected tokenizer.json, "
@@ -91,7 +92,7 @@ def load_tokenizer(name_or_path: str, trust_remote_code: bool = False, revision:
     path = Path(name_or_path).expanduser()
     if looks_like_local_path(name_or_path) and not path.is_dir():
         raise UserError(f"tokenizer folder not found: {name_or_path}")
-    _check_local_tokenizer_folder(path)
+    check_tokenizer_folder(path)
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(path) if path.is_dir() else name_or_path,
                                                   trust_remote_code=trust_remote_code, **pinned(revision))
@@ -117,10 +118,10 @@ def load_model_and_tokenizer(name_or_path: str, tokenizer: str | None = None, dt
     path = Path(name_or_path).expanduser()
     if looks_like_local_path(name_or_path) and not path.exists():
         raise UserError(f"model folder not found: {name_or_path}")
-    _check_local_model_folder(path)
+    check_model_folder(path)
     # The tokenizer is checked before the model loads, so a bad folder costs no load time.
     if tokenizer is not None or not (path / "adapter_config.json").is_file():
-        _check_local_tokenizer_folder(Path(tokenizer or name_or_path).expanduser())
+        check_tokenizer_folder(Path(tokenizer or name_or_path).expanduser())
     torch_dtype = DTYPES[dtype]
     adapter_config = path / "adapter_config.json"
     try:
@@ -131,23 +132,92 @@ def load_model_and_tokenizer(name_or_path: str, tokenizer: str | None = None, dt
             if not base_name:
                 raise UserError(f"{adapter_config} does not name its base model (base_model_name_or_path)")
             base, base_tokenizer = load_model_and_tokenizer(base_name, tokenizer, dtype, trust_remote_code)
-            model = PeftModel.from_pretrained(base, str(path))
+            with adapter_fits(path, base_name):
+                model = PeftModel.from_pretrained(base, str(path))
             model = model.merge_and_unload()
             tokenizer_obj = base_tokenizer if tokenizer is None else load_tokenizer(tokenizer, trust_remote_code)
         else:
-            model = AutoModelForCausalLM.from_pretrained(str(path) if path.is_dir() else name_or_path,
-                                                         dtype=torch_dtype, trust_remote_code=trust_remote_code,
-                                                         **pinned(revision))
+            model = strict_from_pretrained(AutoModelForCausalLM, str(path) if path.is_dir() else name_or_path,
+                                           name_or_path, dtype=torch_dtype, trust_remote_code=trust_remote_code,
+                                           **pinned(revision))
             tokenizer_source = tokenizer or (str(path) if path.is_dir() else name_or_path)
             tokenizer_obj = load_tokenizer(tokenizer_source, trust_remote_code,
                                            revision if tokenizer_source == name_or_path else None)
     except OSError as exc:
         raise UserError(f"cannot load model {name_or_path}: {str(exc).splitlines()[0]}") from None
+    check_tokenizer_fits(model, tokenizer_obj, name_or_path, tokenizer)
     if model.config.pad_token_id is None:
         model.config.pad_token_id = tokenizer_obj.pad_token_id
     if device is not None:
         model.to(device)
     return model, tokenizer_obj
+
+
+def strict_from_pretrained(auto_class, source: str, name_or_path: str, **kwargs):
+    """`auto_class.from_pretrained` refusing, in one line, a checkpoint whose weights do not fill the model its
+    config.json describes: a missing, unexpected or reshaped tensor would otherwise leave randomly initialised
+    weights that get scored as if trained. transformers' own load report is kept quiet (the line says it)."""
+    from transformers.utils import logging as hf_logging
+
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        # Shape mismatches are reported in the loading info (and refused below) rather than raised mid-load.
+        model, info = auto_class.from_pretrained(source, output_loading_info=True, ignore_mismatched_sizes=True,
+                                                 **kwargs)
+    except (ValueError, KeyError) as exc:  # an unknown model type, or one that is not a causal LM
+        raise UserError(f"cannot load model {name_or_path}: {first_line(exc)}") from None
+    finally:
+        hf_logging.set_verbosity(verbosity)
+    tied = bool(getattr(model.config, "tie_word_embeddings", False))
+    # A tied output layer shares the input embedding's tensor: a checkpoint need not hold it twice.
+    missing = sorted(key for key in info.get("missing_keys") or ()
+                     if not (tied and key.split(".")[-2:] == ["lm_head", "weight"]))
+    unexpected = sorted(info.get("unexpected_keys") or ())
+    mismatched = sorted(str(item[0] if isinstance(item, (tuple, list)) else item)
+                        for item in info.get("mismatched_keys") or ())
+    problems = [f"{len(keys)} {what} (e.g. {keys[0]})" for keys, what in (
+        (missing, "missing"), (unexpected, "not in the model"), (mismatched, "of another shape")) if keys]
+    if problems:
+        architecture = ", ".join(getattr(model.config, "architectures", None) or [type(model).__name__])
+        raise UserError(f"model {name_or_path}: its weights do not fit its config.json ({architecture}): "
+                        f"{'; '.join(problems)} tensors; refusing to use randomly initialised weights")
+    return model
+
+
+def first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+@contextmanager
+def adapter_fits(adapter: str | Path, base: str):
+    """Around a peft adapter load: an adapter made for another base (other shapes, other module names, keys its
+    base lacks) ends in one line naming both, instead of a traceback or a warning left unread."""
+    import warnings
+
+    def refuse(reason: str):
+        return UserError(f"adapter {adapter} does not fit its base model {base}: {reason[:300]}")
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            yield
+        except (ValueError, RuntimeError, KeyError, AttributeError) as exc:
+            raise refuse(first_line(exc)) from None
+    # peft warns (rather than raises) when the adapter's weights left some of its layers unfilled.
+    reason = next((first_line(w.message) for w in caught if "missing adapter keys" in str(w.message)), None)
+    if reason is not None:
+        raise refuse(reason)
+
+
+def check_tokenizer_fits(model, tokenizer, name_or_path: str, tokenizer_name: str | None) -> None:
+    """A token id past the input embedding's rows would fail deep inside the first forward pass."""
+    embedding = model.get_input_embeddings()
+    rows = embedding.weight.shape[0] if embedding is not None else None
+    if rows is not None and len(tokenizer) > rows:
+        raise UserError(f"tokenizer {tokenizer_name or name_or_path} has {len(tokenizer)} tokens but model "
+                        f"{name_or_path} embeds only {rows}: they do not belong together")
 
 
 def train_tokenizer(texts: list[str], vocab_size: int):

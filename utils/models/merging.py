@@ -165,10 +165,15 @@ class LoraDeltas:
         from peft import PeftModel
         from peft.tuners.lora import Linear, LoraLayer
 
+        from utils.models.loading import adapter_fits
+
         self.names = [f"run{i}" for i in range(len(folders))]
-        self.peft_model = PeftModel.from_pretrained(model, str(folders[0]), adapter_name=self.names[0])
+        base = getattr(model, "name_or_path", None) or "the runs' starting model"
+        with adapter_fits(folders[0], base):
+            self.peft_model = PeftModel.from_pretrained(model, str(folders[0]), adapter_name=self.names[0])
         for name, folder in zip(self.names[1:], folders[1:]):
-            self.peft_model.load_adapter(str(folder), adapter_name=name)
+            with adapter_fits(folder, base):
+                self.peft_model.load_adapter(str(folder), adapter_name=name)
         # Module name in the base model -> its LoRA layer; the base weight keeps its name `<module>.weight`.
         self.layers = {}
         for module_name, module in self.peft_model.get_base_model().named_modules():
