@@ -142,7 +142,7 @@ def test_notebooks_are_one_call_per_step(path):
 
 # Lower layers first; a module may import its own layer and the ones before it, never a later one.
 LAYERS = [
-    ("infrastructure", ("utils.errors", "utils.io", "utils.environment", "utils.seeding", "utils.memory",
+    ("infrastructure", ("utils.errors", "utils.io", "utils.folders", "utils.environment", "utils.seeding", "utils.memory",
                         "utils.project")),
     ("config", ("utils.config",)),
     ("data and models", ("utils.data", "utils.models")),

@@ -196,6 +196,7 @@ def test_two_process_ddp_matches_one_process(small_world, tmp_path):
     # The 1-process run goes into the folder of an attempt killed before its first checkpoint: its stale
     # log lines must not lead the new log.
     single.mkdir()
+    (single / ".lume-unlearning").write_text('{"made_by": "unlearn run"}\n')  # (the attempt's folder marker)
     (single / "log.jsonl").write_text('{"global_step": 1, "loss": 0.0}\n' * 3)
     (single / "phases.jsonl").write_text('{"phase": 0}\n')
     assert main(run_args(small_world, single, *DDP_OVERRIDES, flags=("--no-eval", "--resume"))) == 0

@@ -10,7 +10,9 @@ import argparse
 import contextlib
 import importlib
 import importlib.metadata
+import signal
 import sys
+import threading
 import tomllib
 import typing
 
@@ -106,8 +108,22 @@ def check_at_least(flag: str, value: float | None, low: int = 1) -> None:
         raise UserError(f"{flag} must be at least {low}, got {value}")
 
 
+class Stopped(KeyboardInterrupt):
+    """SIGTERM (a scheduler's stop, `kill`): unwinds like Ctrl-C, so every `finally` and atomic write cleans up."""
+
+
+def stop_on_signal(signum, _frame) -> None:
+    # A second signal must not cut the cleanup the first one started.
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    raise Stopped(signal.Signals(signum).name) if signum != signal.SIGINT else KeyboardInterrupt()
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
+    handlers = None
+    if threading.current_thread() is threading.main_thread():
+        handlers = {sig: signal.signal(sig, stop_on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
         args = parser.parse_args(argv)
         with library_progress_bars(not getattr(args, "quiet", False)):
@@ -115,9 +131,15 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except Stopped as exc:
+        print(f"stopped by {exc}: temporaries removed, nothing half-written left", file=sys.stderr)
+        return 128 + signal.SIGTERM
     except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
+        print("interrupted: temporaries removed, nothing half-written left", file=sys.stderr)
         return 130
+    finally:
+        for sig, handler in (handlers or {}).items():
+            signal.signal(sig, handler)
     return int(result or 0)
 
 

@@ -13,7 +13,6 @@ recipe, and `unlearn leaderboard` lists it beside them.
 from __future__ import annotations
 
 import dataclasses
-import shutil
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -145,8 +144,28 @@ def merge_runs(run_dirs: Sequence[str | Path], out: str | Path | None = None, ho
                overrides: Sequence[str] = (), overwrite: bool = False, evaluate: bool = True,
                progress: bool = True, log=print) -> tuple[Path, dict]:
     """Merge the runs into `out` (default runs/<name>-<time>) and evaluate; returns (folder, results) (results
-    empty without `evaluate`). Every input is checked before the starting model loads."""
+    empty without `evaluate`). Every input is checked before the starting model loads; `out`, never one of the
+    runs, is locked while it is written."""
+    from utils.folders import check_not_input, check_overwrite, folder_lock, real
+
+    arguments = (run_dirs, out, how, weights, density, overrides, overwrite, evaluate, progress, log)
+    if out is None:  # a new runs/<name>-<time> folder, claimed: no other writer can have it
+        return _merge_runs(*arguments)
+    for folder in run_dirs:
+        if Path(folder).exists() and real(folder).is_relative_to(real(out)):
+            raise UserError(f"--out {out} holds the run {folder} being merged; choose another --out")
+    check_not_input(out, [("run", folder) for folder in run_dirs])  # (the one case left: inside a run)
+    if overwrite:
+        check_overwrite(out)
+    with folder_lock(out, "unlearn merge"):
+        return _merge_runs(*arguments)
+
+
+def _merge_runs(run_dirs: Sequence[str | Path], out: str | Path | None, how: str, weights: Sequence[float] | None,
+                density: float | None, overrides: Sequence[str], overwrite: bool, evaluate: bool, progress: bool,
+                log) -> tuple[Path, dict]:
     from utils.experiment.experiment import Experiment, claim_run_dir, timestamped_run_dir
+    from utils.folders import check_not_input, clear_folder, experiment_inputs
     from utils.memory import PeakMemory
     from utils.models.merging import check_merge_settings, merge_task_vectors
 
@@ -164,6 +183,8 @@ def merge_runs(run_dirs: Sequence[str | Path], out: str | Path | None = None, ho
     if out is not None:
         check_merge_folder(Path(out), runs, overwrite)
     experiment = Experiment(config, out)
+    if out is not None:
+        check_not_input(out, experiment_inputs(experiment, model=runs[0].start_model))
     if evaluate:
         experiment.check_inputs()  # the data, MIA and utility set now, not after the merge
     start = runs[0].start_model
@@ -183,7 +204,7 @@ def merge_runs(run_dirs: Sequence[str | Path], out: str | Path | None = None, ho
         from utils.experiment.run import describe_run_folder
 
         log(f"[merge] --overwrite: replacing {run_dir} ({describe_run_folder(run_dir)})")
-        shutil.rmtree(run_dir)
+        clear_folder(run_dir)  # (its lock and marker stay)
     run_dir.mkdir(parents=True, exist_ok=True)
     recipe = {"how": how, "density": density, "weights": weights, "unlearned_from": start,
               "runs": [{"folder": str(run.folder), "name": run.label, "method": run.config.method.name,

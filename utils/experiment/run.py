@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import shutil
 import time
 from pathlib import Path
 from types import ModuleType
@@ -122,6 +121,25 @@ def check_resumable(config: Config, run_dir: Path) -> None:
                         "resume it with the same workdir or choose another --out")
 
 
+def check_free_disk(start_model: str, run_dir: Path, config: Config) -> None:
+    """Refuse a run whose folder cannot hold what it will write: the final model (the start model's size) and,
+    for last-k and full training, its checkpoints (trainable weights, at most the model's size each). A rough
+    upper estimate from a local start model's weight files; a hub model's size is not known before download."""
+    import shutil
+
+    folder = Path(start_model).expanduser()
+    if not folder.is_dir():
+        return
+    weights = sum(item.stat().st_size for pattern in ("*.safetensors", "*.bin") for item in folder.glob(pattern))
+    copies = 1 + (config.training.keep_checkpoints if config.adapter.kind != "lora" else 0)
+    needed = weights * copies
+    existing = next(parent for parent in (run_dir, *run_dir.parents) if parent.exists())
+    free = shutil.disk_usage(existing).free
+    if needed > free:
+        raise UserError(f"{existing} has {free / 2**30:.1f} GiB free; the run would write about "
+                        f"{needed / 2**30:.1f} GiB (the final model and {copies - 1} checkpoint(s) of {start_model})")
+
+
 def truncate_lines(path: Path, keep: int) -> None:
     """Drop log lines written after the checkpoint, so a resumed log reads like an uninterrupted one."""
     if path.is_file():
@@ -215,8 +233,7 @@ def run_experiment(experiment, resume: bool = False, progress: bool = True, eval
     """Run the experiment's method into its run folder; returns the final results dict (or the state when
     stopped early). A finished run (results.json) is never replaced unless `overwrite`; `resume` on it
     returns its results; `resume` with no checkpoint starts afresh."""
-    from methods.registry import get_method, make_loss, prepare_reference
-    from utils.evaluation.plots import BEFORE_FILE
+    from utils.folders import check_not_input, check_overwrite, experiment_inputs, folder_lock
 
     accelerator = accelerator or make_accelerator(experiment.config.training.mixed_precision)
     if not experiment.run_dir_given:
@@ -230,8 +247,22 @@ def run_experiment(experiment, resume: bool = False, progress: bool = True, eval
 
             chosen = broadcast_object_list([chosen])[0]
         experiment = experiment.with_config(experiment.config, run_dir=chosen)
+    check_output_location(experiment.run_dir, "folder")
+    check_not_input(experiment.run_dir, experiment_inputs(experiment))
+    if overwrite:
+        check_overwrite(experiment.run_dir)
+    # One writer per run folder: the main process holds its lock to the end (the launch's others write through it).
+    with folder_lock(experiment.run_dir, "unlearn run", main=accelerator.is_main_process):
+        return _run_in_folder(experiment, resume, progress, evaluate, overwrite, accelerator, log, stop_after_phases)
+
+
+def _run_in_folder(experiment, resume: bool, progress: bool, evaluate: bool, overwrite: bool, accelerator, log,
+                   stop_after_phases: int | None) -> dict:
+    from methods.registry import get_method, make_loss, prepare_reference
+    from utils.evaluation.plots import BEFORE_FILE
+    from utils.folders import clear_folder
+
     run_dir = experiment.run_dir
-    check_output_location(run_dir, "folder")
     # The saved config holds resolved values (a gold-standard ceiling as its number): compare like with like.
     config = resolve_forget_loss_ceiling(experiment.config)
     experiment = experiment.with_config(config)
@@ -254,7 +285,8 @@ def run_experiment(experiment, resume: bool = False, progress: bool = True, eval
 
     chosen_trackers(config.training.report_to)  # a tracker that is not installed stops the run here
     if evaluate:
-        experiment.check_inputs()  # the utility set and MIA folder now, not after the whole unlearning
+        experiment.check_inputs()  # the utility set, MIA folder and every scored term now, not after unlearning
+    check_free_disk(experiment.start_model, run_dir, config)
     lume = experiment.lume()
     model, tokenizer = experiment.load(experiment.start_model, config.model.tokenizer)
     training = config.training
@@ -274,7 +306,7 @@ def run_experiment(experiment, resume: bool = False, progress: bool = True, eval
     if accelerator.is_main_process:
         if overwrite and run_dir.is_dir() and any(run_dir.iterdir()):
             log(f"[run] --overwrite: replacing the run in {run_dir} ({describe_run_folder(run_dir)})")
-            shutil.rmtree(run_dir)
+            clear_folder(run_dir)  # (its lock and marker stay)
         run_dir.mkdir(parents=True, exist_ok=True)
         save_config(config, run_dir / "config.yaml")
         if state is None:

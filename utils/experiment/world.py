@@ -124,14 +124,31 @@ class World:
 
 
 def prepare(config: Config, out: str | Path | None = None, progress: bool = True, log=print) -> dict:
-    """Build (or reuse) every stage of the world and return the prepare report."""
+    """Build (or reuse) every stage of the world and return the prepare report. The work folder is locked while
+    it is written, and must not be, hold or lie in a folder the world reads (a given data.path, its MIA folder
+    or tokenizer): its stages replace their folders whole."""
+    from utils.folders import check_not_input, folder_lock, real
+
+    root = Path(out or config.workdir)
+    tokenizer = config.model.tiny.tokenizer
+    data = config.data.path
+    if data is not None and (Path(data) / STAGE_FILE).is_file() and real(data) == real(World(root).data):
+        data = None  # the mini-LUME this work folder made itself: its own output, not an input
+    check_not_input(root, {"data folder (data.path)": data,
+                           "MIA folder (data.mia_path)": None if config.data.mia_path == "none" else config.data.mia_path,
+                           "tokenizer (model.tiny.tokenizer)": None if tokenizer == "olmo" else tokenizer})
+    with folder_lock(root, "unlearn prepare"):
+        return _prepare(config, root, progress, log)
+
+
+def _prepare(config: Config, out: Path, progress: bool, log) -> dict:
     from methods.engine.finetune import finetune
     from utils.data.synthetic import generate_mini_lume
     from utils.data.tokenization import encode_item, encode_text
     from utils.models.loading import build_tiny_model, load_tokenizer, train_tokenizer
     from utils.models.model_card import world_card
 
-    world = World(out or config.workdir)
+    world = World(out)
     world.root.mkdir(parents=True, exist_ok=True)
     timings: dict[str, float] = {}
 

@@ -9,6 +9,7 @@ from utils.cli.main import add_config_arguments, check_at_least
 from utils.config import EvaluationConfig, ModelConfig, replace_keys
 from utils.errors import UserError
 from utils.experiment.experiment import Experiment
+from utils.folders import check_not_input, check_overwrite, experiment_inputs, folder_lock
 from utils.io import check_output_location
 
 DTYPES = list(typing.get_args(typing.get_type_hints(ModelConfig)["dtype"]))
@@ -119,11 +120,19 @@ def run(args) -> int:
     out = output_folder(args.out, experiment.target)
     # Validate every input before the (slow) model load and before anything is written.
     check_output_location(out, "folder")
-    if (out / "results.json").is_file() and not args.overwrite:
-        raise UserError(f"{out} already holds finished results ({out / 'results.json'}); choose another --out")
+    inputs = experiment_inputs(experiment, model=experiment.target)
+    if args.out is None:
+        del inputs["model"]  # the default <model>/evaluation only adds that folder to the model's
+    check_not_input(out, inputs)
+    if args.overwrite:
+        check_overwrite(out)
     target = reference_target(args) if experiment.config.evaluation.attacks else None
-    results = experiment.evaluate_checkpoint(experiment.target, out, tokenizer=experiment.config.model.tokenizer,
-                                             progress=not args.quiet, target=target)
+    with folder_lock(out, "unlearn evaluate"):
+        # Checked again under the lock: an evaluation that finished meanwhile is not replaced either.
+        if (out / "results.json").is_file() and not args.overwrite:
+            raise UserError(f"{out} already holds finished results ({out / 'results.json'}); choose another --out")
+        results = experiment.evaluate_checkpoint(experiment.target, out, tokenizer=experiment.config.model.tokenizer,
+                                                 progress=not args.quiet, target=target)
     from utils.evaluation.sharding import Shards
 
     if Shards.from_environment().is_main:  # one report, also when a launcher started several processes

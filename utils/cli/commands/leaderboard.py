@@ -13,10 +13,13 @@ def register(subparsers) -> None:
 
 def run(args) -> int:
     from utils.evaluation.leaderboard import rows_from_run_dirs, to_text, write_leaderboard
+    from utils.folders import check_not_input
     from utils.io import check_output_location
 
     if args.out:
         check_output_location(args.out, "folder")
+        # It only adds its three files, so --out may hold the runs (runs/), but is never one of them.
+        check_not_input(args.out, [("run", run) for run in args.runs], allow_holding=True)
     rows = rows_from_run_dirs(args.runs)
     print(to_text(rows))
     if args.out:

@@ -6,11 +6,12 @@ import time
 
 from utils.cli.main import add_config_arguments
 from utils.experiment.experiment import Experiment
+from utils.folders import check_not_input
 from utils.io import check_output_location
 
 
 def register(subparsers) -> None:
-    parser = subparsers.add_parser("prepare", help="build the embedded default: mini-LUME, tokenizer, target, gold standard")
+    parser = subparsers.add_parser("prepare", help="build the embedded default: mini-LUME, tokenizer, target, gold standard (a config naming a real model: check its inputs are reachable)")
     add_config_arguments(parser)
     parser.add_argument("--out", default=None, metavar="DIR", help="work folder (default: config workdir)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -20,8 +21,12 @@ def register(subparsers) -> None:
 def run(args) -> int:
     experiment = Experiment.from_config(args.config, args.overrides)
     check_output_location(args.out or experiment.workdir, "folder")
+    check_not_input(args.out or experiment.workdir, {"config file": args.config})
     started = time.perf_counter()
     report = experiment.prepare(args.out, progress=not args.quiet)
+    if "reachable" in report:  # a real model's config: nothing to build, its inputs were checked (the table above)
+        print(f"nothing to build for {experiment.start_model}: every input is reachable")
+        return 0
     print(format_report(report))
     print(f"prepare finished in {time.perf_counter() - started:.1f} s; report in {report['workdir']}/prepare_report.json")
     return 0

@@ -14,6 +14,7 @@ from pathlib import Path
 from utils.cli.main import add_config_arguments
 from utils.config import Config, load_config
 from utils.errors import UserError
+from utils.folders import check_not_input, folder_lock, utility_file
 from utils.io import check_output_location
 from utils.project import config_dir
 
@@ -37,7 +38,6 @@ def register(subparsers) -> None:
 
 
 def run(args) -> int:
-    from utils.evaluation.leaderboard import row_from_results, to_text, write_leaderboard
     from utils.experiment.experiment import Experiment
     from utils.experiment.robustness import parse_attacks
 
@@ -53,6 +53,16 @@ def run(args) -> int:
     world_overrides = [o for o in overrides if not o.startswith("method.")]
     world = Experiment.from_config(args.config or config_folder / "quickstart.yaml", world_overrides)
     check_output_location(world.workdir, "folder")
+    # (prepare checks the data, MIA and tokenizer folders; the world's own files are its outputs)
+    check_not_input(world.workdir, {"config file": args.config,
+                                    "utility data": utility_file(world.config.evaluation.utility)})
+    with folder_lock(world.workdir, "unlearn quickstart"):
+        return run_in(world, configs, config_folder, args)
+
+
+def run_in(world, configs: dict[str, Config], config_folder: Path, args) -> int:
+    from utils.evaluation.leaderboard import row_from_results, to_text, write_leaderboard
+
     progress = not args.quiet
     started = time.perf_counter()
     report = world.prepare(progress=progress)

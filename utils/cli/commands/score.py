@@ -30,6 +30,7 @@ from utils.evaluation.metrics import (
     mia_auc,
     summary_text,
 )
+from utils.folders import check_not_input
 from utils.io import atomic_write_json, check_output_location, is_finite_number, read_json, read_jsonl
 
 GENERATION_FIELDS = ("id", "task", "expected_output", "model_output")
@@ -173,6 +174,10 @@ def mmlu_threshold(args) -> float:
 def run(args) -> int:
     out = Path(args.out) if args.out else Path(args.directory) / "results.json"
     check_output_location(out, "file")
+    directory = Path(args.directory)
+    check_not_input(out, [("generations file", directory / f"{split}_generations.jsonl") for split in SPLITS]
+                    + [("MIA losses file", directory / MIA_FILE), ("MMLU metrics file", directory / MMLU_FILE),
+                       ("config file", args.config)])
     if not args.overwrite and not replaceable_results(out):
         if args.out:
             raise UserError(f"{out} already holds finished results; choose another --out")

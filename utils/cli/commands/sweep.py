@@ -36,7 +36,9 @@ def run(args) -> int:
     import dataclasses
 
     from utils.evaluation.tables import format_table
+    from utils.experiment.experiment import Experiment
     from utils.experiment.sweep import SCORE_COLUMNS, load_sweep, run_sweep, summary_row
+    from utils.folders import check_not_input, experiment_inputs
     from utils.io import check_output_location
 
     spec = load_sweep(args.sweep)
@@ -47,6 +49,9 @@ def run(args) -> int:
         sweep_run.load()  # a bad --config or --set fails before any run
     out = Path(args.out) if args.out else default_out(args.sweep, args.config)
     check_output_location(out, "folder")
+    check_not_input(out, {"sweep file": args.sweep, "base config": spec.base})
+    for sweep_run in runs:
+        check_not_input(out, experiment_inputs(Experiment(sweep_run.load(), source=sweep_run.config)))
     records = run_sweep(runs, out, progress=not args.quiet, num_processes=spec.num_processes)
     rows = [summary_row(record, list(spec.grid)) for record in records]
     print(format_table(rows, ["run", *spec.grid, *SCORE_COLUMNS[:5]]))
