@@ -15,9 +15,11 @@ from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
 
 INTRO = ("Run it top to bottom. The first cell holds the parameters (a scheduled notebook job or papermill sets "
-         "them): the config, the work dir of the prepared world, extra `key=value` overrides (any config key, e.g. "
-         "`data.path=...` for the real LUME files), the run folder, and the number of processes "
-         "(`notebook_launcher`; use 1 on a CPU). Paths are relative to the project root, wherever the notebook runs. "
+         "them): the config (`configs/olmo-7b/sugd.yaml` for the real model), the work dir (`None`: the config's "
+         "own), extra `key=value` overrides (any config key, e.g. `data.path=...`; only what you pass changes), the "
+         "run folder, and the number of processes (`notebook_launcher`: the run and the reference evaluations are "
+         "launched on that many, and no model is ever loaded into this notebook's own process). Paths are relative "
+         "to the project root, wherever the notebook runs. "
          "Each may be given as a string (`papermill -r`, a scheduled job's parameters): the cell after them reads "
          "`\"2\"`, `\"False\"` and `overrides` as `\"a=b c=d\"` or a JSON list into their types.")
 
@@ -59,7 +61,7 @@ def parameters(lines: list[str]) -> nbformat.NotebookNode:
 def typed_parameters(names: list[str]) -> nbformat.NotebookNode:
     """The cell right after the parameters (and papermill's injected ones): strings into their types."""
     readers = {"overrides": "as_overrides", "num_processes": "as_count", "show_progress": "as_bool",
-               "overwrite": "as_bool"}
+               "overwrite": "as_bool", "workdir": "as_optional_text"}
     used = sorted({readers[name] for name in names})
     return new_code_cell("# papermill -r and scheduled notebook jobs pass strings: \"2\" -> 2, \"False\" -> False,\n"
                          "# overrides as a list, a JSON list or \"a=b c=d\".\n"
@@ -70,22 +72,28 @@ def typed_parameters(names: list[str]) -> nbformat.NotebookNode:
 def method_notebook(method: str, title: str, plots: str, references: str) -> nbformat.NotebookNode:
     return new_notebook(cells=[
         new_markdown_cell(f"{title}\n\n{INTRO}"),
-        parameters(['workdir = "artifacts/default"', "overrides = []", "num_processes = 1", "show_progress = True",
-                    f'config_path = "configs/{method}.yaml"', f'run_dir = "runs/notebooks/{method}"',
+        parameters(["workdir = None  # None: the config's own", "overrides = []", "num_processes = 1",
+                    "show_progress = True", f'config_path = "configs/{method}.yaml"',
+                    f'run_dir = "runs/notebooks/{method}"',
                     "overwrite = False  # True: replace a finished run in run_dir instead of reusing it"]),
-        typed_parameters(["overrides", "num_processes", "show_progress", "overwrite"]),
+        typed_parameters(["workdir", "overrides", "num_processes", "show_progress", "overwrite"]),
         new_code_cell("from IPython.display import Image, display\n\n"
                       "from utils.evaluation.leaderboard import row_from_results, to_text\n"
                       "from utils.evaluation.metrics import summary_text\n"
                       "from utils.experiment import Experiment\n\n"
-                      'experiment = Experiment.in_notebook(config_path, [f"workdir={workdir}", *overrides], run_dir)'),
-        new_markdown_cell("## 1. The world\n\n`prepare` builds (or reuses, from its cache) the data, the tokenizer, "
-                          "the *target* model that memorised forget + retain, and the *gold standard* trained on "
-                          "retain only. On real data, point `data.path` and `model.name_or_path` at them instead."),
+                      'given = [f"workdir={workdir}"] if workdir else []  # only what the user passed overrides the config\n'
+                      "experiment = Experiment.in_notebook(config_path, [*given, *overrides], run_dir)"),
+        new_markdown_cell("## 1. The world\n\nOn the embedded default, `prepare` builds (or reuses, from its cache) "
+                          "the data, the tokenizer, the *target* model that memorised forget + retain, and the *gold "
+                          "standard* trained on retain only. On a config that names a real model "
+                          "(`configs/olmo-7b/...`) it builds nothing: it checks that the model, tokenizer, gold "
+                          "standard, data, MIA documents and utility set are reachable, in one table, and stops here "
+                          "if one is not."),
         new_code_cell("# Built in its own process when this notebook launches several: notebook_launcher needs a clean one.\n"
                       "report = experiment.prepare(progress=show_progress, isolated=num_processes > 1)\n"
-                      'for name in ("target", "gold_standard"):\n'
-                      '    print(name, {k: report[name][k] for k in ("forget", "retain", "utility")})'),
+                      'if "reachable" not in report:  # the tiny world: what its target memorised, what its gold standard never saw\n'
+                      '    for name in ("target", "gold_standard"):\n'
+                      '        print(name, {k: report[name][k] for k in ("forget", "retain", "utility")})'),
         new_markdown_cell("## 2. Unlearn\n\nOne call runs the method on the shared training loop, checkpointing "
                           "after every chunk/phase, then evaluates the result exactly as the official scorer does. "
                           "Re-running this cell continues a killed run and reuses a finished one."),
@@ -99,7 +107,8 @@ def method_notebook(method: str, title: str, plots: str, references: str) -> nbf
                       "    if (experiment.run_dir / picture).is_file():\n"
                       "        display(Image(filename=str(experiment.run_dir / picture)))"),
         new_markdown_cell(f"## 5. Against the references\n\n{references}"),
-        new_code_cell("rows = experiment.reference_rows(progress=False)\n"
+        new_code_cell("# Evaluated once per setting (kept under <workdir>/references), launched like the run.\n"
+                      "rows = experiment.reference_rows(progress=False, num_processes=num_processes)\n"
                       "print(to_text([*rows, row_from_results(experiment.config.method.name, results)]))"),
     ])
 
@@ -113,17 +122,17 @@ def experiments_notebook() -> nbformat.NotebookNode:
                           "`num_processes > 1` each run is launched with accelerate's `notebook_launcher`. "
                           "Paths are relative to the project root, wherever the notebook runs, and parameters may be strings "
                           "(`papermill -r`, a scheduled job): the cell after them reads them into their types."),
-        parameters(['workdir = "artifacts/default"', "overrides = []", "num_processes = 1", "show_progress = True",
-                    'sweep_path = "configs/experiments/sugd_grid.yaml"',
+        parameters(["workdir = None  # None: the config's own", "overrides = []", "num_processes = 1",
+                    "show_progress = True", 'sweep_path = "configs/experiments/sugd_grid.yaml"',
                     'sweep_dir = "runs/notebooks/sugd-experiments"']),
-        typed_parameters(["overrides", "num_processes", "show_progress"]),
+        typed_parameters(["workdir", "overrides", "num_processes", "show_progress"]),
         new_code_cell("import pandas as pd\n"
                       "from IPython.display import Image, display\n\n"
                       "from utils.experiment import Experiment\n"
                       "from utils.experiment.sweep import load_sweep, run_sweep\n"
                       "from utils.project import project_path\n\n"
                       "spec = load_sweep(project_path(sweep_path))\n"
-                      'runs = spec.runs([f"workdir={project_path(workdir)}", *overrides])\n'
+                      'runs = spec.runs([*([f"workdir={workdir}"] if workdir else []), *overrides])\n'
                       "out = project_path(sweep_dir)"),
         new_markdown_cell("## 1. The world (cached)"),
         new_code_cell("report = Experiment(runs[0].load()).prepare(progress=show_progress, isolated=num_processes > 1)\n"

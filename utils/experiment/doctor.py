@@ -296,22 +296,34 @@ class Hub:
         return Check(check, OK if token_present() else WARN, f"hub {what} {name}: the hub answers; {token}")
 
 
-def model_row(experiment, hub: Hub) -> Check:
+def checkpoint_row(check: str, name: str, hub: Hub, prepared: bool) -> Check:
+    """A model folder (config.json and weights) or a hub model; `prepared`: `unlearn prepare` makes it."""
     from utils.models.loading import WEIGHT_FILES, looks_like_local_path
 
-    name = experiment.start_model
     path = Path(name).expanduser()
     if path.is_dir():
         missing = [] if (path / "config.json").is_file() or (path / "adapter_config.json").is_file() else ["config.json"]
         if not any((path / f).is_file() for f in WEIGHT_FILES):
             missing.append("weights (model.safetensors or an adapter)")
         if missing:
-            return Check("model", FAIL, f"{path} lacks {' and '.join(missing)}")
-        return Check("model", OK, f"local folder {path}")
-    if looks_like_local_path(name) or experiment.config.model.name_or_path is None:
-        hint = " (run `unlearn prepare` first)" if experiment.config.model.name_or_path is None else ""
-        return Check("model", FAIL, f"model folder not found: {name}{hint}")
-    return hub.row("model", name, "model")
+            return Check(check, FAIL, f"{path} lacks {' and '.join(missing)}")
+        return Check(check, OK, f"local folder {path}")
+    if looks_like_local_path(name) or prepared:
+        hint = " (run `unlearn prepare` first)" if prepared else ""
+        return Check(check, FAIL, f"model folder not found: {name}{hint}")
+    return hub.row(check, name, "model")
+
+
+def model_row(experiment, hub: Hub) -> Check:
+    return checkpoint_row("model", experiment.start_model, hub, experiment.config.model.name_or_path is None)
+
+
+def gold_standard_row(experiment, hub: Hub) -> Check:
+    """The reference an unlearning run is read against; its absence only leaves its row out."""
+    if experiment.config.model.gold_standard is None and not Path(experiment.gold_standard).is_dir():
+        return Check("gold standard", WARN, f"{experiment.gold_standard} does not exist: its reference row is left "
+                                            "out (set model.gold_standard)")
+    return checkpoint_row("gold standard", experiment.gold_standard, hub, False)
 
 
 def tokenizer_row(experiment, hub: Hub) -> Check:
@@ -396,9 +408,23 @@ def run_checks(experiment, processes: int = 1, gpus: list[tuple[str, int, int]] 
     rows += accelerator_rows(config, footprint_gpu, footprint_cpu, memory_text, gpus)
     rows.append(disk_row(footprint_gpu, experiment.run_dir, config.training.keep_checkpoints))
     rows.append(timeout_row(footprint_gpu, processes))
-    hub = Hub(hub_timeout)
-    rows += [model_row(experiment, hub), tokenizer_row(experiment, hub), data_row(experiment, hub),
-             mia_row(experiment), utility_row(experiment, hub)]
+    return rows + reachability_rows(experiment, Hub(hub_timeout))
+
+
+def reachability_rows(experiment, hub: Hub | None = None) -> list[Check]:
+    """The inputs of `experiment`, reachable or not: model, tokenizer, gold standard, data, MIA, utility."""
+    hub = hub or Hub()
+    return [model_row(experiment, hub), tokenizer_row(experiment, hub), gold_standard_row(experiment, hub),
+            data_row(experiment, hub), mia_row(experiment), utility_row(experiment, hub)]
+
+
+def require_reachable(experiment, log=print) -> list[Check]:
+    """What `prepare()` does for a config naming a real model: print the inputs' rows; a UserError naming
+    every one that fails."""
+    rows = reachability_rows(experiment)
+    log(table(rows))
+    if failed(rows):
+        raise UserError("not reachable: " + "; ".join(f"{row.name}: {row.detail}" for row in failed(rows)))
     return rows
 
 

@@ -6,7 +6,7 @@ and the run folder. Every entry point goes through it, so they cannot disagree o
 this config" means (the same subset, MMLU shots and threshold, MIA folder and utility set everywhere).
 
     experiment = Experiment.from_config("configs/sugd.yaml", ["training.epochs=1"], run_dir="runs/sugd")
-    experiment.prepare()            # the tiny world (cached); a no-op for real checkpoints
+    experiment.prepare()            # the tiny world (cached); for real checkpoints: checks they are reachable
     results = experiment.run()      # unlearn, checkpoint per phase, evaluate; resumes a killed run
     experiment.evaluate_checkpoint(experiment.gold_standard, "runs/gold")   # any checkpoint, same evaluation
 """
@@ -49,6 +49,23 @@ def timestamped_run_dir(name: str, runs: Path = RUNS) -> Path:
         count += 1
         candidate = runs / f"{stem}-{count}"
     return candidate
+
+
+def check_every_term(lume, subset: int | None) -> None:
+    """The final evaluation scores all 12 split/task/kind terms (utils.evaluation.metrics.compute_terms refuses an
+    empty one): a data set, or a subset of it, lacking one is refused before any model loads or trains."""
+    from utils.data.lume import SPLITS, TASKS
+    from utils.evaluation.evaluate import subset_items
+
+    for split in SPLITS:
+        items = subset_items(lume.split_items(split), subset)
+        present = {(item.task, item.kind) for item in items}
+        for task in TASKS:
+            for kind, what in (("sc", "sentence-completion (sc)"), ("qa", "question (qa)")):
+                if (task, kind) not in present:
+                    within = "" if subset is None else f" within evaluation.subset={subset}"
+                    raise UserError(f"the {split} set has no {what} items for {task}{within}: all 12 split/task/kind "
+                                    "terms are needed for the task aggregate")
 
 
 def claim_run_dir(path: Path) -> Path:
@@ -98,7 +115,7 @@ class Experiment:
         # The gold standard starts from the model before memorisation; every unlearning method from the target.
         self.start_model = (config.model.name_or_path or str(self.workdir / "pretrained")
                             if config.method.name == "gold_standard" else self.target)
-        self.gold_standard = str(self.workdir / "gold_standard")
+        self.gold_standard = config.model.gold_standard or str(self.workdir / "gold_standard")
         self.data_dir = config.data.path or str(self.workdir / "data")
         self.split = config.data.split
         # The LUME items and MIA documents, read on first use (shared with experiments on the same data).
@@ -113,12 +130,14 @@ class Experiment:
     @classmethod
     def in_notebook(cls, config_path: str | Path, overrides: Sequence[str] = (),
                     run_dir: str | Path | None = None) -> Experiment:
-        """`from_config` with the config, the work dir and the run folder read relative to the project root,
-        so a notebook (or a scheduled notebook job) works from any current folder."""
-        path = project_path(config_path)
-        workdir = project_path(load_config(path, overrides).workdir)
-        overrides = [*overrides, f"workdir={workdir}"]
-        return cls.from_config(path, overrides, None if run_dir is None else project_path(run_dir))
+        """`from_config` with the config file and the run folder read relative to the project root (the paths
+        inside a config always are), so a notebook or a scheduled notebook job works from any current folder."""
+        return cls.from_config(project_path(config_path), overrides, None if run_dir is None else project_path(run_dir))
+
+    @property
+    def uses_real_model(self) -> bool:
+        """Whether the config names its own model: then there is no tiny world to build."""
+        return self.config.model.name_or_path is not None
 
     def with_config(self, config: Config, run_dir: str | Path | None = None,
                     source: str | Path | None = None) -> Experiment:
@@ -159,18 +178,27 @@ class Experiment:
     def check_inputs(self) -> None:
         """Read everything a run or an evaluation needs, so a bad input stops it before a model loads."""
         self.utility  # noqa: B018 (resolving the spec checks the file exists)
-        self.lume()
+        lume = self.lume()
         self.mia()
+        check_every_term(lume, self.config.evaluation.subset)
 
     # ------------------------------------------------------------------------------------------
     # Steps
 
     def prepare(self, out: str | Path | None = None, progress: bool = True, log=print, isolated: bool = False) -> dict:
-        """Build (or reuse, from its cache) the tiny world the config describes.
+        """Build (or reuse, from its cache) the tiny world the config describes; for a config whose model is a
+        real checkpoint, build nothing: check that its model, tokenizer, gold standard, data, MIA documents and
+        utility set are reachable, print them as one table ({"reachable": rows}) and stop at a missing one.
 
         `isolated` builds it in a child process (`unlearn prepare`): training creates an accelerate state,
         and a notebook that will launch processes with notebook_launcher must not hold one.
         """
+        if self.uses_real_model:
+            from dataclasses import asdict
+
+            from utils.experiment.doctor import require_reachable
+
+            return {"reachable": [asdict(row) for row in require_reachable(self, log)]}
         if isolated:
             return self._prepare_in_child(out, progress)
         from utils.experiment.world import prepare
@@ -214,7 +242,7 @@ class Experiment:
             max_new_tokens=settings.max_new_tokens, batch_size=settings.batch_size,
             nll_batch_size=settings.nll_batch_size, mmlu_shots=settings.mmlu_shots,
             mmlu_threshold=settings.mmlu_threshold, subset=settings.subset,
-            clean_up_spaces=settings.clean_up_tokenization_spaces,
+            clean_up_spaces=settings.clean_up_tokenization_spaces, parity=settings.parity,
             evaluated={"data": self.data_dir, "split": self.split,
                        "mia": None if mia_documents is None else str(mia_dir), "utility": self.utility,
                        **(evaluated or {})},
@@ -284,8 +312,10 @@ class Experiment:
         if num_processes > 1:
             from accelerate import notebook_launcher
 
-            # The launched processes take their precision from the launcher (see make_accelerator): give it
-            # the config's, so a notebook trains as `unlearn run` would.
+            # notebook_launcher exports mixed_precision as MIXED_PRECISION, which the Accelerator does not read:
+            # the launched processes see no ACCELERATE_MIXED_PRECISION (unless this process had one) and take
+            # training.mixed_precision (see make_accelerator), as `unlearn run` does. The config's value is
+            # passed anyway, so a launcher that did export it would agree.
             notebook_launcher(run_experiment, (self, resume, progress, evaluate, overwrite),
                               num_processes=num_processes, mixed_precision=self.config.training.mixed_precision)
             return self.finished_results() or {}
@@ -305,20 +335,81 @@ class Experiment:
         path = self.run_dir / "results.json"
         return read_json(path, "results file") if path.is_file() else None
 
-    def reference_rows(self, progress: bool = True) -> list[dict]:
-        """Leaderboard rows of the references a run is read against: the gold standard (what perfect
-        unlearning looks like) and the target (before unlearning). A gold-standard run gets the target only,
-        and only on the tiny world (a real gold-standard config names the base model, not the target);
-        a gold standard that has not been trained into `<workdir>/gold_standard` is left out."""
-        from utils.evaluation.leaderboard import row_from_results
+    def references(self) -> tuple[dict[str, str], list[str]]:
+        """({label: checkpoint} a run is read against, [why a reference is left out]).
 
+        An unlearning run: the gold standard (what perfect unlearning looks like; `model.gold_standard`, else
+        `<workdir>/gold_standard` when it exists) and the target (before unlearning). A gold-standard run: on the
+        tiny world the target; on a real config the base model it starts from, and an earlier gold standard
+        when `model.gold_standard` names one."""
         if self.config.method.name == "gold_standard":
-            names = {} if self.config.model.name_or_path else {"target": self.target}
+            if not self.uses_real_model:
+                return {"target": self.target}, []
+            names = {"base": self.start_model}
+            if self.config.model.gold_standard is not None:
+                names["gold_standard"] = self.gold_standard
+            return names, []
+        names, left_out = {}, []
+        if self.config.model.gold_standard is not None or Path(self.gold_standard).is_dir():
+            names["gold_standard"] = self.gold_standard
         else:
-            names = {"gold_standard": self.gold_standard} if Path(self.gold_standard).is_dir() else {}
-            names["target"] = self.target
-        return [row_from_results(name, self.evaluate_checkpoint(path, progress=progress))
-                for name, path in names.items()]
+            left_out.append(f"gold standard left out: {self.gold_standard} does not exist (set model.gold_standard, "
+                            "or train one with a gold-standard config)")
+        names["target"] = self.target
+        return names, left_out
+
+    def reference_tokenizer(self, checkpoint: str) -> str | None:
+        """The tokenizer to load with a reference: its own when its folder holds one, else the config's."""
+        from utils.models.loading import TOKENIZER_FILES
+
+        folder = Path(checkpoint).expanduser()
+        if folder.is_dir() and any((folder / name).is_file() for name in TOKENIZER_FILES):
+            return None
+        return self.config.model.tokenizer
+
+    def reference_dir(self, label: str, checkpoint: str) -> Path:
+        """Where a reference's evaluation is kept: `<workdir>/references/<label>-<key>`, the key a hash of the
+        checkpoint (a local one by its files' sizes and times) and of everything the evaluation reads, so every
+        notebook and run of the same setting reuses it and any change evaluates it again."""
+        import hashlib
+        import json
+
+        from utils.config import to_dict
+
+        folder = Path(checkpoint).expanduser()
+        files = sorted((item.name, item.stat().st_size, item.stat().st_mtime_ns)
+                       for item in folder.iterdir() if item.is_file()) if folder.is_dir() else []
+        settings = to_dict(self.config)
+        key = json.dumps([checkpoint, files, self.reference_tokenizer(checkpoint), settings["model"]["dtype"],
+                          settings["model"]["revision"] if checkpoint == self.target else None,
+                          settings["evaluation"], self.data_dir, self.split, settings["data"]["mia_path"]],
+                         sort_keys=True, default=str)
+        return self.workdir / "references" / f"{label}-{hashlib.sha256(key.encode()).hexdigest()[:12]}"
+
+    def reference_rows(self, progress: bool = True, num_processes: int = 1, log=print) -> list[dict]:
+        """Leaderboard rows of the references (see `references`), each evaluated the way the run is (the same
+        evaluation settings and attacks), once per setting (kept under `reference_dir`). With `num_processes > 1`
+        each evaluation is launched on that many processes, as the run is: no model is ever loaded into the
+        calling process (a notebook that has put a model on a GPU can no longer launch)."""
+        from utils.evaluation.leaderboard import row_from_results
+        from utils.io import read_json
+
+        names, left_out = self.references()
+        for reason in left_out:
+            log(reason)
+        rows = []
+        for label, checkpoint in names.items():
+            out = self.reference_dir(label, checkpoint)
+            if not (out / "results.json").is_file():
+                arguments = (self, checkpoint, out, label, progress)
+                if num_processes > 1:
+                    from accelerate import notebook_launcher
+
+                    notebook_launcher(evaluate_reference, arguments, num_processes=num_processes)
+                else:
+                    evaluate_reference(*arguments)
+            rows.append(row_from_results(label, read_json(out / "results.json", "reference results")))
+        return rows
 
     def sweep(self, grid: dict[str, list], out: str | Path, progress: bool = True, log=print) -> list[dict]:
         """Every combination of `grid` (config key -> values) as its own resumable run under `out`."""
@@ -329,3 +420,9 @@ class Experiment:
                             "Experiment.from_config")
         spec = GridSweep(base=self.source, grid=grid, overrides=self.overrides)
         return run_sweep(spec.runs(), out, progress=progress, log=log)
+
+
+def evaluate_reference(experiment: Experiment, checkpoint: str, out: Path, label: str, progress: bool) -> None:
+    """Evaluate one reference into `out` (a launched function: module level, so every process can run it)."""
+    experiment.evaluate_checkpoint(checkpoint, out=out, tokenizer=experiment.reference_tokenizer(checkpoint),
+                                   label=label, progress=progress)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import shlex
+from pathlib import Path
 
 from utils.errors import UserError
 
@@ -64,3 +65,12 @@ def as_overrides(name: str, value) -> list[str]:
         if not isinstance(item, str) or "=" not in item or item.startswith("="):
             raise UserError(f"notebook parameter {name}: each override is key=value, got {item!r}")
     return list(value)
+
+
+def as_optional_text(name: str, value) -> str | None:
+    """A string, or None for None, "", "None" or "null" (a scheduled job cannot pass None itself)."""
+    if value is None or (isinstance(value, str) and value.strip().lower() in {"", "none", "null"}):
+        return None
+    if not isinstance(value, (str, Path)):
+        raise UserError(f"notebook parameter {name}: expected a path or None, got {value!r}")
+    return str(value)
