@@ -81,7 +81,9 @@ def estimates(recorded_paths=RECORDED) -> list[dict]:
         recorded = json.loads(Path(path).read_text(encoding="utf-8"))
         for row in recorded["rows"]:
             if row.get("status") == "ok":
-                rows.append({**estimate_row(recorded, row, assets / "tokenizer"), "recorded": str(Path(path).relative_to(REPO))})
+                where = Path(path).resolve()
+                shown = where.relative_to(REPO) if where.is_relative_to(REPO) else where
+                rows.append({**estimate_row(recorded, row, assets / "tokenizer"), "recorded": str(shown)})
     return rows
 
 
@@ -97,11 +99,13 @@ def markdown(rows: list[dict]) -> str:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", default=str(common.RESULTS_DIR / "doctor_estimate"), help="output folder")
+    parser.add_argument("--recorded", nargs="+", default=[str(p) for p in RECORDED],
+                        help="rehearsal.json files to compare with (default: the recorded OLMo-1B rehearsals)")
     args = parser.parse_args(argv)
     from utils.experiment import footprint as fp
     from utils.io import atomic_write_text
 
-    rows = estimates()
+    rows = estimates(args.recorded)
     ratios = [r["ratio"] for r in rows]
     table = markdown(rows)
     notes = [(f"Estimate: utils.experiment.footprint.estimate(cpu=True) (CPU runtime {fp.CPU_RUNTIME_BYTES / 2**30:.2f} "

@@ -31,6 +31,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
+from benchmarks import common
 from benchmarks.common import REAL_DATA
 
 NOTEBOOKS = {"SUGD": "sugd", "AGAD": "agad", "Gold-Standard": "gold_standard"}
@@ -164,19 +165,28 @@ def main() -> int:
     parser.add_argument("--show-overrides", action="store_true", help="print each notebook's overrides and stop")
     args = parser.parse_args()
     out = Path(args.out).resolve()
+    started = time.perf_counter()
     standins = build_standins(out)
     if args.show_overrides:
         for name, method in NOTEBOOKS.items():
             print(name, json.dumps(overrides_for(method, standins, args.epochs)))
         return 0
-    failed = 0
+    report = json.loads(standins["report"].read_text())
+    summary = {"command": " ".join(sys.argv), "environment": common.environment(), "processes": args.processes,
+               "epochs": args.epochs, "build_seconds": round(time.perf_counter() - started, 1),
+               "stand_ins": {name: {split: report[name][split] for split in ("forget", "retain")}
+                             for name in ("target", "gold_standard")}, "notebooks": []}
     for name in args.notebooks.split(","):
         result = run_notebook(name, standins, out, args.processes, args.epochs)
         print(f"{name}: exit {result['returncode']} in {result['seconds']:.0f} s; run folder {result['run_dir']}")
+        results_file = result["run_dir"] / "results.json"
+        summary["notebooks"].append({
+            "notebook": name, "returncode": result["returncode"], "seconds": round(result["seconds"], 1),
+            "final_score": json.loads(results_file.read_text()).get("final_score") if results_file.is_file() else None})
         if result["returncode"]:
-            failed += 1
             print(result["stderr"])
-    return 1 if failed else 0
+    common.write_json(out / "journey.json", summary)
+    return 1 if any(book["returncode"] for book in summary["notebooks"]) else 0
 
 
 if __name__ == "__main__":
