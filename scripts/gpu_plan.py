@@ -33,7 +33,7 @@ from utils.errors import UserError
 
 CONFIGS = REPO / "configs" / "olmo-1b"
 DEFAULT_METHODS = ("sugd", "agad", "gd")
-# SPEC.md section 3: the seed's SUGD on the 1B model, official leaderboard.
+# The seed's SUGD on the 1B model, official leaderboard (docs/benchmark.md "Official results").
 SEED_1B_SUGD = {"label": "sugd (seed, published)", "final_score": 0.688, "task_aggregate": 0.964,
                 "mia_score": 0.857, "utility": 0.242}
 

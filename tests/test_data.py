@@ -8,7 +8,7 @@ from utils.cli.main import main
 from utils.data.lume import find_split_files, load_lume, parse_item_id
 from utils.errors import UserError
 
-EXPECTED_VALIDATION = {  # SPEC.md §1: (split, task) -> (sc, qa)
+EXPECTED_VALIDATION = {  # docs/benchmark.md, "Data layout": (split, task) -> (sc, qa)
     ("forget", "Task1"): (24, 24), ("forget", "Task2"): (23, 115), ("forget", "Task3"): (34, 34),
     ("retain", "Task1"): (27, 27), ("retain", "Task2"): (25, 125), ("retain", "Task3"): (37, 37),
 }

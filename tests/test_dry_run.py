@@ -41,7 +41,7 @@ def test_the_seed_sugd_setting_is_224_steps_of_8_examples_per_chunk(real_data_di
     schedule = json.loads(schedule_path.read_text())
 
     forget_items = schedule["items"]["forget"]
-    assert forget_items == 254  # SPEC.md: the validation split's forget rows
+    assert forget_items == 254  # docs/benchmark.md, "Data layout": the validation split's forget rows
     full_chunks, remainder = divmod(forget_items, 32)
     phases = schedule["phases"]
     assert len(phases) == full_chunks + (remainder > 0)

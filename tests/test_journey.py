@@ -32,7 +32,18 @@ def standins(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def journey_out(tmp_path_factory):
-    return tmp_path_factory.mktemp("journey")
+    # The reference evaluations land in the 7B config's own work folder, as a user's would: the ones the journey
+    # adds are removed afterwards, so the checkout keeps only what it had.
+    import shutil
+
+    references = REPO / "artifacts" / "olmo-7b" / "references"
+    before = set(references.iterdir()) if references.is_dir() else None
+    yield tmp_path_factory.mktemp("journey")
+    for added in (set(references.iterdir()) - (before or set())) if references.is_dir() else ():
+        shutil.rmtree(added, ignore_errors=True)
+    for folder in (references, references.parent):  # the folders the journey made, when nothing else is in them
+        if before is None and folder.is_dir() and not any(folder.iterdir()):
+            folder.rmdir()
 
 
 def folder_state(path):

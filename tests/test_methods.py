@@ -25,7 +25,7 @@ def mean_nll(model, tokenizer, items):
 
 
 def fake(prefix, count, role="train"):
-    """Token-free examples for schedule tests; item ids F1.., R1.. as in the SPEC's notation."""
+    """Token-free examples for schedule tests; item ids F1.., R1.. as in docs/benchmark.md's account of SUGD."""
     return [Example([1, 2, 3], [-100, 2, 3], f"{prefix}{i + 1}", role) for i in range(count)]
 
 

@@ -2,7 +2,7 @@
 
 Everything here is pure Python over already generated text and already computed losses, so the
 same code scores a 7B run, the tiny default world and the parity vectors in `../shared/parity`.
-The definitions (SPEC section 2) are deliberately reproduced to the letter, weaknesses included:
+The definitions (docs/benchmark.md, "Official metrics") are deliberately reproduced to the letter, weaknesses included:
 
 * regurgitation (sentence completions, ids ending in `sc<digit>`) is ROUGE-L *recall*, which never
   punishes a verbose answer;
@@ -225,7 +225,7 @@ def utility_warning(utility_score: float, benchmark_name: str,
 
 
 def _weakness_warnings(scores: TermScores, mia_score_value: float | None) -> list[str]:
-    """Known weaknesses of the official metrics that apply to this result (SPEC: report, not hide)."""
+    """Known weaknesses of the official metrics that apply to this result (docs/benchmark.md: report, not hide)."""
     warnings = []
     zero = [name for name, value in zip(aggregated_term_names(), aggregated_terms(scores.terms))
             if value == 0.0]

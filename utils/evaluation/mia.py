@@ -1,6 +1,6 @@
 """Membership inference on whole documents: the official loss attack plus three common stronger ones.
 
-The official MIA (SPEC section 2) is the *loss attack*: per document the mean token NLL with
+The official MIA (docs/benchmark.md, "Official metrics") is the *loss attack*: per document the mean token NLL with
 `labels = input_ids` (Hugging Face's causal-LM loss over the whole document, tokenised with the
 tokenizer's default special tokens), then the ROC AUC of `-NLL` with members labelled 1. The
 benchmark's MIA score is `1 - 2|AUC - 0.5|`.

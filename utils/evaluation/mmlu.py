@@ -1,6 +1,6 @@
 """Utility benchmarks: MMLU as the task scored it, and a cloze-scored multiple-choice set for tiny models.
 
-MMLU (SPEC section 2) is scored the Open-Instruct way, which the task used: the Hendrycks prompt
+MMLU (docs/benchmark.md, "Official metrics") is scored the Open-Instruct way, which the task used: the Hendrycks prompt
 ("The following are multiple choice questions (with answers) about{ subject}.\\n\\n", k solved dev
 questions of the same subject, then the question ending in "Answer:"), shots dropped one at a time
 until the prompt fits `max_prompt_tokens`, and the prediction is the argmax of the next-token

@@ -39,7 +39,7 @@ CPU_ACTIVATION_FACTOR = 1.3
 # The CUDA context and the kernels' workspace, outside torch's allocator but on the GPU.
 GPU_RUNTIME_BYTES = int(1.0 * GIB)
 
-# The organisers' checkpoints (SPEC.md section 1) and their tokenizers' repositories: their shapes without
+# The organisers' checkpoints (docs/benchmark.md, "Models") and their tokenizers' repositories: their shapes without
 # the hub. OLMo-1B ties its input and output embeddings; OLMo-7B does not.
 OLMO_7B = {"layers": 32, "hidden": 4096, "intermediate": 11008, "vocab": 50304, "heads": 32, "kv_heads": 32,
            "tied": False}

@@ -292,7 +292,7 @@ def mean_nlls(model, tokenizer, items, batch_size: int) -> dict[str, float]:
 @torch.inference_mode()
 def memorisation_report(model, tokenizer, lume: LumeData, multiple_choice: Path, config: Config,
                         progress: bool) -> dict:
-    """Mean regurgitation / knowledge per split (SPEC metrics, greedy) and utility on the synthetic set."""
+    """Mean regurgitation / knowledge per split (official metrics, greedy) and utility on the synthetic set."""
     from utils.evaluation.evaluate import split_means
     from utils.evaluation.mmlu import evaluate_utility
 
