@@ -409,6 +409,117 @@ def case_huge_positive_ratio_dry_run(area, world):
             "config: method.positive_ratio must be an integer in [0, 1000], got 1000000000")
 
 
+# Paths the file system refuses to look at, and places that are not what the command reads or writes.
+LONG_NAME = "x" * 300  # past the 255 bytes a file name may have
+
+
+def case_out_symlink_loop(area, world):
+    (area / "loop").symlink_to("loop")
+    run = write_run(area / "run")
+    return ["leaderboard", str(run), "--out", str(area / "loop")], f"cannot use {area / 'loop'}: a symlink loop"
+
+
+def case_run_out_under_symlink_loop(area, world):
+    (area / "loop").symlink_to("loop")
+    out = area / "loop" / "run"
+    return ["run", str(REPO / "configs" / "ga.yaml"), "--out", str(out)], f"cannot use {out}: a symlink loop"
+
+
+def case_out_name_too_long(area, world):
+    out = area / LONG_NAME
+    return evaluate_on_lume(area, "--out", str(out)), f"cannot use {out}: File name too long"
+
+
+def case_data_name_too_long(area, world):
+    return ["data", str(area / LONG_NAME)], f"cannot use {area / LONG_NAME}: File name too long"
+
+
+def case_config_name_too_long(area, world):
+    path = area / f"{LONG_NAME}.yaml"
+    return ["run", str(path), "--dry-run"], f"cannot use {path}: File name too long"
+
+
+def case_config_is_folder(area, world):
+    (area / "configs").mkdir()
+    return ["run", str(area / "configs"), "--dry-run"], f"config file {area / 'configs'} is a folder, not a config file"
+
+
+def case_data_is_file(area, world):
+    path = write_rows(area / "forget.jsonl", lume_rows("forget"))
+    return ["data", str(path)], f"data folder {path} is not a folder"
+
+
+def case_schedule_out_is_config(area, world):
+    path = config_file(area, (REPO / "configs" / "ga.yaml").read_text())
+    return (["run", str(path), "--dry-run", "--schedule-out", str(path)],
+            f"--schedule-out {path} is the config file ({path}): a command never writes its inputs")
+
+
+def case_schedule_out_in_data(area, world):
+    data = write_lume(area / "lume")
+    out = data / "schedule.json"
+    return (["run", str(REPO / "configs" / "ga.yaml"), "--dry-run", "--set", f"data.path={data}",
+             "--schedule-out", str(out)], f"--schedule-out {out} lies inside the data folder ({data})")
+
+
+FULL_WITH_LAYERS = "adapter.layers names the layers that train, but adapter.kind full trains every layer"
+
+
+def adapter_case(command: str, *overrides: str, phrase: str):
+    """Adapter settings a run refuses, given to a command that does not train (`--dry-run`, `doctor`)."""
+    def build(area, world):
+        argv = {"dry-run": ["run", str(REPO / "configs" / "ga.yaml"), "--dry-run"],
+                "doctor": ["doctor", str(REPO / "configs" / "ga.yaml"), "--out", str(area / "run")]}[command]
+        settings = [*(world.overrides if world else []), *([f"workdir={world.root}"] if world else []), *overrides]
+        return [*argv, *[arg for setting in settings for arg in ("--set", setting)]], phrase
+    return build
+
+
+def parquet_case(rows: int | None):
+    """The official layout with a forget file that is garbage (`rows` None) or a valid parquet of `rows` rows."""
+    def build(area, world):
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        data = area / "lume" / "data"
+        data.mkdir(parents=True)
+        forget, retain = data / "forget_validation-00000-of-00001.parquet", data / "retain_validation-00000-of-00001.parquet"
+        pq.write_table(pa.Table.from_pylist(lume_rows("retain")), retain)
+        if rows is None:
+            forget.write_bytes(b"PAR1 this is not a parquet file")
+            return ["data", str(area / "lume")], f"{forget}: not a readable parquet file (ArrowInvalid)"
+        columns = {name: pa.array([], pa.string()) for name in ("id", "input", "output", "task")}
+        pq.write_table(pa.table(columns), forget)
+        return ["data", str(area / "lume")], f"{forget}: the forget split is empty (0 rows)"
+    return build
+
+
+def resume_case(make_folder: bool):
+    def build(area, world):
+        out = area / "run"
+        if make_folder:
+            out.mkdir()
+        return (["run", str(REPO / "configs" / "ga.yaml"), "--resume", "--out", str(out), "--quiet"],
+                f"{out} holds no run to resume (no config.yaml or checkpoint); drop --resume to start one")
+    return build
+
+
+def case_merge_run_cut_short(area, world):
+    """A run whose evaluation wrote its generations but not results.json (written last): unfinished."""
+    runs = []
+    for name in ("a", "b"):
+        run = area / name
+        (run / "model").mkdir(parents=True)
+        (run / "model" / "config.json").write_text("{}\n")
+        (run / "config.yaml").write_text("method:\n  name: ga\n")
+        runs.append(run)
+    write_rows(runs[0] / "forget_generations.jsonl", [{"id": "forget1sc1", "model_output": "and ends"}])
+    (runs[1] / "results.json").write_text('{"final_score": 0.5}\n')
+    return (["merge", str(runs[0]), str(runs[1]), "--no-eval", "--out", str(area / "merged")],
+            (f"{runs[0]} is unfinished (no results.json; its evaluation was cut short after writing "
+             "forget_generations.jsonl); finish it with `unlearn run CONFIG"))
+
+
 CASES: dict[str, Case] = {
     # 1. config files
     "config_empty": Case(case_config_empty),
@@ -488,6 +599,34 @@ CASES: dict[str, Case] = {
     "sweep_out_is_file": Case(out_is_file("sweep")),
     "out_under_a_file": Case(case_out_under_a_file),
     "score_out_is_folder": Case(case_score_out_is_folder),
+    # 9. paths the file system refuses, and a file or folder where the other is wanted
+    "out_symlink_loop": Case(case_out_symlink_loop),
+    "run_out_under_symlink_loop": Case(case_run_out_under_symlink_loop),
+    "out_name_too_long": Case(case_out_name_too_long),
+    "data_name_too_long": Case(case_data_name_too_long),
+    "config_name_too_long": Case(case_config_name_too_long),
+    "config_is_folder": Case(case_config_is_folder),
+    "data_is_file": Case(case_data_is_file),
+    "schedule_out_is_config": Case(case_schedule_out_is_config),
+    "schedule_out_in_data": Case(case_schedule_out_in_data),
+    # 10. adapter settings a run refuses are refused without training too
+    "dry_run_layers_with_full": Case(adapter_case("dry-run", "adapter.layers=[0]", phrase=f"config: {FULL_WITH_LAYERS}")),
+    "doctor_layers_with_full": Case(adapter_case("doctor", "adapter.layers=[0]", phrase=f"config: {FULL_WITH_LAYERS}")),
+    "dry_run_layer_out_of_range": Case(adapter_case(
+        "dry-run", "adapter.kind=last_k", "adapter.layers=[99]",
+        phrase="adapter.layers: this model's decoder layers are 0 to 1, got 99"), needs_world=True),
+    "doctor_layer_out_of_range": Case(adapter_case(
+        "doctor", "adapter.kind=last_k", "adapter.layers=[99]",
+        phrase="adapter: adapter.layers: this model's decoder layers are 0 to 1, got 99"), needs_world=True),
+    "dry_run_last_k_deeper_than_model": Case(adapter_case(
+        "dry-run", "adapter.kind=last_k", "adapter.last_k=3",
+        phrase="adapter.last_k must be between 1 and 2 for this model, got 3"), needs_world=True),
+    # 11. damaged parquet files, resuming nothing, merging a run cut short
+    "parquet_garbage": Case(parquet_case(None)),
+    "parquet_no_rows": Case(parquet_case(0)),
+    "resume_missing_folder": Case(resume_case(False)),
+    "resume_empty_folder": Case(resume_case(True)),
+    "merge_run_cut_short": Case(case_merge_run_cut_short),
 }
 
 
@@ -500,7 +639,10 @@ def snapshot(*roots: Path) -> dict[str, str]:
     state = {}
     for root in roots:
         for path in [root, *root.rglob("*")]:
-            state[str(path)] = "" if path.is_dir() else hashlib.sha256(path.read_bytes()).hexdigest()
+            if path.is_symlink():  # a symlink loop of a case is read as what it points to, never followed
+                state[str(path)] = f"-> {os.readlink(path)}"
+            else:
+                state[str(path)] = "" if path.is_dir() else hashlib.sha256(path.read_bytes()).hexdigest()
     return state
 
 
@@ -623,3 +765,41 @@ def test_null_in_a_sweep_grid_is_a_null_setting(tmp_path):
     runs = load_sweep(sweep).runs()
     assert [run.load().evaluation.subset for run in runs] == [None, 2]
     assert runs[0].overrides[-1] == "evaluation.subset=null"
+
+
+def test_a_damaged_parquet_file_logs_nothing_besides_the_error(tmp_path):
+    """datasets logs its own ERROR line about a file it cannot read; the one `error:` line must be all that is
+    said, so nothing may reach the datasets logger's handlers while the file is read."""
+    import logging
+
+    from utils.data.lume import read_parquet_rows
+    from utils.errors import UserError
+
+    path = tmp_path / "forget.parquet"
+    path.write_bytes(b"PAR1 this is not a parquet file")
+    records = []
+    handler = logging.Handler()
+    handler.emit = records.append
+    logger = logging.getLogger("datasets")
+    level = logger.level
+    logger.addHandler(handler)
+    try:
+        with pytest.raises(UserError, match="not a readable parquet file"):
+            read_parquet_rows(path)
+    finally:
+        logger.removeHandler(handler)
+    assert records == []
+    assert logger.level == level  # the library's verbosity is put back
+
+
+def test_a_non_finite_final_score_shows_as_n_a(tmp_path, capsys):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "results.json").write_text('{"final_score": NaN, "task_aggregate": 0.25, "method": "ga"}\n')
+    assert main(["leaderboard", str(run), "--out", str(tmp_path / "board")]) == 0
+    out = capsys.readouterr().out
+    row = out.splitlines()[2].split()
+    assert row[:3] == ["ga", "n/a", "0.2500"] and "nan" not in out.lower().replace("n/a", "")
+    markdown = (tmp_path / "board" / "leaderboard.md").read_text()
+    assert "| ga | n/a | 0.250 |" in markdown and "nan" not in markdown
+    assert (tmp_path / "board" / "leaderboard.csv").read_text().splitlines()[1].startswith("ga,,0.25,")

@@ -20,7 +20,7 @@ from typing import Any, Literal, Union
 
 import yaml
 
-from utils.errors import UserError
+from utils.errors import UserError, unusable_path
 
 
 @dataclass
@@ -93,7 +93,7 @@ class TrainingConfig:
     loss_on: Literal["output", "full"] = "output"
     max_length: int = 512
     # Shuffled phases only: batch examples of similar length together (within shuffled groups of
-    # 16 batches), so little compute goes to padding where item lengths vary widely (README: speed).
+    # 16 batches), so little compute goes to padding where item lengths vary widely (docs/results.md: speed).
     group_by_length: bool = False
     # Cut each batch, sorted by length, into micro-batches of at most this many padded tokens
     # (None: one micro-batch, or `gradient_accumulation_steps` equal pieces). The gradient is the same
@@ -476,11 +476,29 @@ def check_ranges(config: Any, path: str = "") -> None:
             raise UserError(f"config: {where} must be {bounds[item.name].describe(integer, value)}, got {value!r}")
     if isinstance(config, AdapterConfig) and not config.target_modules:
         raise UserError(f"config: {path}.target_modules must name at least one module, got []")
+    if isinstance(config, AdapterConfig) and layers_setting_problem(config, path):
+        raise UserError(f"config: {layers_setting_problem(config, path)}")
     if isinstance(config, TinyModelConfig):
         check_head_size(config, path)
     if isinstance(config, ExperimentInfo) and config.name is not None and not RUN_NAME.fullmatch(config.name):
         raise UserError(f"config: {path}.name must be a folder name of letters, digits, '.', '_' or '-' "
                         f"(at most 100), got {config.name!r}")
+
+
+def layers_setting_problem(adapter: AdapterConfig, path: str = "adapter") -> str | None:
+    """What is wrong with `{path}.layers` whatever the model (None when nothing); the layer indices against a
+    model's depth are checked by utils.models.adapters.layer_problem, which starts with this."""
+    layers = adapter.layers
+    if layers is None:
+        return None
+    if adapter.kind == "full":
+        return (f"{path}.layers names the layers that train, but {path}.kind full trains every layer; "
+                "use kind last_k (those layers whole) or lora (LoRA in those layers)")
+    if not layers:
+        return f"{path}.layers must name at least one decoder layer (or be null)"
+    if len(set(layers)) != len(layers):
+        return f"{path}.layers names a layer twice: {layers}"
+    return None
 
 
 RUN_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,99}")
@@ -578,9 +596,15 @@ def read_yaml_mapping(path: str | Path, what: str) -> dict:
     from utils.io import read_utf8_text
 
     path = Path(path)
-    if not path.is_file():
+    try:
+        is_file, is_folder = path.is_file(), path.is_dir()
+        size = path.stat().st_size if is_file else 0
+    except OSError as exc:  # a name too long: the file system refuses to look
+        raise unusable_path(path, exc) from None
+    if is_folder:
+        raise UserError(f"{what} {path} is a folder, not a {what}")
+    if not is_file:
         raise UserError(f"{what} not found: {path}")
-    size = path.stat().st_size
     if size > MAX_YAML_BYTES:
         raise UserError(f"{what} {path} is {size} bytes, more than the {MAX_YAML_BYTES} a config may hold")
     try:

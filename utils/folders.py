@@ -23,7 +23,7 @@ import time
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 
-from utils.errors import UserError
+from utils.errors import UserError, unusable_path
 
 MARKER = ".lume-unlearning"
 LOCK = ".lock"
@@ -37,8 +37,12 @@ OWN_FILES = (("config.yaml", "log.jsonl"), ("merge.json",), ("prepare_report.jso
 
 
 def real(path: str | os.PathLike) -> Path:
-    """The path with `~`, `..` and every symlink resolved (what the file system would really write)."""
-    return Path(path).expanduser().resolve()
+    """The path with `~`, `..` and every symlink resolved (what the file system would really write); a symlink
+    loop or a name the file system refuses is a one-line UserError."""
+    try:
+        return Path(path).expanduser().resolve()
+    except (OSError, RuntimeError) as exc:
+        raise unusable_path(path, exc) from None
 
 
 def check_not_input(out: str | os.PathLike,
@@ -49,8 +53,13 @@ def check_not_input(out: str | os.PathLike,
     (a leaderboard) may hold its inputs."""
     target = real(out)
     for what, path in inputs.items() if isinstance(inputs, Mapping) else inputs:
-        if path is None or not str(path) or not Path(str(path)).expanduser().exists():
+        if path is None or not str(path):
             continue
+        try:
+            if not Path(str(path)).expanduser().exists():
+                continue
+        except OSError as exc:
+            raise unusable_path(path, exc) from None
         source = real(path)
         if target == source:
             problem = f"is the {what} ({path})"

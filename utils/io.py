@@ -16,7 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
 
-from utils.errors import UserError
+from utils.errors import UserError, unusable_path
 
 
 def read_utf8_text(path: str | os.PathLike, what: str | None = None) -> str:
@@ -78,7 +78,13 @@ def check_output_location(path: str | os.PathLike, kind: Literal["folder", "file
     A file where a folder is wanted (or the reverse), or a nearest existing parent that is not a writable
     folder, would otherwise fail only after the model was loaded and the work done.
     """
-    path = Path(path)
+    try:
+        check_output_place(Path(path), kind)
+    except OSError as exc:  # a name too long, a symlink loop: the file system refuses to look
+        raise unusable_path(path, exc) from None
+
+
+def check_output_place(path: Path, kind: Literal["folder", "file"]) -> None:
     if path.exists():
         if kind == "folder" and not path.is_dir():
             raise UserError(f"output folder {path} exists and is not a folder")

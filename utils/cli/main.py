@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
 import importlib
 import importlib.metadata
 import signal
@@ -16,7 +17,7 @@ import threading
 import tomllib
 import typing
 
-from utils.errors import UserError
+from utils.errors import UserError, unusable_path
 from utils.project import PROJECT_ROOT
 
 # The name pyproject.toml gives the project ([project] name): what `pip install -e .` registers.
@@ -34,6 +35,12 @@ COMMAND_MODULES = [
     "utils.cli.commands.merge",
     "utils.cli.commands.doctor",
 ]
+
+
+# A path the file system refuses (too long, a symlink loop, no permission, full, read-only) that a command's own
+# checks missed still ends in one line naming it; every other OSError (a missing file we made) is a bug.
+REFUSED_BY_FILE_SYSTEM = frozenset({errno.ENAMETOOLONG, errno.ELOOP, errno.EACCES, errno.EPERM, errno.ENOSPC,
+                                    errno.EROFS, errno.EDQUOT, errno.ENOTDIR, errno.EISDIR})
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -130,6 +137,11 @@ def main(argv: list[str] | None = None) -> int:
             result = args.func(args)
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        if exc.filename is None or exc.errno not in REFUSED_BY_FILE_SYSTEM:
+            raise  # anything else is a bug and keeps its traceback
+        print(f"error: {unusable_path(exc.filename, exc)}", file=sys.stderr)
         return 2
     except Stopped as exc:
         print(f"stopped by {exc}: temporaries removed, nothing half-written left", file=sys.stderr)

@@ -17,7 +17,7 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
-from utils.errors import UserError
+from utils.errors import UserError, unusable_path
 from utils.io import read_jsonl
 
 TASKS = ("Task1", "Task2", "Task3")
@@ -26,7 +26,7 @@ REQUIRED_COLUMNS = ("id", "input", "output", "task")
 # Why an empty gold answer is refused: ROUGE-L recall of "" is 0 and exact match of "" almost never
 # happens, so every forget term would read 1.0 whatever the model does.
 EMPTY_GOLD = "an empty gold answer would score as perfectly forgotten"
-# Which QA indices a document of each task carries (SPEC: Task2 has qa0..qa4, the others qa0).
+# Which QA indices a document of each task carries (docs/benchmark.md, "The task": Task2 has qa0..qa4, the others qa0).
 QA_INDICES = {"Task1": {0}, "Task2": {0, 1, 2, 3, 4}, "Task3": {0}}
 
 
@@ -105,18 +105,29 @@ def read_parquet_rows(path: Path) -> list[dict]:
 
     import datasets
     import pyarrow as pa
+    import pyarrow.parquet as pq
     from datasets.exceptions import DatasetGenerationError
 
     bars = datasets.is_progress_bar_enabled()
     datasets.disable_progress_bars()
+    # datasets logs its own line about a bad file before raising; the UserError below is the one line said.
+    verbosity = datasets.logging.get_verbosity()
+    datasets.logging.set_verbosity(datasets.logging.CRITICAL)
     try:
         with tempfile.TemporaryDirectory() as cache:
             table = datasets.load_dataset("parquet", data_files=str(path), split="train", cache_dir=cache,
                                           keep_in_memory=True)
             return table.to_list()
     except (DatasetGenerationError, pa.ArrowException, OSError, ValueError) as exc:  # datasets wraps arrow's
+        try:  # a valid file of no rows fails inside datasets: it is empty, not unreadable
+            empty = pq.ParquetFile(path).metadata.num_rows == 0
+        except (pa.ArrowException, OSError):
+            empty = False
+        if empty:
+            return []
         raise UserError(f"{path}: not a readable parquet file ({exc.__class__.__name__})") from None
     finally:
+        datasets.logging.set_verbosity(verbosity)
         if bars:
             datasets.enable_progress_bars()
 
@@ -129,7 +140,7 @@ def check_text_present(path: Path, where: str, row: dict, name: str, why: str) -
 
 def read_items(path: Path, split: str) -> list[Item]:
     """Read and validate one split file."""
-    rows = _read_rows(path, f"data file not found: {path}", f"{path}: the {split} split is empty")
+    rows = _read_rows(path, f"data file not found: {path}", f"{path}: the {split} split is empty (0 rows)")
     items = []
     for row_number, row in enumerate(rows, start=1):
         check_row_fields(path, f"row {row_number}", row, REQUIRED_COLUMNS)
@@ -160,8 +171,14 @@ def find_split_files(directory: str | Path, split: str = "validation") -> dict[s
     from utils.data.hub import local_data_dir
 
     directory = local_data_dir(directory)
-    if not directory.is_dir():
+    try:
+        is_folder, exists = directory.is_dir(), directory.exists()
+    except OSError as exc:  # a name too long: the file system refuses to look
+        raise unusable_path(directory, exc) from None
+    if not exists:
         raise UserError(f"data folder not found: {directory}")
+    if not is_folder:
+        raise UserError(f"data folder {directory} is not a folder")
     for base in (directory / "data", directory):
         found = {}
         for part in SPLITS:

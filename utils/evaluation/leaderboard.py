@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import io
+import math
 from pathlib import Path
 
 from utils.evaluation.tables import format_table
@@ -22,7 +23,7 @@ def row_from_results(method: str, results: dict, seconds: float | None = None) -
     timings = results.get("timings", {})
     utility = results.get("utility") or {}
     overall = results.get("overall", {})
-    return {
+    row = {
         "method": method.lower(),
         "final_score": results.get("final_score"),
         "task_aggregate": results.get("task_aggregate"),
@@ -35,6 +36,10 @@ def row_from_results(method: str, results: dict, seconds: float | None = None) -
         "utility_benchmark": utility.get("benchmark"),
         "robustness": (results.get("robustness") or {}).get("mean_recovery"),
     }
+    # A NaN or infinite score (a hand-edited or damaged results.json) is no measurement: shown as unmeasured
+    # (n/a in markdown, blank in the CSV and terminal table), never as "nan" or ranked in a chart.
+    return {key: None if isinstance(value, float) and not math.isfinite(value) else value
+            for key, value in row.items()}
 
 
 def rows_from_run_dirs(run_dirs: list[str | Path]) -> list[dict]:
@@ -76,7 +81,9 @@ def to_markdown(rows: list[dict]) -> str:
 
 
 def to_text(rows: list[dict]) -> str:
-    return format_table([{c: row.get(c) for c in TABLE_COLUMNS} for row in rows])
+    # Every run has a final score: a missing one is said (n/a), where an unmeasured column stays blank.
+    return format_table([{c: "n/a" if c == "final_score" and row.get(c) is None else row.get(c)
+                          for c in TABLE_COLUMNS} for row in rows])
 
 
 def plot_leaderboard(rows: list[dict], path: str | Path, title: str = "Leaderboard",

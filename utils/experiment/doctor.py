@@ -406,9 +406,21 @@ def run_checks(experiment, processes: int = 1, gpus: list[tuple[str, int, int]] 
                        f"{shown.trainable_parameters:,} trainable) at {step.padded_tokens:,} padded tokens "
                        f"({step.source}); shape: {shape.source}")
     rows += accelerator_rows(config, footprint_gpu, footprint_cpu, memory_text, gpus)
+    if shape is not None:
+        rows.append(adapter_row(config, shape))
     rows.append(disk_row(footprint_gpu, experiment.run_dir, config.training.keep_checkpoints))
     rows.append(timeout_row(footprint_gpu, processes))
     return rows + reachability_rows(experiment, Hub(hub_timeout))
+
+
+def adapter_row(config, shape: fp.ModelShape) -> Check:
+    """The layers the adapter trains against the model's depth: the run's own check (utils.models.adapters)."""
+    from utils.models.adapters import layer_problem
+
+    problem = layer_problem(config.adapter, shape.layers)
+    if problem:
+        return Check("adapter", FAIL, f"{problem} ({shape.source})")
+    return Check("adapter", OK, f"kind {config.adapter.kind} on a model of {shape.layers} decoder layers")
 
 
 def reachability_rows(experiment, hub: Hub | None = None) -> list[Check]:

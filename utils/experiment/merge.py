@@ -27,6 +27,10 @@ SETTABLE = ("evaluation.", "data.", "experiment.name")
 RECIPE_FILE = "merge.json"
 
 
+# What a run's final evaluation writes before results.json (utils.evaluation.evaluate.write_evaluation).
+EVALUATION_FILES = ("forget_generations.jsonl", "retain_generations.jsonl", "mia_nll.json", "mmlu_metrics.json")
+
+
 @dataclasses.dataclass(frozen=True)
 class FinishedRun:
     folder: Path
@@ -58,8 +62,14 @@ def read_finished_run(folder: str | Path) -> FinishedRun:
         raise UserError(f"{folder} has no saved model yet ({describe_run_folder(folder)}): an unfinished run; "
                         "finish it with `unlearn run CONFIG --out "
                         f"{folder} --resume` first")
-    config = load_config(folder / "config.yaml")
     results_path = folder / "results.json"
+    # A run saved with --no-eval has no results.json and merges; one whose evaluation left files but not
+    # results.json (written last) was cut short and is unfinished.
+    started = next((name for name in EVALUATION_FILES if (folder / name).is_file()), None)
+    if started is not None and not results_path.is_file():
+        raise UserError(f"{folder} is unfinished (no results.json; its evaluation was cut short after writing "
+                        f"{started}); finish it with `unlearn run CONFIG --out {folder} --resume` first")
+    config = load_config(folder / "config.yaml")
     results = read_json(results_path, "results file") if results_path.is_file() else None
     return FinishedRun(folder, config, Experiment(config).start_model, results)
 

@@ -171,14 +171,17 @@ def schedule_table(plan: dict) -> str:
     return "\n".join(lines)
 
 
-def check_schedule_out(schedule_out: Path, run_dir: Path) -> None:
-    """The JSON file may go anywhere writable except into the run folder, which a dry run leaves alone."""
+def check_schedule_out(schedule_out: Path, run_dir: Path, inputs: dict[str, str | None] | None = None) -> None:
+    """The JSON file may go anywhere writable except into the run folder, which a dry run leaves alone, and
+    over or into one of the run's `inputs` (the config file, the data or model folder: utils.folders)."""
+    from utils.folders import check_not_input, real
     from utils.io import check_output_location
 
-    if run_dir.resolve() in schedule_out.resolve().parents:
+    check_output_location(schedule_out, "file")
+    if real(run_dir) in real(schedule_out).parents:
         raise UserError(f"--schedule-out {schedule_out} lies in the run folder {run_dir}, which a dry run "
                         "leaves untouched; write it elsewhere")
-    check_output_location(schedule_out, "file")
+    check_not_input(schedule_out, inputs or {}, flag="--schedule-out")
 
 
 def _number(value: float) -> str:

@@ -11,7 +11,7 @@ import contextlib
 
 import torch
 
-from utils.config import AdapterConfig
+from utils.config import AdapterConfig, layers_setting_problem
 from utils.errors import UserError
 
 
@@ -28,20 +28,28 @@ def decoder_layers(model) -> torch.nn.ModuleList:
     raise UserError(f"cannot find the decoder layers of {type(model).__name__} for last-k training")
 
 
+def layer_problem(config: AdapterConfig, count: int) -> str | None:
+    """What keeps `config` from fitting a model of `count` decoder layers (None when it fits): the check a run
+    makes when it builds the adapter, also made by the dry run and `unlearn doctor` from the model's shape."""
+    if config.layers is not None:
+        problem = layers_setting_problem(config)
+        if problem:
+            return problem
+        wrong = [index for index in config.layers if isinstance(index, bool) or not 0 <= index < count]
+        if wrong:
+            return f"adapter.layers: this model's decoder layers are 0 to {count - 1}, got {wrong[0]}"
+    elif config.kind == "last_k" and not 0 < config.last_k <= count:
+        return f"adapter.last_k must be between 1 and {count} for this model, got {config.last_k}"
+    return None
+
+
 def chosen_layers(config: AdapterConfig, count: int) -> list[int] | None:
     """`adapter.layers` checked against a model of `count` decoder layers, sorted (None when unset)."""
     if config.layers is None:
         return None
-    if config.kind == "full":
-        raise UserError("adapter.layers names the layers that train, but adapter.kind full trains every layer; "
-                        "use kind last_k (those layers whole) or lora (LoRA in those layers)")
-    if not config.layers:
-        raise UserError("adapter.layers must name at least one decoder layer (or be null)")
-    wrong = [index for index in config.layers if isinstance(index, bool) or not 0 <= index < count]
-    if wrong:
-        raise UserError(f"adapter.layers: this model's decoder layers are 0 to {count - 1}, got {wrong[0]}")
-    if len(set(config.layers)) != len(config.layers):
-        raise UserError(f"adapter.layers names a layer twice: {config.layers}")
+    problem = layer_problem(config, count)
+    if problem:
+        raise UserError(problem)
     return sorted(config.layers)
 
 
@@ -54,9 +62,10 @@ def apply_adapter(model, config: AdapterConfig):
         return model
     if config.kind == "last_k":
         layers = decoder_layers(model)
+        problem = layer_problem(config, len(layers))
+        if problem:
+            raise UserError(problem)
         chosen = chosen_layers(config, len(layers))
-        if chosen is None and not 0 < config.last_k <= len(layers):
-            raise UserError(f"adapter.last_k must be between 1 and {len(layers)} for this model, got {config.last_k}")
         for parameter in model.parameters():
             parameter.requires_grad_(False)
         for layer in (layers[-config.last_k:] if chosen is None else [layers[i] for i in chosen]):

@@ -5,6 +5,7 @@ timeout); exit 0 when every check passes, 2 when one fails (a warning does not f
 from __future__ import annotations
 
 from utils.cli.main import add_config_arguments
+from utils.errors import UserError
 
 
 def register(subparsers) -> None:
@@ -30,5 +31,6 @@ def run(args) -> int:
     bad = failed(rows)
     if bad:
         print(f"{len(bad)} check(s) failed: {', '.join(row.name for row in bad)}")
-        return 2
+        # The table is the report; the contract's one stderr line names what failed, as `prepare` does.
+        raise UserError("; ".join(f"{row.name}: {row.detail}" for row in bad))
     return 0

@@ -51,6 +51,8 @@ def run(args) -> int:
         return dry_run(experiment, args)
     if args.schedule_out:
         raise UserError("--schedule-out writes the schedule of a dry run: pass it with --dry-run")
+    if args.resume:
+        check_holds_run(experiment.run_dir)
     results = experiment.run(resume=args.resume, progress=not args.quiet, evaluate=not args.no_eval,
                              overwrite=args.overwrite)
     from utils.evaluation.sharding import Shards
@@ -74,10 +76,37 @@ def dry_run(experiment: Experiment, args) -> int:
         raise UserError(f"--dry-run shows the whole schedule and leaves the run folder alone: drop {flag}")
     schedule_out = Path(args.schedule_out) if args.schedule_out else None
     if schedule_out is not None:
-        check_schedule_out(schedule_out, experiment.run_dir)
+        from utils.folders import experiment_inputs
+
+        check_schedule_out(schedule_out, experiment.run_dir, experiment_inputs(experiment))
+    check_adapter_fits(experiment)
     plan = experiment.plan()
     print(schedule_table(plan))
     if schedule_out is not None:
         atomic_write_json(schedule_out, plan)
         print(f"schedule: {schedule_out}")
     return 0
+
+
+def check_holds_run(run_dir: Path) -> None:
+    """The CLI's `--resume` continues a run, so a folder with none is refused rather than started afresh
+    (`Experiment.run(resume=True)` from a notebook does start one: re-running its cell continues or reuses)."""
+    from methods.engine.checkpoint import checkpoint_dir
+
+    run_dir = Path(run_dir)
+    if not any(path.exists() for path in (run_dir / "config.yaml", run_dir / "results.json",
+                                          checkpoint_dir(run_dir))):
+        raise UserError(f"{run_dir} holds no run to resume (no config.yaml or checkpoint); drop --resume to "
+                        "start one")
+
+
+def check_adapter_fits(experiment: Experiment) -> None:
+    """The layers the adapter trains against the start model's depth, when its shape is known without loading
+    it (a local config.json, a known hub name): the check the run makes once the model is loaded."""
+    from utils.experiment.doctor import model_shape
+    from utils.models.adapters import layer_problem
+
+    shape = model_shape(experiment)
+    problem = None if shape is None else layer_problem(experiment.config.adapter, shape.layers)
+    if problem:
+        raise UserError(f"{problem} ({shape.source})")
