@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -86,6 +87,13 @@ def write_slice(source: Path, out: Path, documents_per_task: int) -> Path:
     write_jsonl(out / "mia_data" / "validation" / "member.jsonl", members)
     write_jsonl(out / "mia_data" / "validation" / "nonmember.jsonl", nonmembers)
     return out
+
+
+def standin_folder() -> Path:
+    """Where the tests keep the stand-ins between runs: `$LUME_STANDINS`, else beside the OLMo assets."""
+    from utils.data.olmo_assets import assets_dir
+
+    return Path(os.environ.get("LUME_STANDINS") or assets_dir().parent / "journey-standins")
 
 
 def build_standins(out: Path, documents_per_task: int = 1, log=print) -> dict[str, Path]:

@@ -26,8 +26,10 @@ pytestmark = pytest.mark.skipif(olmo_assets.find_assets() is None or not (journe
 
 
 @pytest.fixture(scope="module")
-def standins(tmp_path_factory):
-    return journey.build_standins(tmp_path_factory.mktemp("standins"), log=lambda _: None)
+def standins():
+    # Built once per machine beside the OLMo assets (every stage is cached by a hash of its settings and data,
+    # so a change rebuilds what it touches); LUME_STANDINS moves it.
+    return journey.build_standins(journey.standin_folder(), log=lambda _: None)
 
 
 @pytest.fixture(scope="module")

@@ -224,7 +224,7 @@ def train_tokenizer(texts: list[str], vocab_size: int):
     """A byte-level BPE tokenizer (GPT/OLMo style, no BOS, EOS at document ends) as a HF fast tokenizer.
 
     It must be trained on retain + general text only: training it on the forget set would give
-    forget-only tokens that a retain-trained gold standard never sees (SPEC.md §6).
+    forget-only tokens that a retain-trained gold standard never sees (docs/benchmark.md, "Measured on this machine").
     """
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
