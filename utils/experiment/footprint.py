@@ -132,7 +132,12 @@ class Footprint:
 
     @property
     def peak(self) -> int:
-        return self.total(self.resident) + max(self.total(self.backward), self.total(self.step))
+        # In backward the logits' memory is freed before the trainable weights' gradients grow (the output layer
+        # comes first), so the two are counted as whichever is larger, beside the saved activations.
+        others = [name for name in self.backward if name not in ("logits", "gradients")]
+        backward = self.total(others) + max(self.parts.get("logits", 0) if "logits" in self.backward else 0,
+                                            self.parts.get("gradients", 0) if "gradients" in self.backward else 0)
+        return self.total(self.resident) + max(backward, self.total(self.step))
 
     def text(self) -> str:
         """The parts in GiB, largest first (those of zero size left out)."""
