@@ -140,6 +140,12 @@ def check_free_disk(start_model: str, run_dir: Path, config: Config) -> None:
                         f"{needed / 2**30:.1f} GiB (the final model and {copies - 1} checkpoint(s) of {start_model})")
 
 
+def holds_run(run_dir: str | Path) -> bool:
+    """Whether `run_dir` holds a run, finished or not (its config, its results or a checkpoint)."""
+    run_dir = Path(run_dir)
+    return any(path.exists() for path in (run_dir / "config.yaml", run_dir / "results.json", checkpoint_dir(run_dir)))
+
+
 def truncate_lines(path: Path, keep: int) -> None:
     """Drop log lines written after the checkpoint, so a resumed log reads like an uninterrupted one."""
     if path.is_file():

@@ -147,7 +147,11 @@ def _run_one(run: SweepRun, run_dir: Path, progress: bool, num_processes: int, i
     """Run (or resume) one run; its record: labels, results, wall seconds, peak memory or the failure."""
     record: dict[str, Any] = {"run": run.name, **run.labels}
     if in_subprocess:
-        child = run_in_subprocess(run.config, run_dir, run.overrides, threads, flags=("--resume",))
+        from utils.experiment.run import holds_run
+
+        # A run begun earlier (killed, or finished and read back) resumes; a new one starts.
+        child = run_in_subprocess(run.config, run_dir, run.overrides, threads,
+                                  flags=("--resume",) if holds_run(run_dir) else ())
         record["wall_seconds"] = child["wall_seconds"]
         if not child["ok"] or child["results"] is None:
             return {**record, "failed": True, "error": Path(child["log"]).read_text()[-1500:]}

@@ -91,11 +91,9 @@ def dry_run(experiment: Experiment, args) -> int:
 def check_holds_run(run_dir: Path) -> None:
     """The CLI's `--resume` continues a run, so a folder with none is refused rather than started afresh
     (`Experiment.run(resume=True)` from a notebook does start one: re-running its cell continues or reuses)."""
-    from methods.engine.checkpoint import checkpoint_dir
+    from utils.experiment.run import holds_run
 
-    run_dir = Path(run_dir)
-    if not any(path.exists() for path in (run_dir / "config.yaml", run_dir / "results.json",
-                                          checkpoint_dir(run_dir))):
+    if not holds_run(run_dir):
         raise UserError(f"{run_dir} holds no run to resume (no config.yaml or checkpoint); drop --resume to "
                         "start one")
 
