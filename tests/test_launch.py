@@ -17,13 +17,23 @@ REPO = Path(__file__).resolve().parents[1]
 
 # For the scripts launched below (at their indentation): generate_greedy wrapped to print how many prompts
 # each process got.
+# Each launched process records to a file of its own: what two processes print to one pipe can go missing.
 COUNT_PROMPTS = textwrap.indent(textwrap.dedent("""
     whole = generation.generate_greedy
 
+    def record(text):
+        with open(os.path.join(RECORDS, "rank" + os.environ["RANK"]), "a") as handle:
+            handle.write(text + "\\n")
+
     def counted(model, tokenizer, prompts, **kwargs):
-        print("RANK", os.environ["RANK"], "PROMPTS", len(prompts), flush=True)
+        record("PROMPTS " + str(len(prompts)))
         return whole(model, tokenizer, prompts, **kwargs)
 """), " " * 8).strip()
+
+
+def records(folder) -> dict[str, list[str]]:
+    """{rank: the lines it recorded} from the files COUNT_PROMPTS's `record` writes."""
+    return {path.name.removeprefix("rank"): path.read_text().splitlines() for path in sorted(folder.glob("rank*"))}
 
 
 def test_the_launch_decides_the_precision_and_a_plain_process_takes_the_config():
@@ -80,6 +90,7 @@ def test_evaluation_split_over_two_processes_equals_one(small_world, tmp_path):
         import utils.evaluation.generation as generation
         from utils.experiment import Experiment
 
+        RECORDS = {str(tmp_path)!r}
         {COUNT_PROMPTS}
         def evaluate():
             generation.generate_greedy = counted
@@ -94,8 +105,7 @@ def test_evaluation_split_over_two_processes_equals_one(small_world, tmp_path):
     # Each process generated for half of the items, not all of them.
     items = sum(sum(kinds.values()) for tasks in alone["counts"].values() for kinds in tasks.values())
     assert items > 20
-    assert sorted(completed.stdout.split("RANK")[1:]) == [f" 0 PROMPTS {(items + 1) // 2}\n",
-                                                          f" 1 PROMPTS {items // 2}\n"]
+    assert records(tmp_path) == {"0": [f"PROMPTS {(items + 1) // 2}"], "1": [f"PROMPTS {items // 2}"]}
     shared = json.loads((tmp_path / "two" / "results.json").read_text())
     for split in ("forget", "retain"):
         one = (tmp_path / "one" / f"{split}_generations.jsonl").read_text()
@@ -133,6 +143,7 @@ def test_the_quick_check_is_split_over_two_processes_and_equals_one(small_world,
         from utils.evaluation.sharding import Shards
         from utils.models.loading import load_model_and_tokenizer
 
+        RECORDS = {str(tmp_path)!r}
         {COUNT_PROMPTS}
         def check():
             generation.generate_greedy = counted
@@ -140,20 +151,21 @@ def test_the_quick_check_is_split_over_two_processes_and_equals_one(small_world,
             model, tokenizer = load_model_and_tokenizer({str(small_world.target)!r})
             means = split_means(model, tokenizer, lume.forget + lume.retain, 16, 4,
                                 shards=Shards.of(PartialState(cpu=True)))
-            print("MEANS", os.environ["RANK"], json.dumps(means), flush=True)
+            record("MEANS " + json.dumps(means))
 
         notebook_launcher(check, num_processes=2)
     """)
     completed = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True,
                                timeout=600, check=False)
     assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
-    lines = completed.stdout.splitlines()
-    assert sorted(line for line in lines if line.startswith("RANK")) == [
-        f"RANK 0 PROMPTS {(len(items) + 1) // 2}", f"RANK 1 PROMPTS {len(items) // 2}"]
     import json
 
-    means = [json.loads(line.split(" ", 2)[2]) for line in lines if line.startswith("MEANS")]
-    assert len(means) == 2 and all(m == pytest.approx(alone, abs=1e-12) for m in means)
+    recorded = records(tmp_path)
+    assert sorted(recorded) == ["0", "1"]
+    assert [recorded[rank][0] for rank in ("0", "1")] == [f"PROMPTS {(len(items) + 1) // 2}",
+                                                          f"PROMPTS {len(items) // 2}"]
+    means = [json.loads(recorded[rank][1].removeprefix("MEANS ")) for rank in ("0", "1")]
+    assert all(m == pytest.approx(alone, abs=1e-12) for m in means)
 
 
 def test_a_sharding_engine_is_refused_in_one_line():

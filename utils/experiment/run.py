@@ -141,9 +141,10 @@ def check_free_disk(start_model: str, run_dir: Path, config: Config) -> None:
 
 
 def holds_run(run_dir: str | Path) -> bool:
-    """Whether `run_dir` holds a run, finished or not (its config, its results or a checkpoint)."""
+    """Whether `run_dir` holds a run, finished or not (its config, its log, its results or a checkpoint)."""
     run_dir = Path(run_dir)
-    return any(path.exists() for path in (run_dir / "config.yaml", run_dir / "results.json", checkpoint_dir(run_dir)))
+    return any(path.exists() for path in (run_dir / "config.yaml", run_dir / "log.jsonl", run_dir / "results.json",
+                                          checkpoint_dir(run_dir)))
 
 
 def truncate_lines(path: Path, keep: int) -> None:
