@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import importlib.util
+import signal
 import sys
+import threading
 from pathlib import Path
 
 LIBRARY_PACKAGES = ("utils", "methods")
@@ -34,4 +36,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     from utils.cli.main import main as library_main
 
-    return library_main(argv)
+    code = library_main(argv)
+    # The command has finished and written everything; a stop signal during the interpreter's exit (a second or
+    # so of library teardown) would only kill the process silently with another exit code.
+    if threading.current_thread() is threading.main_thread():
+        for stop in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(stop, signal.SIG_IGN)
+    return code
