@@ -260,6 +260,8 @@ def run_experiment(experiment, resume: bool = False, progress: bool = True, eval
         check_overwrite(experiment.run_dir)
     # One writer per run folder: the main process holds its lock to the end (the launch's others write through it).
     with folder_lock(experiment.run_dir, "unlearn run", main=accelerator.is_main_process):
+        # The others start writing only once the main process holds the lock (and has marked a new folder).
+        accelerator.wait_for_everyone()
         return _run_in_folder(experiment, resume, progress, evaluate, overwrite, accelerator, log, stop_after_phases)
 
 
