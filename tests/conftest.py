@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import random
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -47,6 +48,41 @@ def tiny_model(tiny_tokenizer):
 
     return build_tiny_model(tiny_tokenizer, hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64,
                             max_position_embeddings=128, seed=0)
+
+
+# Random word sentences and a tiny model trained on a few of them for 30 steps, so its logits are far from
+# uniform: the evaluation tests (generation, MIA, utility) build their worlds from these.
+WORDS = ["the", "cat", "dog", "sat", "on", "a", "mat", "red", "blue", "green", "house", "river", "tree",
+         "moon", "sun", "star", "bird", "fish", "runs", "jumps", "sleeps", "quickly", "slowly", "under",
+         "over", "near", "big", "small", "old", "young"]
+
+
+def random_sentences(n: int, seed: int = 0, words: list[str] = WORDS) -> list[str]:
+    rng = random.Random(seed)
+    return [" ".join(rng.choice(words) for _ in range(rng.randint(4, 12))) + "." for _ in range(n)]
+
+
+def briefly_trained_model(sentences: list[str], trained_on: int = 8, end_with_eos: bool = False):
+    """(a tiny Olmo2 trained for 30 steps on the first `trained_on` sentences, its tokenizer); with
+    `end_with_eos` each training sentence is followed by EOS (so the model learns to stop)."""
+    from utils.models.loading import build_tiny_model, train_tokenizer
+
+    torch.set_num_threads(1)
+    tokenizer = train_tokenizer(sentences, 300)
+    model = build_tiny_model(tokenizer, hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64)
+    optimiser = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    eos = [tokenizer.eos_token_id] if end_with_eos else []
+    batch = [tokenizer(s)["input_ids"] + eos for s in sentences[:trained_on]]
+    width = max(map(len, batch))
+    input_ids = torch.tensor([b + [tokenizer.pad_token_id] * (width - len(b)) for b in batch])
+    labels = torch.tensor([b + [-100] * (width - len(b)) for b in batch])
+    for _ in range(30):
+        loss = model(input_ids=input_ids, attention_mask=(labels != -100).long(), labels=labels).loss
+        loss.backward()
+        optimiser.step()
+        optimiser.zero_grad()
+    model.eval()
+    return model, tokenizer
 
 
 # The sentences as (prompt, answer) pairs, 3 to forget and 3 to retain, and a tiny model trained on all six

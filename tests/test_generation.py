@@ -11,36 +11,15 @@ from utils.data.tokenization import encode_prompt
 from utils.errors import UserError
 from utils.evaluation import generation
 from utils.evaluation.generation import eos_token_ids, generate_greedy, generate_one_at_a_time
-from utils.models.loading import build_tiny_model, train_tokenizer
 
-WORDS = ["the", "cat", "dog", "sat", "on", "a", "mat", "red", "blue", "green", "house", "river", "tree",
-         "moon", "sun", "star", "bird", "fish", "runs", "jumps", "sleeps", "quickly", "slowly", "under",
-         "over", "near", "big", "small", "old", "young"]
-
-
-def _sentences(n: int, seed: int = 0) -> list[str]:
-    rng = random.Random(seed)
-    return [" ".join(rng.choice(WORDS) for _ in range(rng.randint(4, 12))) + "." for _ in range(n)]
+from .conftest import briefly_trained_model, random_sentences
 
 
 @pytest.fixture(scope="module")
 def world():
     """A tiny Olmo2 trained for 30 steps on 8 sentences, each followed by EOS (so it learns to stop)."""
-    torch.set_num_threads(1)
-    sentences = _sentences(100)
-    tokenizer = train_tokenizer(sentences, 300)
-    model = build_tiny_model(tokenizer, hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64)
-    optimiser = torch.optim.AdamW(model.parameters(), lr=1e-2)
-    batch = [tokenizer(s)["input_ids"] + [tokenizer.eos_token_id] for s in sentences[:8]]
-    width = max(map(len, batch))
-    input_ids = torch.tensor([b + [tokenizer.pad_token_id] * (width - len(b)) for b in batch])
-    labels = torch.tensor([b + [-100] * (width - len(b)) for b in batch])
-    for _ in range(30):
-        loss = model(input_ids=input_ids, attention_mask=(labels != -100).long(), labels=labels).loss
-        loss.backward()
-        optimiser.step()
-        optimiser.zero_grad()
-    model.eval()
+    sentences = random_sentences(100)
+    model, tokenizer = briefly_trained_model(sentences, end_with_eos=True)
     return model, tokenizer, sentences
 
 

@@ -27,37 +27,18 @@ from utils.evaluation.mmlu import (
     next_token_logits,
     predict_letters,
 )
-from utils.models.loading import build_tiny_model, train_tokenizer
 
-WORDS = ["the", "cat", "dog", "sat", "on", "a", "mat", "red", "blue", "green", "house", "river", "tree",
-         "moon", "sun", "star", "bird", "fish", "runs", "jumps", "sleeps", "quickly", "slowly", "under",
-         "over", "near", "big", "small", "old", "young", "what", "is", "which", "answer"]
+from .conftest import WORDS as BASE_WORDS
+from .conftest import briefly_trained_model, random_sentences
 
-
-def _sentences(n: int, seed: int = 0) -> list[str]:
-    rng = random.Random(seed)
-    return [" ".join(rng.choice(WORDS) for _ in range(rng.randint(4, 12))) + "." for _ in range(n)]
+WORDS = [*BASE_WORDS, "what", "is", "which", "answer"]
 
 
 @pytest.fixture(scope="module")
 def world():
     """A tiny Olmo2 trained briefly (so its logits are far from uniform) and its tokenizer."""
-    torch.set_num_threads(1)
-    sentences = _sentences(100) + ["Answer: A B C D", "A. B. C. D."]
-    tokenizer = train_tokenizer(sentences, 300)
-    model = build_tiny_model(tokenizer, hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64)
-    optimiser = torch.optim.AdamW(model.parameters(), lr=1e-2)
-    batch = [tokenizer(s)["input_ids"] for s in sentences[:8]]
-    width = max(map(len, batch))
-    input_ids = torch.tensor([b + [tokenizer.pad_token_id] * (width - len(b)) for b in batch])
-    labels = torch.tensor([b + [-100] * (width - len(b)) for b in batch])
-    for _ in range(30):
-        loss = model(input_ids=input_ids, attention_mask=(labels != -100).long(), labels=labels).loss
-        loss.backward()
-        optimiser.step()
-        optimiser.zero_grad()
-    model.eval()
-    return model, tokenizer
+    sentences = random_sentences(100, words=WORDS) + ["Answer: A B C D", "A. B. C. D."]
+    return briefly_trained_model(sentences)
 
 
 def _questions(n: int = 10, seed: int = 1) -> list[MultipleChoiceQuestion]:
