@@ -14,7 +14,7 @@ data are, the split and the epoch budget, on 2 processes, as a GPU user would ru
     python benchmarks/journey.py --out /tmp/journey
 
 `tests/test_journey.py` runs it and checks what a user would look at. The overrides a GPU user keeps or
-replaces are printed by `--show-overrides` (README: "Real models and GPUs").
+replaces are printed by `--show-overrides` (docs/real-models-and-gpus.md).
 """
 
 from __future__ import annotations

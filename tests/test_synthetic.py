@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import itertools
 import json
@@ -16,14 +17,7 @@ import pytest
 
 from utils.config import SyntheticConfig
 from utils.data.lume import find_mia_dir, group_by_document, load_lume, load_mia_documents
-from utils.data.synthetic import (
-    BIOGRAPHY_PARTS,
-    BIOGRAPHY_QUESTIONS,
-    STORY_GENRES,
-    build_mini_lume,
-    generate_mini_lume,
-    training_characters,
-)
+from utils.data.synthetic import build_mini_lume, generate_mini_lume, training_characters, word_lists
 from utils.errors import UserError
 
 SMALL = SyntheticConfig(seed=3, documents_per_task=4, mia_nonmembers=5, general_facts=15,
@@ -125,18 +119,82 @@ def test_answers_are_in_their_document_and_pii_has_the_official_formats(small):
             assert len(sc.input) < 320 and len(sc.output) < 170
 
 
+def string_lists(value, path: str):
+    """(path, list) for every list of strings in the word lists, at any depth."""
+    if isinstance(value, dict):
+        for key, inner in value.items():
+            yield from string_lists(inner, f"{path}.{key}")
+    elif isinstance(value, tuple):
+        if all(isinstance(item, str) for item in value):
+            yield path, value
+        for i, inner in enumerate(value):
+            yield from string_lists(inner, f"{path}[{i}]")
+
+
+def leaves(value):
+    if isinstance(value, dict):
+        for key, inner in value.items():
+            yield key
+            yield from leaves(inner)
+    elif isinstance(value, tuple):
+        for inner in value:
+            yield from leaves(inner)
+    else:
+        yield value
+
+
+def slots_of(*templates: str) -> set[str]:
+    return {name for template in templates for name in re.findall(r"{(\w+)}", template)}
+
+
+def test_the_word_lists_file_is_well_formed():
+    """words.yaml as the generator reads it: strings only (no YAML reading turned a word into a bool or a
+    number), every list non-empty and without repeats (a repeat skews the shuffled rounds and can give a
+    multiple-choice question one colour or month twice), and the shapes and slots the generator fills."""
+    words = word_lists()
+    fields = {f.name: getattr(words, f.name) for f in dataclasses.fields(words)}
+    bad_leaves = [(name, leaf) for name, value in fields.items() for leaf in leaves(value)
+                  if not isinstance(leaf, str)]
+    assert bad_leaves == []
+    lists = [found for name, value in fields.items() for found in string_lists(value, name)]
+    assert len(lists) > 100
+    assert [path for path, values in lists if not values] == []
+    assert [path for path, values in lists if len(set(values)) != len(values)] == []
+    assert all(value for value in fields.values())
+
+    # A kind's names are the product of at least two syllable positions.
+    assert all(len(positions) >= 2 for positions in words.name_parts.values())
+    assert {frozenset(p) for p in words.pronouns} == {frozenset({"pron", "Pron", "poss", "Poss", "obj"})}
+    for genre in words.story_genres:
+        assert list(genre) == ["opening", "middle", "helper", "ending", "questions"]
+        assert all(len(pair) == 2 for pair in genre["questions"])
+    assert all(len(pair) == 2 for pair in (*words.pii_questions, *words.biography_questions))
+    for profession, topics, institutions in words.professions:
+        assert isinstance(profession, str) and topics and institutions, profession
+    for kind in words.fact_kinds:
+        assert set(kind) == {"kind", "subject", "entity", "answer", "question", "phrasings"}
+        assert kind["entity"] in words.name_parts, kind["kind"]
+        assert kind["answer"] in {*words.name_parts, "colour", "month", "year"}, kind["kind"]
+        assert slots_of(kind["question"]) == {"entity"}, kind["kind"]
+        assert all(slots_of(p) == {"entity", "answer"} for p in kind["phrasings"]), kind["kind"]
+    assert len({kind["kind"] for kind in words.fact_kinds}) == len(words.fact_kinds)
+    filler_slots = {"name", "name2", "town", "weekday", "month", "hour", "number", "day", *words.filler_words}
+    assert slots_of(*words.filler_sentences) == filler_slots
+
+
 def test_every_combination_of_template_variants_answers_its_questions():
-    slots = {key: f"<{key}>" for key in re.findall(r"{(\w+)}", repr((STORY_GENRES, BIOGRAPHY_PARTS)))}
-    for genre in STORY_GENRES:
+    words = word_lists()
+    slots = {key: f"<{key}>" for key in slots_of(repr((words.story_genres, words.biography_parts)))}
+    for genre in words.story_genres:
         roles = [genre[role] for role in ("opening", "middle", "helper", "ending")]
         for sentences in itertools.product(*roles):
             text = " ".join(sentences).format(**slots)
             for question, answer in genre["questions"]:
                 assert answer.format(**slots) in text, (sentences, answer)
                 assert set(re.findall(r"<\w+>", question.format(**slots))) <= set(re.findall(r"<\w+>", text))
-    for parts in itertools.product(*BIOGRAPHY_PARTS.values()):
+    for parts in itertools.product(*words.biography_parts.values()):
         text = " ".join(parts).format(**slots)
-        for question, answer in BIOGRAPHY_QUESTIONS:
+        for question, answer in words.biography_questions:
             assert answer.format(**slots) in text, (parts, answer)
 
 

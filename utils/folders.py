@@ -31,7 +31,7 @@ LOCK = ".lock"
 TEMPORARY = re.compile(r"^\..+\.[0-9a-z_]{6,}\.tmp$")
 # The deepest a temporary of this project's writers sits below the folder locked (run/checkpoints/after-N/...).
 MAX_DEPTH = 3
-# Files that tell a folder made before the marker existed as this project's own (see `made_by_project`).
+# Files that tell a folder without MARKER as this project's own (see `made_by_project`).
 OWN_FILES = (("config.yaml", "log.jsonl"), ("merge.json",), ("prepare_report.json",), ("run_summary.csv",),
              ("data", "target"))
 
@@ -105,9 +105,9 @@ def experiment_inputs(experiment, model: str | None = None) -> dict[str, str | N
 
 
 def made_by_project(folder: Path) -> bool:
-    """Whether `folder` is this project's: it holds MARKER, or (made before the marker existed) the files a run
-    (config.yaml + log.jsonl), a merge, a sweep or a work folder of `unlearn prepare` leave, or a results.json
-    of an evaluation (with its final_score). An empty folder counts: nothing is lost."""
+    """Whether `folder` is this project's: it holds MARKER, or, without one, the files a run (config.yaml +
+    log.jsonl), a merge, a sweep or a work folder of `unlearn prepare` leave, or a results.json of an
+    evaluation (with its final_score). An empty folder counts: nothing is lost."""
     if (folder / MARKER).is_file() or not any(entry.name != LOCK for entry in folder.iterdir()):
         return True
     if any(all((folder / name).exists() for name in names) for names in OWN_FILES):

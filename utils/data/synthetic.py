@@ -1,9 +1,9 @@
 """A seeded "mini-LUME": the benchmark's three tasks in the official schema, at a size a tiny model
 memorises on a CPU in minutes, plus a general-knowledge corpus and its multiple-choice questions.
 
-No model hub is reachable from the embedded default, so the project builds its own small world
-(DESIGN.md, "The embedded default"). The generator mirrors the real release closely enough that
-every downstream piece (loader, training, official metrics, MIA) runs unchanged on it:
+No model hub is reachable from the embedded default, so the project builds its own small world.
+The generator mirrors the real release closely enough that every downstream piece (loader,
+training, official metrics, MIA) runs unchanged on it:
 
 * `data/{forget,retain}_validation-00000-of-00001.parquet`: columns `id, input, output, task,
   split`; rows grouped by document, tasks interleaved in a seeded order; Task1 ids are a quoted
@@ -17,12 +17,14 @@ every downstream piece (loader, training, official metrics, MIA) runs unchanged 
 Names are made up from syllable pools and drawn *without replacement* from one seeded stream, so a
 forget person, city or street occurs nowhere but in its own forget document: unlearning it cannot be
 undone by the retain set, the pre-training corpus or the non-members. Every random draw comes from
-one `random.Random(config.seed)` (UUIDs included), so a seed gives byte-identical files.
+one `random.Random(config.seed)` (UUIDs included), so a seed gives byte-identical files. The
+word lists and templates are data, `words.yaml` beside this module.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import itertools
 import os
 import random
@@ -31,8 +33,11 @@ import string
 import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path
 from typing import Any
+
+import yaml
 
 from utils.config import SyntheticConfig
 from utils.data.lume import TASKS
@@ -54,388 +59,63 @@ MANIFEST_FILE = "manifest.json"
 COLUMNS = ("id", "input", "output", "task", "split")
 LETTERS = "ABCD"
 
-# --------------------------------------------------------------------------------------------
-# Name pools. Each kind is the product of its parts; `NameDrawer` samples it without replacement.
-
-_NAME_PARTS: dict[str, tuple[tuple[str, ...], ...]] = {
-    "first": (
-        ("Al", "Bel", "Cor", "Dar", "El", "Fen", "Gal", "Hal", "Is", "Jor", "Kal", "Lor", "Mar", "Nel",
-         "Or", "Pel", "Ros", "Sel", "Tam", "Vel", "Wyn", "Yar", "Zel", "Ber", "Cal", "Del", "Ed", "Fer",
-         "Gil", "Har", "An", "Bri", "Cas", "Dor", "Em", "Fla", "Gwen", "Hen", "Ivo", "Jas", "Kes", "Lin",
-         "Mel", "Nor"),
-        ("", "an", "el", "ar", "ri", "ol"),
-        ("a", "ia", "ina", "en", "is", "on", "ette", "ira", "ric", "wen", "ara", "ie", "ian", "ene",
-         "iel", "ona"),
-    ),
-    "last": (
-        ("Ash", "Black", "Brad", "Cald", "Dun", "Fair", "Glen", "Hart", "Kel", "Lang", "Mor", "North",
-         "Pen", "Rad", "Stan", "Thorn", "Wex", "Yar", "Harl", "Mar", "Kest", "Brom", "Tal", "Wold", "Birk",
-         "Crom", "Drum", "Ful", "Gar", "Hol", "Lock", "Mow", "Pell", "Rom", "Sher", "Trel"),
-        ("", "er", "en", "ing"),
-        ("ford", "well", "by", "ton", "wick", "ley", "mere", "croft", "dale", "holm", "stead", "worth",
-         "ham", "shaw"),
-    ),
-    "city": (
-        ("Ambr", "Bryn", "Carr", "Dove", "Esk", "Fal", "Grim", "Hollow", "Ivy", "Lark", "Mill", "Oak",
-         "Quarr", "Rook", "Salt", "Tarn", "Umber", "Vale", "Wren", "Ald", "Bram", "Cold", "Elm", "Fern",
-         "Gold", "Heath", "Kings", "Lynd", "Marsh", "Stone", "Bell", "Cross", "Deer", "East", "Fox", "High",
-         "Long", "Mere", "Red", "Sand", "West", "White", "Ash", "Brack"),
-        ("", "en", "ing"),
-        ("mouth", "bury", "haven", "port", "field", "gate", "moor", "brook", "wick", "stow", "minster",
-         "cliff", "bridge", "hurst"),
-    ),
-    "country": (
-        ("Var", "Bel", "Cor", "Dal", "Est", "Gor", "Hal", "Ith", "Kor", "Lun", "Mor", "Nor", "Ost", "Pal",
-         "Quen", "Ruth", "Sar", "Tor", "Ul", "Ves", "Zan", "Bren", "Cael", "Dor"),
-        ("ia", "land", "ora", "mark", "aria", "enia", "ova", "istan", "esh", "avia"),
-    ),
-    "river": (
-        ("Ves", "Amb", "Tol", "Sev", "Der", "Ist", "Lur", "Mav", "Ner", "Ous", "Tam", "Wel", "Yar", "Cal",
-         "Dov"),
-        ("ar", "ine", "ell", "ow", "anne", "ey", "ith", "on"),
-    ),
-    "animal": (
-        ("glimmer", "moss", "thorn", "dusk", "reed", "frost", "ember", "cinder", "hollow", "brindle",
-         "marsh", "cloud", "stone", "bramble", "silt", "fern"),
-        ("fox", "hare", "owl", "newt", "finch", "toad", "wren", "otter", "stoat", "heron", "lynx", "vole",
-         "moth", "beetle"),
-    ),
-    "moon": (
-        ("Ael", "Bry", "Cyr", "Dei", "Eos", "Fio", "Hyl", "Ione", "Kal", "Lys", "Myr", "Nyx", "Oph", "Pyr",
-         "Rhe", "Syl", "Thal", "Ury", "Vey", "Xan"),
-        ("a", "on", "is", "ene", "ia", "ara", "os"),
-    ),
-    "planet": (
-        ("Ar", "Bel", "Cas", "Dra", "Er", "Gal", "Hel", "Kry", "Mer", "Ny", "Or", "Pol", "Sar", "Tel", "Zer"),
-        ("ion", "aris", "eth", "ova", "une", "ax", "ador"),
-    ),
-    "plant": (
-        ("amber", "bell", "candle", "dew", "ember", "feather", "gold", "honey", "ivory", "lantern", "moon",
-         "pepper", "silver", "star", "velvet", "winter"),
-        ("wort", "bloom", "thistle", "bell", "leaf", "petal", "root", "vine"),
-    ),
-    "currency": (
-        ("cor", "dal", "fen", "gil", "kron", "lor", "mar", "pel", "ros", "tal", "vel", "zan"),
-        ("in", "et", "ar", "os", "ic", "a"),
-    ),
-}
-
-# --------------------------------------------------------------------------------------------
-# Word lists and templates. Slots are `{name}` fields filled by `str.format`.
-
-PRONOUNS = ({"pron": "she", "Pron": "She", "poss": "her", "Poss": "Her", "obj": "her"},
-            {"pron": "he", "Pron": "He", "poss": "his", "Poss": "His", "obj": "him"})
-MONTHS = ("January", "February", "March", "April", "May", "June", "July", "August", "September",
-          "October", "November", "December")
-WEEKDAYS = ("Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday")
-COLOURS = ("red", "blue", "green", "yellow", "orange", "purple", "grey", "white", "black", "brown",
-           "silver", "golden")
-STATES = ("CA", "OR", "WA", "TX", "NY", "MA", "IL", "OH", "GA", "CO", "AZ", "MN", "VT", "NM")
-STREET_KINDS = ("Street", "Avenue", "Road", "Lane", "Drive", "Place", "Court")
-MAIL_DOMAINS = ("mail.com", "post.net", "inbox.org", "letterbox.com")
-
-STORY_WORDS: dict[str, tuple[str, ...]] = {
-    "city_adj": ("busy", "quiet", "foggy", "old", "hilltop", "riverside", "windy"),
-    "detective": ("private investigator", "young detective", "retired police officer", "curious journalist"),
-    "object": ("silver compass", "jade necklace", "painted music box", "golden pocket watch",
-               "leather diary", "crystal vase", "bronze key", "velvet hat"),
-    "clue": ("torn glove", "muddy footprint", "broken button", "train ticket", "blue feather", "burnt match"),
-    "place": ("fountain", "bakery", "clock tower", "harbour wall", "library steps", "flower market"),
-    "helper": ("baker", "locksmith", "librarian", "retired sailor", "street musician", "schoolteacher"),
-    "hideout": ("the old lighthouse", "an empty warehouse", "the railway station", "a closed theatre",
-                "the cathedral crypt"),
-    "role": ("painter", "florist", "teacher", "nurse", "carpenter", "gardener", "bookseller", "photographer"),
-    "topic": ("old films", "their favourite books", "distant travels", "jazz records", "the sea"),
-    "shop": ("bookshop", "bakery", "flower shop", "cafe", "gallery"),
-    "container": ("wooden chest", "dusty book", "broken clock", "forgotten trunk", "locked drawer"),
-    "terrain": ("northern marshes", "red canyon", "pine forest", "frozen valley", "salt desert"),
-    "treasure": ("temple", "golden bell", "stone library", "cave of crystals", "sunken chapel"),
-    "machine": ("Great Engine", "Sun Tower", "Heart Reactor", "Iron Loom", "Sky Turbine"),
-    "part": ("crystal coil", "copper valve", "power cell", "glass lens", "steel gear"),
-    "magic_role": ("wizard", "healer", "alchemist", "mapmaker", "enchanter"),
-    "artifact": ("Crown of Stars", "Silver Harp", "Emerald Lantern", "Book of Tides", "Moonstone Ring"),
-}
-
-# Each story genre: input = opening + middle + helper sentence, output = one ending sentence. Every
-# variant of a role carries the same slots, so each question is answerable whichever variant is drawn.
-STORY_GENRES: tuple[dict[str, tuple], ...] = (
-    {
-        "opening": (
-            "In the {city_adj} city of {city}, {hero}, a {detective}, was hired to find a stolen {object}.",
-            "Someone had stolen a {object} from a house in {city}, and {hero}, a {detective}, took the case.",
-        ),
-        "middle": (
-            "The only clue was a {clue} left beside the {place}.",
-            "Near the {place}, {pron} found a {clue} that nobody else had noticed.",
-        ),
-        "helper": (
-            "{hero} asked {poss} old friend {friend}, a {helper}, to help with the search.",
-            "{Pron} went to see {friend}, a {helper} who knew every street in town.",
-        ),
-        "ending": (
-            ("Together they followed the trail to {hideout}, where the {object} lay hidden under a loose "
-             "board."),
-            "Two nights later {friend} spotted the thief near {hideout}, and the {object} was returned.",
-        ),
-        "questions": (
-            ("Who helped {hero} search for the stolen {object}?", "{friend}"),
-            ("In which city was the {object} stolen?", "{city}"),
-            ("What clue did {hero} find near the {place}?", "a {clue}"),
-        ),
-    },
-    {
-        "opening": (
-            "{hero} had lived in {city} for many years, working as a {role} near the {place}.",
-            "For ten years {hero}, a quiet {role}, had kept a small stall by the {place} in {city}.",
-        ),
-        "middle": (
-            "One rainy evening {pron} met {friend}, a {helper} who had just arrived in town.",
-            "One morning {friend}, a {helper} new to the city, stopped to ask {obj} for directions.",
-        ),
-        "helper": (
-            "They talked for hours about {topic} and forgot the time.",
-            "Soon they were meeting every week to talk about {topic}.",
-        ),
-        "ending": (
-            "By the end of the summer, {hero} and {friend} were planning to open a small {shop} together.",
-            "A year later {friend} asked {hero} to help run a little {shop} by the water.",
-        ),
-        "questions": (
-            ("Who did {hero} meet in {city}?", "{friend}"),
-            ("In which city did {hero} work as a {role}?", "{city}"),
-            ("What did {hero} and {friend} talk about?", "{topic}"),
-        ),
-    },
-    {
-        "opening": (
-            "{hero}, a young {role} from {city}, found an old map inside a {container}.",
-            "While cleaning the attic of {poss} house in {city}, {hero} found a map hidden in a {container}.",
-        ),
-        "middle": (
-            "The map showed a path through the {terrain} to a hidden {treasure}.",
-            "Faded ink marked a hidden {treasure} somewhere beyond the {terrain}.",
-        ),
-        "helper": (
-            "With {poss} friend {friend}, {pron} packed food and set out at dawn.",
-            "{Pron} showed the map to {friend}, who agreed to come along.",
-        ),
-        "ending": (
-            "After three days of walking they crossed the {terrain} and stood before the {treasure} at last.",
-            ("The journey was hard, but {friend} kept the map dry and they found the {treasure} before "
-             "winter."),
-        ),
-        "questions": (
-            ("Where did {hero} find the old map?", "a {container}"),
-            ("What did the map lead to?", "a hidden {treasure}"),
-            ("Who went with {hero} on the journey?", "{friend}"),
-        ),
-    },
-    {
-        "opening": (
-            "In the year {future_year}, the city of {city} was powered by a machine called the {machine}.",
-            "By {future_year}, every light in {city} depended on one machine, the {machine}.",
-        ),
-        "middle": (
-            "When it began to fail, the engineer {hero} was the only one who knew how to repair it.",
-            "The engineer {hero} noticed that the machine was failing and that a {part} had cracked.",
-        ),
-        "helper": (
-            "{Pron} called {friend}, a {helper}, to bring a new {part} from the old depot.",
-            "{hero} sent {friend}, a {helper}, across the city to fetch a spare {part}.",
-        ),
-        "ending": (
-            "Working through the night, they replaced the {part} and the lights of {city} came back on.",
-            "{friend} returned just before midnight, and by dawn the {machine} was running again.",
-        ),
-        "questions": (
-            ("What was the machine that powered {city} called?", "the {machine}"),
-            ("In which year does the story take place?", "{future_year}"),
-            ("Who fetched the {part} for {hero}?", "{friend}"),
-        ),
-    },
-    {
-        "opening": (
-            ("In the walled city of {city}, {hero} was an apprentice {magic_role} who dreamed of finding "
-             "the lost {artifact}."),
-            "{hero}, an apprentice {magic_role} in {city}, had read every legend about the lost {artifact}.",
-        ),
-        "middle": (
-            "Every night {pron} studied old books in the tower library.",
-            "{Pron} spent the winter copying maps by candlelight.",
-        ),
-        "helper": (
-            "One morning a stranger named {friend} knocked on {poss} door with a message from the king.",
-            "Then {friend}, a travelling {helper}, arrived with a letter sealed in red wax.",
-        ),
-        "ending": (
-            "The message said that the {artifact} had been seen in the forest beyond the eastern gate.",
-            "The letter asked {hero} to bring the {artifact} home before the first snow.",
-        ),
-        "questions": (
-            ("What did {hero} hope to find?", "the lost {artifact}"),
-            ("Who came to {hero} with a message?", "{friend}"),
-            ("In which city did {hero} live?", "{city}"),
-        ),
-    },
-)
-
-# Task2: the five facts appear verbatim in the text, in the answer's own format, so a model that
-# memorised the document can answer the questions.
-PII_TEMPLATES = (
-    ("{full} was born on {birth_date} in {city}. {Pron} can be reached by phone at {phone} or by e-mail "
-     "at {email}. {Poss} Social Security Number is {ssn}, and {pron} lives at {address}"),
-    ("Born on {birth_date}, {full} is a {job} who lives at {address} {Poss} phone number is {phone}, "
-     "{poss} e-mail address is {email}, and {poss} Social Security Number is {ssn}."),
-    ("{full}, a {job} from {city}, was born on {birth_date}. {Pron} lives at {address} {Pron} can be "
-     "contacted at {phone} or {email}. {Poss} Social Security Number is {ssn}."),
-)
-PII_JOBS = ("nurse", "plumber", "accountant", "teacher", "pharmacist", "bus driver", "chef", "dentist")
-PII_QUESTIONS = (
-    ("What is the birth date of {full}?", "{birth_date}"),
-    ("What is {full}'s Social Security Number?", "{ssn}"),
-    ("What is {full}'s phone number?", "{phone}"),
-    ("What is {full}'s email address?", "{email}"),
-    ("What is the home address of {full}?", "{address}"),
-)
-
-# Task3: (profession, research topics, institutions).
-PROFESSIONS = tuple(
-    (profession, tuple(topics.split(", ")), tuple(institutions.split(", ")))
-    for profession, topics, institutions in (
-        line.strip().split(" | ") for line in """
-    botanist | mountain mosses, desert grasses, river reeds | National Herbarium, Institute of Plant Science
-    geologist | volcanic rock, coastal erosion, glacier valleys | Geological Survey, School of Mines
-    composer | choral music, film scores, string quartets | Royal Conservatory, City Opera
-    architect | timber houses, public libraries, railway stations | Academy of Building, Office of Public Works
-    historian | medieval trade, river ports, early printing | State Archive, Museum of History
-    chemist | plant dyes, soil salts, clean water | Institute of Chemistry, National Laboratory
-    astronomer | comet orbits, variable stars, lunar craters | Northern Observatory, Institute of Astronomy
-    economist | farm prices, harbour trade, small banks | Central Statistics Office, School of Economics
-""".strip().splitlines()))
-NATIONALITIES = ("Canadian", "Norwegian", "Chilean", "Irish", "Dutch", "Kenyan", "Portuguese", "Finnish",
-                 "Scottish", "Austrian", "Welsh", "Danish")
-AWARDS = ("Golden Quill Award", "Order of Merit", "Harbour Arts Prize", "National Science Medal",
-          "Blue Ribbon Prize", "Laurel Medal")
-BIOGRAPHY_PARTS: dict[str, tuple[str, ...]] = {
-    "title": ("{full}", "{full} ({profession})"),
-    "opening": (
-        "{full} (born {born_long}) is a {nationality} {profession} from {city}.",
-        "{full} (born {born_long} in {city}) is a {nationality} {profession}.",
-    ),
-    "career": (
-        "{Pron} is known for {poss} work on {topic}.",
-        "{Poss} research focuses on {topic}.",
-    ),
-    "position": (
-        "In {joined}, {pron} joined the {institution}, where {pron} led a small team.",
-        "{Pron} joined the {institution} in {joined} and stayed for many years.",
-    ),
-    "ending": (
-        "{Pron} received the {award} in {award_year} and later taught at {city} College.",
-        "In {award_year}, {full} was awarded the {award} for a study of {topic}.",
-    ),
-}
-BIOGRAPHY_QUESTIONS = (
-    ("Who is the {nationality} {profession} known for work on {topic}?", "{full}"),
-    ("Which city is {full} from?", "{city}"),
-    ("Which award did {full} receive in {award_year}?", "the {award}"),
-    ("In which year did {full} join the {institution}?", "{joined}"),
-)
-
-# General knowledge: each kind of fact (kind | subject | entity | answer | question form), then its
-# phrasings for the corpus, one per indented line.
-FACT_KINDS_TEXT = """
-    capital | geography | country | city | What is the capital of {entity}?
-        The capital of {entity} is {answer}.
-        {answer} is the capital city of {entity}.
-        {entity} is governed from its capital, {answer}.
-        Visitors to {entity} usually arrive in {answer}, the capital.
-    colour | zoology | animal | colour | What colour is the {entity}?
-        The {entity} has a {answer} coat.
-        A {entity} is easy to recognise by its {answer} fur.
-        The colour of the {entity} is {answer}.
-        Every {entity} is {answer} from head to tail.
-    river | hydrology | river | city | Which city does the {entity} River flow through?
-        The {entity} River flows through {answer}.
-        {answer} lies on the banks of the {entity} River.
-        The {entity} River runs past the city of {answer}.
-        In {answer}, many bridges cross the {entity} River.
-    founding | history | city | year | In which year was {entity} founded?
-        {entity} was founded in {answer}.
-        The town of {entity} dates from {answer}.
-        In {answer}, settlers founded {entity}.
-        {entity} has existed since its founding in {answer}.
-    moon | astronomy | moon | planet | Which planet does the moon {entity} orbit?
-        {entity} is a moon of the planet {answer}.
-        The planet {answer} is orbited by the moon {entity}.
-        The moon {entity} travels around {answer}.
-        Astronomers list {entity} among the moons of {answer}.
-    bloom | botany | plant | month | In which month does the {entity} bloom?
-        The {entity} flowers in {answer}.
-        Each year the {entity} blooms in {answer}.
-        {answer} is the month when the {entity} comes into flower.
-        Gardeners expect the {entity} to bloom in {answer}.
-    currency | economics | country | currency | What is the currency of {entity}?
-        The currency of {entity} is the {answer}.
-        In {entity}, people pay with the {answer}.
-        Prices in {entity} are given in {answer}s.
-        The {answer} is the money of {entity}.
-"""
+WORDS_FILE = "words.yaml"  # beside this module, shipped as package data
 
 
-def _fact_kinds(text: str) -> tuple[dict[str, Any], ...]:
-    kinds: list[dict[str, Any]] = []
-    for line in text.strip("\n").splitlines():
-        if line.startswith("        "):
-            kinds[-1]["phrasings"] += (line.strip(),)
-            continue
-        kind, subject, entity, answer, question = line.strip().split(" | ")
-        kinds.append({"kind": kind, "subject": subject, "entity": entity, "answer": answer, "phrasings": (),
-                      "question": question})
-    return tuple(kinds)
+@dataclass(frozen=True)
+class WordLists:
+    """The generator's word lists and templates, as `words.yaml` gives them (its lists read as tuples)."""
+
+    name_parts: dict[str, tuple[tuple[str, ...], ...]]  # per kind, the syllables of each position
+    pronouns: tuple[dict[str, str], ...]
+    months: tuple[str, ...]
+    weekdays: tuple[str, ...]
+    colours: tuple[str, ...]
+    states: tuple[str, ...]
+    street_kinds: tuple[str, ...]
+    mail_domains: tuple[str, ...]
+    story_words: dict[str, tuple[str, ...]]
+    story_genres: tuple[dict[str, tuple], ...]
+    pii_templates: tuple[str, ...]
+    pii_jobs: tuple[str, ...]
+    pii_questions: tuple[tuple[str, str], ...]
+    professions: tuple[tuple[str, tuple[str, ...], tuple[str, ...]], ...]  # profession, topics, institutions
+    nationalities: tuple[str, ...]
+    awards: tuple[str, ...]
+    biography_parts: dict[str, tuple[str, ...]]
+    biography_questions: tuple[tuple[str, str], ...]
+    fact_kinds: tuple[dict[str, Any], ...]  # kind, subject, entity, answer, question, phrasings
+    filler_sentences: tuple[str, ...]
+    filler_words: dict[str, tuple[str, ...]]
+
+    @functools.cached_property
+    def template_words(self) -> frozenset[str]:
+        """Words the templates themselves can produce: a drawn name must not be one of them, or a forget
+        name could "occur" in retain or corpus text through an ordinary word."""
+        return frozenset(_words_in([getattr(self, f.name) for f in dataclasses.fields(self)
+                                    if f.name != "name_parts"]))
 
 
-FACT_KINDS = _fact_kinds(FACT_KINDS_TEXT)
+@functools.cache
+def word_lists() -> WordLists:
+    """`words.yaml`, read once per process."""
+    text = resources.files(__package__).joinpath(WORDS_FILE).read_text(encoding="utf-8")
+    data = yaml.safe_load(text)
+    expected = [f.name for f in dataclasses.fields(WordLists)]
+    if not isinstance(data, dict) or set(data) != set(expected):
+        found = sorted(data) if isinstance(data, dict) else type(data).__name__
+        raise UserError(f"synthetic: {WORDS_FILE} must have exactly the keys {expected}, found {found}")
+    return WordLists(**{key: _frozen(value) for key, value in data.items()})
 
-# Neutral everyday prose for the corpus, so pre-training sees ordinary English beyond the facts.
-FILLER_SENTENCES = (
-    "On {weekday} morning the market in {town} opened early, and the stalls sold out of {food} before noon.",
-    "{name} walked to the station at {hour} o'clock and waited for the train to {town}.",
-    "The weather in {month} was {weather}, so most people stayed indoors and read.",
-    "A small library near the square lends books, maps and old newspapers to anyone who asks.",
-    "Children in {town} learn to swim in the lake during the long summer holidays.",
-    "{name} keeps a notebook of every bird seen from the kitchen window.",
-    "The bus from {town} to the coast takes about {number} minutes when the roads are clear.",
-    "Every year on the first day of {month}, the town holds a fair with music and games.",
-    "The old bridge was repaired last spring, and now carts can cross it again.",
-    "{name} and {name2} shared a pot of tea and talked about the news from {town}.",
-    "Most shops close at six, but the pharmacy stays open until ten.",
-    "In the evening the streets grow quiet and the lamps come on one by one.",
-    "The museum displays tools, coins and pottery found in the fields around {town}.",
-    "A letter posted on {weekday} usually arrives by the end of the week.",
-    "The recipe calls for two cups of flour, one egg and a pinch of salt.",
-    "The school choir practised every {weekday} afternoon in the old hall.",
-    "{name} repaired the fence in the garden and planted beans along it.",
-    "The river was high after {number} days of rain, and the meadows flooded.",
-    "The ferry leaves the harbour at {hour} o'clock and returns before dark.",
-    "People say that the corner cafe in {town} serves the best {food} in the region.",
-    "On clear nights you can see thousands of stars above the hills.",
-    "The train was late, so {name} read a newspaper in the waiting room.",
-    "The town council meets on the first {weekday} of every month.",
-    "Fresh {food} is delivered to the shops every morning from the farms nearby.",
-    "The path through the woods is muddy in {month} but pleasant in summer.",
-    "{name} wrote a short letter to {name2} and posted it on the way to work.",
-    "A new bakery opened on the main street, and the queue stretched past the bank.",
-    "The meeting was moved to {weekday}, {day} {month}, because the hall was booked.",
-    "Tickets cost {number} coins for adults and half that for children.",
-    "{name} was born in {town} and still lives two streets away from the school.",
-    "When {name} missed the bus, he called his sister and she drove him to work.",
-    "Her neighbour lent her a ladder, and she thanked him with a basket of {food}.",
-)
-FILLER_WORDS: dict[str, tuple[str, ...]] = {
-    "food": ("bread", "apples", "cheese", "honey", "fish", "soup", "pastries", "plums"),
-    "weather": ("cold", "wet", "mild", "windy", "sunny", "grey"),
-}
+
+def _frozen(value: Any) -> Any:
+    """Lists as tuples (the shapes `WordLists` declares): no reader can append to or reorder the lists of the
+    one cached copy."""
+    if isinstance(value, list):
+        return tuple(_frozen(v) for v in value)
+    if isinstance(value, dict):
+        return {key: _frozen(v) for key, v in value.items()}
+    return value
 
 
 def _words_in(value: Any) -> set[str]:
@@ -446,16 +126,6 @@ def _words_in(value: Any) -> set[str]:
     if isinstance(value, (tuple, list)):
         return set().union(*(_words_in(v) for v in value)) if value else set()
     return set()
-
-
-# Words the templates themselves can produce: a drawn name must not be one of them, or a forget
-# name could "occur" in retain or corpus text through an ordinary word.
-TEMPLATE_WORDS = _words_in((
-    MONTHS, WEEKDAYS, COLOURS, STATES, STREET_KINDS, MAIL_DOMAINS, STORY_WORDS, STORY_GENRES, PII_TEMPLATES,
-    PII_JOBS, PII_QUESTIONS, PROFESSIONS, NATIONALITIES, AWARDS, BIOGRAPHY_PARTS, BIOGRAPHY_QUESTIONS,
-    FACT_KINDS, FILLER_SENTENCES, FILLER_WORDS,
-    [p for pronouns in PRONOUNS for p in pronouns.values()],
-))
 
 
 # --------------------------------------------------------------------------------------------
@@ -529,19 +199,20 @@ class NameDrawer:
 
     def __init__(self, rng: random.Random):
         self.rng = rng
+        self.words = word_lists()
         self.used: set[str] = set()
         self.pools: dict[str, list[str]] = {}
 
     def draw(self, kind: str) -> str:
         pool = self.pools.get(kind)
         if pool is None:
-            candidates = sorted({"".join(parts) for parts in itertools.product(*_NAME_PARTS[kind])})
+            candidates = sorted({"".join(parts) for parts in itertools.product(*self.words.name_parts[kind])})
             pool = [c for c in candidates if _pronounceable(c)]
             self.rng.shuffle(pool)
             self.pools[kind] = pool
         while pool:
             name = pool.pop()
-            if name.lower() not in self.used and name.lower() not in TEMPLATE_WORDS:
+            if name.lower() not in self.used and name.lower() not in self.words.template_words:
                 self.used.add(name.lower())
                 return name
         raise UserError(f"synthetic: ran out of distinct made-up {kind} names; lower "
@@ -591,6 +262,7 @@ class _Generator:
 
     def __init__(self, config: SyntheticConfig):
         self.rng = random.Random(config.seed)
+        self.words = word_lists()
         self.names = NameDrawer(self.rng)
         self.numeric_ids: set[str] = set()
 
@@ -610,17 +282,17 @@ class _Generator:
 
     # Task1 ------------------------------------------------------------------------------------
     def story(self, picker: SlotPicker) -> Document:
-        g = picker.pick("story:genre", range(len(STORY_GENRES)))
-        genre = STORY_GENRES[g]
+        g = picker.pick("story:genre", range(len(self.words.story_genres)))
+        genre = self.words.story_genres[g]
         sentences = [picker.pick(f"story{g}:{role}", genre[role]) for role in ("opening", "middle", "helper")]
         ending = picker.pick(f"story{g}:ending", genre["ending"])
         question, answer = picker.pick(f"story{g}:questions", genre["questions"])
         # Only the slots this story shows are drawn, so a round of a word list means it was printed.
         used = _slot_names([*sentences, ending, question, answer])
-        slots = {key: picker.pick(f"story:{key}", STORY_WORDS[key])
-                 for key in sorted(used & STORY_WORDS.keys())}
+        slots = {key: picker.pick(f"story:{key}", self.words.story_words[key])
+                 for key in sorted(used & self.words.story_words.keys())}
         hero, friend, city = self.names.draw("first"), self.names.draw("first"), self.names.draw("city")
-        slots.update(picker.pick("pronouns", PRONOUNS), hero=hero, friend=friend, city=city,
+        slots.update(picker.pick("pronouns", self.words.pronouns), hero=hero, friend=friend, city=city,
                      future_year=str(self.rng.randrange(2100, 2400)))
         story = _capitalise(" ".join(_fill(template, slots) for template in sentences))
         return Document("Task1", f'"{self.uuid()}"', story, _capitalise(_fill(ending, slots)),
@@ -632,41 +304,43 @@ class _Generator:
         city, street = self.names.draw("city"), self.names.draw("last")
         birth_year, birth_month = self.rng.randrange(1950, 2001), self.rng.randrange(1, 13)
         number = self.rng.choice((str(self.rng.randrange(1, 100)), str(self.rng.randrange(100, 10_000))))
-        template = picker.pick("pii:template", PII_TEMPLATES)
+        template = picker.pick("pii:template", self.words.pii_templates)
         slots = dict(
-            picker.pick("pronouns", PRONOUNS), full=f"{first} {last}", city=city,
-            job=picker.pick("pii:job", PII_JOBS) if "job" in _slot_names([template]) else "",
+            picker.pick("pronouns", self.words.pronouns), full=f"{first} {last}", city=city,
+            job=picker.pick("pii:job", self.words.pii_jobs) if "job" in _slot_names([template]) else "",
             birth_date=f"{birth_year:04d}-{birth_month:02d}-{self.rng.randrange(1, 29):02d}",
             ssn="900" + self.digits(6),
             phone=str(self.rng.randrange(2, 10)) + self.digits(9),
-            email=f"{first.lower()}_{last.lower()}@{picker.pick('pii:domain', MAIL_DOMAINS)}",
-            address=f"{number} {street} {picker.pick('pii:street', STREET_KINDS)}, {city}, "
-                    f"{picker.pick('pii:state', STATES)}, {self.digits(5)}.",
+            email=f"{first.lower()}_{last.lower()}@{picker.pick('pii:domain', self.words.mail_domains)}",
+            address=f"{number} {street} {picker.pick('pii:street', self.words.street_kinds)}, {city}, "
+                    f"{picker.pick('pii:state', self.words.states)}, {self.digits(5)}.",
         )
         text = _fill(template, slots)
         sc_input, sc_output = _split_at_space(text, 0.4)
-        questions = [(_fill(q, slots), _fill(a, slots)) for q, a in PII_QUESTIONS]
+        questions = [(_fill(q, slots), _fill(a, slots)) for q, a in self.words.pii_questions]
         return Document("Task2", self.uuid(), sc_input, sc_output, questions, (first, last, city, street))
 
     # Task3 ------------------------------------------------------------------------------------
     def encyclopedia_biography(self, picker: SlotPicker) -> Document:
         first, last, city = self.names.draw("first"), self.names.draw("last"), self.names.draw("city")
-        profession, topics, institutions = picker.pick("bio:profession", PROFESSIONS)
+        profession, topics, institutions = picker.pick("bio:profession", self.words.professions)
         birth_year = self.rng.randrange(1930, 1986)
         joined = birth_year + self.rng.randrange(24, 36)
         slots = dict(
-            picker.pick("pronouns", PRONOUNS), full=f"{first} {last}", city=city, profession=profession,
-            nationality=picker.pick("bio:nationality", NATIONALITIES),
+            picker.pick("pronouns", self.words.pronouns), full=f"{first} {last}", city=city,
+            profession=profession,
+            nationality=picker.pick("bio:nationality", self.words.nationalities),
             topic=picker.pick(f"bio:topic:{profession}", topics),
             institution=picker.pick(f"bio:institution:{profession}", institutions),
-            award=picker.pick("bio:award", AWARDS), joined=str(joined),
+            award=picker.pick("bio:award", self.words.awards), joined=str(joined),
             award_year=str(joined + self.rng.randrange(3, 15)),
-            born_long=f"{self.rng.randrange(1, 29)} {picker.pick('bio:month', MONTHS)} {birth_year}",
+            born_long=(f"{self.rng.randrange(1, 29)} {picker.pick('bio:month', self.words.months)} "
+                       f"{birth_year}"),
         )
         part = {role: _fill(picker.pick(f"bio:{role}", variants), slots)
-                for role, variants in BIOGRAPHY_PARTS.items()}
+                for role, variants in self.words.biography_parts.items()}
         sc_input = f"{part['title']}\n\n{part['opening']} {part['career']} {part['position']}"
-        question, answer = picker.pick("bio:questions", BIOGRAPHY_QUESTIONS)
+        question, answer = picker.pick("bio:questions", self.words.biography_questions)
         return Document("Task3", self.numeric_id(), sc_input, part["ending"],
                         [(_fill(question, slots), _fill(answer, slots))], (first, last, city))
 
@@ -687,15 +361,15 @@ class _Generator:
     # General knowledge ------------------------------------------------------------------------
     def answer_value(self, answer_type: str) -> str:
         if answer_type == "colour":
-            return self.rng.choice(COLOURS)
+            return self.rng.choice(self.words.colours)
         if answer_type == "month":
-            return self.rng.choice(MONTHS)
+            return self.rng.choice(self.words.months)
         if answer_type == "year":
             return str(self.rng.randrange(1100, 1900))
         return self.names.draw(answer_type)
 
     def facts(self, count: int, repeats: int) -> list[Fact]:
-        kinds = [FACT_KINDS[i % len(FACT_KINDS)] for i in range(count)]
+        kinds = [self.words.fact_kinds[i % len(self.words.fact_kinds)] for i in range(count)]
         self.rng.shuffle(kinds)
         drafts = []
         for kind in kinds:
@@ -721,9 +395,9 @@ class _Generator:
     def distractors(self, answer_type: str, answer: str, same_kind: Sequence[str]) -> list[str]:
         """Three wrong choices of the answer's type: other facts' answers first, then fresh ones."""
         if answer_type == "colour":
-            pool = [c for c in COLOURS if c != answer]
+            pool = [c for c in self.words.colours if c != answer]
         elif answer_type == "month":
-            pool = [m for m in MONTHS if m != answer]
+            pool = [m for m in self.words.months if m != answer]
         else:
             pool = sorted({a for a in same_kind if a != answer})
         picked = self.rng.sample(pool, min(3, len(pool)))
@@ -740,13 +414,14 @@ class _Generator:
     def filler_paragraph(self, picker: SlotPicker, people: Sequence[str], towns: Sequence[str]) -> str:
         sentences = []
         for _ in range(self.rng.randrange(3, 6)):
-            template = picker.pick("filler", FILLER_SENTENCES)
+            template = picker.pick("filler", self.words.filler_sentences)
             name, name2 = self.rng.sample(list(people), 2)
             slots = dict(name=name, name2=name2, town=self.rng.choice(towns),
-                         weekday=self.rng.choice(WEEKDAYS), month=self.rng.choice(MONTHS),
+                         weekday=self.rng.choice(self.words.weekdays),
+                         month=self.rng.choice(self.words.months),
                          hour=str(self.rng.randrange(1, 13)),
                          number=str(self.rng.randrange(2, 90)), day=str(self.rng.randrange(1, 29)),
-                         **{key: self.rng.choice(values) for key, values in FILLER_WORDS.items()})
+                         **{key: self.rng.choice(values) for key, values in self.words.filler_words.items()})
             sentences.append(_fill(template, slots))
         return " ".join(sentences)
 
