@@ -46,7 +46,7 @@ def estimate_row(recorded: dict, row: dict, tokenizer_dir: Path) -> dict:
     from utils.experiment import footprint as fp
     from utils.experiment.doctor import keeps_reference_copy
     from utils.experiment.experiment import Experiment
-    from utils.experiment.run import build_run_phases
+    from utils.experiment.inputs import build_run_phases
     from utils.models.loading import load_tokenizer
 
     experiment = Experiment.from_config(REPO / row["config"], rehearsal_settings(recorded, row), run_dir="/nonexistent")

@@ -12,9 +12,9 @@ batch size for all) at every learning rate of one shared grid, on seed 0; the be
 and the range [min-max], the gold standard's MIA AUC beside every method's (on this data the
 reachable AUC is the gold standard's, not 0.5), and the untouched target for scale.
 
-Each run is its own `unlearn run` subprocess (peak memory measured alone, a crash does not end the
-benchmark, a killed benchmark resumes: finished runs are kept). `--jobs 2` runs two at a time with
-one torch thread each, which uses 2 cores better than one run with two threads.
+Each run is its own child process (`python -m utils.experiment.child run`: peak memory measured alone, a
+crash does not end the benchmark, a killed benchmark resumes: finished runs are kept). `--jobs 2` runs two
+at a time with one torch thread each, which uses 2 cores better than one run with two threads.
 
     python benchmarks/quality.py                                   # real split, all methods, 3 seeds
     python benchmarks/quality.py --data mini --out benchmarks/results/quality_mini
@@ -38,7 +38,9 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from benchmarks import common
+from utils.entry import child_command, child_environment
 from utils.evaluation.leaderboard import COLUMNS, plot_leaderboard, row_from_results
+from utils.experiment.resolved import CHILD_MODULE
 from utils.experiment.sweep import SweepRun, run_sweep
 from utils.io import atomic_write_json, atomic_write_text
 
@@ -70,8 +72,9 @@ TABLE_COLUMNS = COLUMNS + ["gold_mia_auc", "lr", "seeds", "forget_knowledge", "r
 # Running
 
 
-def cli(*args: str) -> list[str]:
-    return [sys.executable, "-m", "utils.cli", *args]
+def child(*args: str) -> list[str]:
+    """The library's child-process entry point (prepare, evaluate) with `args`."""
+    return child_command(CHILD_MODULE, *args)
 
 
 @dataclass
@@ -92,20 +95,20 @@ class Setting:
 def prepare_world(workdir: Path, data: Path | None, world_config: Path | None, world_overrides: list[str],
                   log) -> dict:
     """`unlearn prepare` (a no-op when the world is cached); returns the prepare report."""
-    command = cli("prepare", "--out", str(workdir), "--quiet")
+    command = child("prepare", "--out", str(workdir), "--quiet")
     if world_config is not None:
         command += ["--config", str(world_config)]
     for item in ([f"data.path={data}"] if data is not None else []) + world_overrides:
         command += ["--set", item]
     started = time.perf_counter()
-    subprocess.run(command, cwd=REPO, check=True)
+    subprocess.run(command, cwd=REPO, check=True, env=child_environment())
     log(f"[quality] world ready in {workdir} ({time.perf_counter() - started:.0f} s)")
     return json.loads((workdir / "prepare_report.json").read_text())
 
 
 def run_jobs(jobs: list[dict], jobs_at_once: int, threads: int, setting: Setting, work: Path, extra: list[str],
              log) -> list[dict]:
-    """The (method, lr, seed) runs through the sweep engine, each an `unlearn run` child process,
+    """The (method, lr, seed) runs through the sweep engine, each in a child process of its own,
     `jobs_at_once` at a time, the slowest methods first (a shorter tail); finished runs are reused."""
     cost = {"sugd": 0, "sugd_ceiling": 0, "sugd_simnpo": 0, "sugd_doc_ceiling": 0, "agad": 1}
     ordered = sorted(jobs, key=lambda j: cost.get(j["method"], 2))
@@ -137,10 +140,10 @@ def evaluate_checkpoint(name: str, model: str | Path, setting: Setting, config: 
     """Score a reference model (target, gold standard) once, with the runs' evaluation settings; cached."""
     target = work / name
     if not (target / "results.json").is_file():
-        command = cli("evaluate", "--model", str(model), "--out", str(target), "--quiet", "--config", str(config))
+        command = child("evaluate", "--model", str(model), "--out", str(target), "--quiet", "--config", str(config))
         for item in [*setting.base, *extra]:
             command += ["--set", item]
-        subprocess.run(command, cwd=REPO, check=True, stdout=subprocess.DEVNULL)
+        subprocess.run(command, cwd=REPO, check=True, stdout=subprocess.DEVNULL, env=child_environment())
     return json.loads((target / "results.json").read_text())
 
 
@@ -334,6 +337,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.gold:
         # A real checkpoint: the configs name the model and the data; the gold standard was trained
         # beforehand (`unlearn run <configs>/gold_standard.yaml`).
+        from methods.registry import typed
         from utils.config import load_config
 
         label, report, target_report = "checkpoint", None, None
@@ -342,7 +346,7 @@ def main(argv: list[str] | None = None) -> int:
         base = [f"data.path={data}"]
         setting = Setting(configs, base, first.model.name_or_path or "", Path(args.gold).resolve())
         for method in methods:
-            if getattr(load_config(setting.config(method), args.extra).method, "forget_loss_ceiling", None) == "gold_standard":
+            if getattr(typed(load_config(setting.config(method), args.extra)).method, "forget_loss_ceiling", None) == "gold_standard":
                 level = gold_forget_nll(setting.gold, setting.config(method), [*base, *args.extra])
                 setting.per_method[method] = [f"method.forget_loss_ceiling={level}"]
                 log(f"[quality] {method}: forget-loss ceiling {level:.3f} (the gold standard's forget NLL)")

@@ -3,10 +3,10 @@
 It builds an `OlmoForCausalLM` with OLMo-1B's dimensions (hidden 2048, 16 layers, 16 heads, MLP 8192,
 vocabulary 50,304) and random weights, saves it with the real OLMo tokenizer (`python
 scripts/olmo_assets.py`) as a model folder, and runs every complete config in `configs/olmo-1b/`
-through the project's own engine, in the order `unlearn run` uses: config resolution, the method's
-phases, the adapter, the reference, the Trainer for 2 optimiser steps (the first phase cut to
-2 x batch_size examples, 1 epoch), the checkpoint, a resume into a freshly loaded model, the final
-model saved in the `from_pretrained` format, a reload with the project's loader and a greedy
+through the run's own steps (utils.experiment.run: open the folder, build the inputs, prepare the model,
+train the phases, finish) on a shortened schedule (the first phase cut to 2 x batch_size examples,
+1 epoch: 2 optimiser steps): the method's phases, the adapter, the reference, the Trainer, the
+checkpoint, a resume into a freshly loaded model, the final model saved in the `from_pretrained` format, a reload with the project's loader and a greedy
 generation of 2 items; each config in a fresh process of its own. It writes a table: seconds per step,
 peak RSS against parameter bytes, checkpoint bytes, trainable parameters, model folder bytes, and
 whether resume, reload and generation worked. A wrong target-module name, an impossible last-k or a
@@ -47,24 +47,15 @@ if str(REPO) not in sys.path:
 import torch
 
 from benchmarks import common
-from methods.engine.checkpoint import (
-    CHECKPOINT,
-    load_checkpoint,
-    restore_weights,
-    save_checkpoint,
-    verify_checkpoint,
-)
-from methods.engine.trainer import Trainer, global_batches, make_accelerator
-from methods.registry import get_method, make_loss, prepare_reference
+from methods.engine.checkpoint import CHECKPOINT
+from methods.engine.trainer import global_batches, make_accelerator
 from utils.errors import UserError
 from utils.evaluation.generation import generate_greedy
 from utils.experiment.experiment import Experiment
-from utils.experiment.run import build_run_phases, count_lines, resolve_forget_loss_ceiling
+from utils.experiment.run import build_inputs, finish, open_folder, prepare_model, record_phase, train_phases
 from utils.io import atomic_write_json, atomic_write_text
-from utils.memory import PeakMemory
-from utils.models.adapters import apply_adapter, finalise, trainable_state
+from utils.models.adapters import trainable_state
 from utils.models.loading import load_model_and_tokenizer, save_model
-from utils.seeding import seed_everything
 
 CONFIG_DIR = REPO / "configs" / "olmo-1b"
 # OLMo-1B-0724-hf's shape (the organisers' 1B checkpoint is a fine-tune of it). `tiny` keeps the
@@ -246,6 +237,12 @@ def stand_in_ceiling(workdir: Path) -> float:
     return level
 
 
+def shortened(phases: list, training) -> list:
+    """The rehearsal's schedule: the first phase cut to STEPS x batch_size examples, one epoch."""
+    first = phases[0]
+    return [dataclasses.replace(first, examples=first.examples[:STEPS * training.batch_size], epochs=1)]
+
+
 def rehearse(config_path: Path, model_dir: Path, data_dir: Path, scratch: Path, args, log=print) -> dict:
     """One config through the engine: 2 steps, checkpoint, resume, save, reload, generate 2 items. Returns its
     row; any exception becomes the row's status."""
@@ -261,97 +258,90 @@ def rehearse(config_path: Path, model_dir: Path, data_dir: Path, scratch: Path, 
         overrides = [f"model.name_or_path={model_dir}", f"model.tokenizer={model_dir}", f"data.path={data_dir}",
                      "data.split=validation", f"workdir={workdir}", f"training.max_length={args.max_length}",
                      *([f"model.dtype={args.dtype}"] if args.dtype else [])]
-        experiment = Experiment.from_config(config_path, overrides, run_dir=run_dir)
+        # The quick check generates: too slow on a 1B model on a CPU, and not what the rehearsal measures.
+        experiment = Experiment.from_config(config_path, [*overrides, "evaluation.per_phase_subset=0"], run_dir=run_dir)
         if getattr(experiment.config.method, "forget_loss_ceiling", None) == "gold_standard":
             row["ceiling_stand_in"] = stand_in_ceiling(workdir)
-        # From here on, the order of utils.experiment.run.run_experiment.
-        config = resolve_forget_loss_ceiling(experiment.config)
-        experiment = experiment.with_config(config)
-        training = config.training
-        row.update(method=config.method.name, adapter=config.adapter.kind, dtype=config.model.dtype,
-                   batch_size=training.batch_size)
-        accelerator = make_accelerator(training.mixed_precision)
-        method = get_method(config.method.name)
-        lume = experiment.lume()
-        stage = "load"
-        model, tokenizer = experiment.load(experiment.start_model, config.model.tokenizer)
-        base_parameters = parameter_count(model)
-        row["parameter_bytes"] = parameter_bytes(model)
-        stage = "phases"
-        phases = build_run_phases(method, config, lume, tokenizer)
-        row["full_run_phases"] = len(phases)
-        row["full_run_steps"] = sum(len(global_batches(p, i, training)) for i, p in enumerate(phases))
-        first = phases[0]
-        phase = dataclasses.replace(first, examples=first.examples[:STEPS * training.batch_size], epochs=1)
-        stage = "adapter"
-        seed_everything(training.seed)
-        model = apply_adapter(model, config.adapter)
-        trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-        row["trainable_parameters"] = trainable
-        row["trainable_share"] = trainable / base_parameters
-        row["trainable_dtype"] = ",".join(sorted({str(p.dtype).removeprefix("torch.") for p in model.parameters()
-                                                  if p.requires_grad}))
-        initial = trainable_state(model)
-        stage = "reference"
-        reference = prepare_reference(config.method, model, config.adapter.kind, [phase], tokenizer,
-                                      config.evaluation.nll_batch_size, accelerator.device)
-        loss_fn = make_loss(config.method, reference)
-        run_dir.mkdir(parents=True, exist_ok=True)
-        trainer = Trainer(model, tokenizer, training, loss_fn, accelerator=accelerator,
-                                   log_path=run_dir / "log.jsonl", progress=False)
-        stage = "training"
-        log(f"[rehearsal] {name}: {config.method.name}, {config.adapter.kind}, {trainable:,} trainable, "
-            f"{len(phase.examples)} examples of phase '{first.name}' -> {STEPS} steps", flush=True)
-        with PeakMemory() as peak:
-            result = trainer.train_phase(phase, 0)
-        memory = peak.result()
-        # Each step's log line holds the seconds since the phase began.
-        ends = [0.0, *(json.loads(line)["seconds"] for line in (run_dir / "log.jsonl").read_text().splitlines())]
-        step_seconds = [b - a for a, b in itertools.pairwise(ends)]
-        row.update(steps=result.steps, step_seconds=step_seconds, seconds_per_step=statistics.median(step_seconds),
-                   tokens_per_step=result.tokens / max(1, result.steps), loss=result.mean_loss,
-                   rss_before_bytes=memory["rss_before_bytes"], peak_rss_bytes=memory["peak_rss_bytes"],
-                   rss_over_parameters=memory["peak_rss_bytes"] / row["parameter_bytes"])
-        if "peak_gpu_memory_bytes" in memory:
-            row["peak_gpu_memory_bytes"] = memory["peak_gpu_memory_bytes"]
-        log(f"[rehearsal] {name}: steps took {', '.join(f'{s:.1f}' for s in step_seconds)} s, peak RSS "
-            f"{memory['peak_rss_bytes'] / 2**30:.2f} GiB", flush=True)
-        stage = "checkpoint"
-        trained_model = trainer.unwrapped_model
-        save_checkpoint(trainer.trainable_state(), run_dir, {
-            "phases_done": 1, "phases_total": len(phases), "global_step": trainer.global_step,
-            "log_lines": count_lines(run_dir / "log.jsonl"), "seconds": result.seconds,
-            "method": config.method.name})
-        row["checkpoint_bytes"] = folder_bytes(run_dir / CHECKPOINT)
-        row["checkpoint_bytes_per_trainable"] = row["checkpoint_bytes"] / trainable
-        trained = trainable_state(trained_model)
-        changed = sum(int((trained[k] != initial[k]).sum()) for k in trained)
-        row["moved_share"] = changed / trainable  # values the 2 steps changed (bf16 rounding can swallow updates)
-        del initial
-        probe = phase.examples[0]
-        trained_logits = last_logits(trained_model, probe, tokenizer.pad_token_id)
-        stage = "save"
-        final = finalise(trained_model, config.adapter)
-        save_model(final, tokenizer, run_dir / "model")
-        row["model_bytes"] = folder_bytes(run_dir / "model")
-        del trainer, trained_model, final, model, reference, loss_fn
+        # From here on, the run's own steps (utils.experiment.run) on a shortened schedule.
+        accelerator = make_accelerator(experiment.config.training.mixed_precision)
+        with open_folder(experiment, evaluate=False, progress=False, accelerator=accelerator, log=log) as run:
+            config, training = run.config, run.config.training
+            row.update(method=config.method.name, adapter=config.adapter.kind, dtype=config.model.dtype,
+                       batch_size=training.batch_size)
+            stage = "load"  # the model with its tokenizer, then the phases
+            build_inputs(run)
+            base_parameters = parameter_count(run.model)
+            row["parameter_bytes"] = parameter_bytes(run.model)
+            row["full_run_phases"] = len(run.phases)
+            row["full_run_steps"] = sum(len(global_batches(p, i, training)) for i, p in enumerate(run.phases))
+            first = run.phases[0]
+            run.phases = shortened(run.phases, training)
+            phase = run.phases[0]
+            stage = "adapter"  # with the reference and the Trainer
+            prepare_model(run)
+            model = run.trainer.plain_model()
+            trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+            row["trainable_parameters"] = trainable
+            row["trainable_share"] = trainable / base_parameters
+            row["trainable_dtype"] = ",".join(sorted({str(p.dtype).removeprefix("torch.")
+                                                      for p in model.parameters() if p.requires_grad}))
+            initial = trainable_state(model)
+            del model
+            stage = "training"
+            log(f"[rehearsal] {name}: {config.method.name}, {config.adapter.kind}, {trainable:,} trainable, "
+                f"{len(phase.examples)} examples of phase '{first.name}' -> {STEPS} steps", flush=True)
+            phase_results = []
+
+            def keep_result(run, index, result) -> None:
+                phase_results.append(result)
+                record_phase(run, index, result)  # phases.jsonl and the checkpoint, as in a run
+
+            memory = train_phases(run, keep_result)
+            result = phase_results[0]
+            # Each step's log line holds the seconds since the phase began.
+            ends = [0.0, *(json.loads(line)["seconds"] for line in (run_dir / "log.jsonl").read_text().splitlines())]
+            step_seconds = [b - a for a, b in itertools.pairwise(ends)]
+            row.update(steps=result.steps, step_seconds=step_seconds, seconds_per_step=statistics.median(step_seconds),
+                       tokens_per_step=result.tokens / max(1, result.steps), loss=result.mean_loss,
+                       rss_before_bytes=memory["rss_before_bytes"], peak_rss_bytes=memory["peak_rss_bytes"],
+                       rss_over_parameters=memory["peak_rss_bytes"] / row["parameter_bytes"])
+            if "peak_gpu_memory_bytes" in memory:
+                row["peak_gpu_memory_bytes"] = memory["peak_gpu_memory_bytes"]
+            log(f"[rehearsal] {name}: steps took {', '.join(f'{s:.1f}' for s in step_seconds)} s, peak RSS "
+                f"{memory['peak_rss_bytes'] / 2**30:.2f} GiB", flush=True)
+            stage = "checkpoint"
+            row["checkpoint_bytes"] = folder_bytes(run_dir / CHECKPOINT)
+            row["checkpoint_bytes_per_trainable"] = row["checkpoint_bytes"] / trainable
+            trained_model = run.trainer.unwrapped_model
+            trained = trainable_state(trained_model)
+            changed = sum(int((trained[k] != initial[k]).sum()) for k in trained)
+            row["moved_share"] = changed / trainable  # values the 2 steps changed (bf16 rounding can swallow updates)
+            del initial
+            probe = phase.examples[0]
+            trained_logits = last_logits(trained_model, probe, run.tokenizer.pad_token_id)
+            del trained_model
+            stage = "save"
+            finish(run)
+            row["model_bytes"] = folder_bytes(run_dir / "model")
+        del run
         gc.collect()
 
         stage = "resume"
-        state = load_checkpoint(run_dir)
-        verify_checkpoint(run_dir, state)
-        fresh, _ = experiment.load(experiment.start_model, config.model.tokenizer)
-        seed_everything(training.seed)
-        fresh = apply_adapter(fresh, config.adapter)
-        restore_weights(fresh, run_dir)
-        restored = trainable_state(fresh)
-        same_names = set(restored) == set(trained)
-        same_values = same_names and all(torch.equal(restored[k], trained[k]) for k in trained)
-        logit_gap = float((last_logits(fresh, probe, tokenizer.pad_token_id) - trained_logits).abs().max())
+        with open_folder(experiment, resume=True, evaluate=False, progress=False, accelerator=accelerator,
+                         log=lambda *_: None) as again:
+            build_inputs(again)
+            again.phases = shortened(again.phases, training)
+            prepare_model(again)  # the checkpoint's weights restored into the freshly loaded model
+            fresh = again.trainer.plain_model()
+            restored = trainable_state(fresh)
+            same_names = set(restored) == set(trained)
+            same_values = same_names and all(torch.equal(restored[k], trained[k]) for k in trained)
+            logit_gap = float((last_logits(fresh, probe, again.tokenizer.pad_token_id) - trained_logits).abs().max())
+            lume = again.lume
         row["resume_logit_gap"] = logit_gap
         row["resume"] = "match" if same_values and logit_gap == 0.0 else (
             f"MISMATCH (names equal: {same_names}, tensors equal: {same_values}, max logit gap {logit_gap:.3g})")
-        del fresh, restored, trained
+        del again, fresh, restored, trained
         gc.collect()
 
         stage = "reload"

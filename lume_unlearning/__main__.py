@@ -1,4 +1,4 @@
-"""`python -m lume_unlearning ...` is `unlearn ...` (what the sweep engine starts for a run in a child process)."""
+"""`python -m lume_unlearning ...` is `unlearn ...`."""
 
 import sys
 

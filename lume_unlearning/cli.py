@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
-import signal
 import sys
-import threading
 from pathlib import Path
 
 LIBRARY_PACKAGES = ("utils", "methods")
@@ -35,11 +33,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {problem}", file=sys.stderr)
         return 2
     from utils.cli.main import main as library_main
+    from utils.entry import ignore_late_stops
 
     code = library_main(argv)
-    # The command has finished and written everything; a stop signal during the interpreter's exit (a second or
-    # so of library teardown) would only kill the process silently with another exit code.
-    if threading.current_thread() is threading.main_thread():
-        for stop in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(stop, signal.SIG_IGN)
+    ignore_late_stops()
     return code

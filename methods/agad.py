@@ -14,46 +14,43 @@ rule counts full chunks only: a remainder chunk (shorter than chunk_size) is fol
 annealing alone, unless `anneal_after_remainder` (this project's earlier reading) gives it the rule's
 annealing phases too.
 
-The ascent phases use method.forget_loss (ascent | npo); the annealing phases method.retain_loss
-(nll, i.e. gradient descent, or kl towards the reference); retain_loss "none" is refused.
+The ascent phases use method.forget (ascent, npo, simnpo, wga, undial); the annealing phases method.retain
+(nll, i.e. gradient descent, or kl towards the reference); retain none is refused.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Literal
 
 import torch
 
-from methods.engine.phases import check_chunk_size, check_common, chunks, tagged
-from methods.engine.settings import UnlearningSettings
+from methods import terms
+from methods.engine.phases import check_common, chunks, tagged
 from methods.engine.trainer import Phase
-from utils.config import BOUNDS, MANY, Bound, TrainingConfig, up_to
+from utils.config import MANY, Bound, TrainingConfig, ranged, up_to
 from utils.data.tokenization import Example
-from utils.errors import UserError
 
 NAME = "agad"
 
 
 @dataclass
-class Settings(UnlearningSettings):
+class Settings(terms.ForgetRetainSettings):
+    RETAIN_NONE = False  # the annealing phases need a retain term: nll or kl
+
     name: str = NAME
-    retain_loss: Literal["nll", "kl", "none"] = "nll"  # the annealing phases' loss; none is refused
-    chunk_size: int = 32
-    interleaving_factor: float = 1.0
-    annealing_fraction: float = 0.25
-    final_annealing: bool = True
-    anneal_after_remainder: bool = False  # the seed's schedule: no rule annealing after a remainder chunk
+    chunk_size: int = ranged(32, up_to(MANY), "forget examples per ascent phase (the last holds the remainder)")
+    # interleaving_factor annealing phases follow each chunk: the phase list grows with it.
+    interleaving_factor: float = ranged(1.0, Bound(low=0, low_open=True, high=1_000, generous=True),
+                                        "annealing phases per chunk (0.5: after every 2nd chunk)")
+    annealing_fraction: float = ranged(0.25, Bound(low=0, low_open=True, high=1),
+                                       "the share of the retain set each annealing phase trains on")
+    final_annealing: bool = ranged(True, None, "a last annealing phase on the whole retain set")
+    anneal_after_remainder: bool = ranged(False, None, "a remainder chunk is followed by the rule's annealing "
+                                                       "phases too (false: the seed's schedule)")
 
 
-# interleaving_factor annealing phases follow each chunk: the phase list grows with it (the seed used 1 to 4).
-BOUNDS[Settings] = {"chunk_size": up_to(MANY), "interleaving_factor": Bound(low=0, low_open=True, high=1_000, generous=True),
-                    "annealing_fraction": Bound(low=0, low_open=True, high=1)}
-
-
-def loss_kinds(settings: Settings) -> tuple[str, str]:
-    return settings.forget_loss, settings.retain_loss
+loss_kinds, make_loss, needs_reference = terms.loss_kinds, terms.make_loss, terms.needs_reference
 
 
 def anneals_after(chunk_number: int, factor: float) -> int:
@@ -72,20 +69,12 @@ def annealing_subset(retain: list[Example], fraction: float, seed: int, index: i
 
 def build_phases(forget: list[Example], retain: list[Example], settings: Settings, training: TrainingConfig,
                  seed: int) -> list[Phase]:
-    forget_loss, retain_loss = loss_kinds(settings)
-    check_chunk_size(NAME, settings)
-    if not 0 < settings.annealing_fraction <= 1:
-        raise UserError(f"{NAME}: method.annealing_fraction must be in (0, 1], got {settings.annealing_fraction}")
-    if not settings.interleaving_factor > 0:
-        raise UserError(f"{NAME}: method.interleaving_factor must be positive, got {settings.interleaving_factor}")
-    if retain_loss == "none":
-        raise UserError(f"{NAME}: the annealing phases need a retain loss; set method.retain_loss to nll or kl")
     pieces = chunks(forget, settings.chunk_size) if forget else []
     anneal_counts = [anneals_after(n, settings.interleaving_factor)
                      if len(piece) == settings.chunk_size or settings.anneal_after_remainder else 0
                      for n, piece in enumerate(pieces, start=1)]
     needs_retain = sum(anneal_counts) > 0 or settings.final_annealing
-    check_common(NAME, forget, retain, settings, training, forget_loss, retain_loss, retain_needed=needs_retain)
+    check_common(NAME, forget, retain, training, retain_needed=needs_retain, retain_loss=loss_kinds(settings)[1])
 
     phases: list[Phase] = []
     anneal_index = 0

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from methods.engine.losses import unlearning_loss
 from methods.engine.phases import tagged
-from methods.engine.trainer import Phase
+from methods.engine.trainer import LossFunction, Phase
+from methods.losses.nll import NLL
 from utils.config import MethodConfig, TrainingConfig
 from utils.data.tokenization import Example
 from utils.errors import UserError
@@ -27,6 +29,15 @@ class Settings(MethodConfig):
 
 def loss_kinds(settings: Settings) -> tuple[str, str]:
     return "none", "nll"
+
+
+def needs_reference(settings: Settings) -> bool:
+    return False
+
+
+def make_loss(settings: Settings, reference=None) -> LossFunction:
+    """Plain NLL on the retain examples."""
+    return unlearning_loss(None, NLL(), reference)
 
 
 def build_phases(forget: list[Example], retain: list[Example], settings: Settings, training: TrainingConfig,

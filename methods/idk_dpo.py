@@ -17,7 +17,7 @@ from methods.engine.preference import make_dpo_loss
 from methods.engine.trainer import Phase
 from methods.idk_nll import Encoder, choose_refusal, idk_phases, load_refusals
 from methods.idk_nll import Settings as IdkSettings
-from utils.config import BOUNDS, POSITIVE, TrainingConfig
+from utils.config import POSITIVE, TrainingConfig, ranged
 from utils.data.tokenization import Example
 
 NAME = "idk_dpo"
@@ -26,10 +26,8 @@ NAME = "idk_dpo"
 @dataclass
 class Settings(IdkSettings):
     name: str = NAME
-    dpo_beta: float = 0.1  # DPO's beta: how far from the reference the preference may move the model
-
-
-BOUNDS[Settings] = {"dpo_beta": POSITIVE}
+    dpo_beta: float = ranged(0.1, POSITIVE, "DPO's beta: how far from the reference the preference may move the "
+                                            "model")
 
 
 def make_examples(items: list, role: str, encode: Encoder, settings: Settings, seed: int) -> list[Example]:

@@ -22,7 +22,7 @@ from typing import Literal
 from methods.engine.phases import mixed_phase, tagged
 from methods.engine.preference import make_refusal_nll_loss
 from methods.engine.trainer import Phase
-from utils.config import BOUNDS, NON_NEGATIVE, MethodConfig, TrainingConfig
+from utils.config import NON_NEGATIVE, MethodConfig, TrainingConfig, ranged
 from utils.data.tokenization import Example
 from utils.errors import UserError
 from utils.project import project_path
@@ -34,12 +34,10 @@ DEFAULT_REFUSALS = "configs/refusals.txt"
 @dataclass
 class Settings(MethodConfig):
     name: str = NAME
-    refusals: str = DEFAULT_REFUSALS  # one refusal per line; relative to the project root, or absolute
-    retain_loss: Literal["nll", "kl", "none"] = "nll"
-    retain_weight: float = 1.0  # the retain term's weight against the forget term's
-
-
-BOUNDS[Settings] = {"retain_weight": NON_NEGATIVE}
+    refusals: str = ranged(DEFAULT_REFUSALS, None, "a file of refusals, one per line (relative to the project "
+                                                   "root, or absolute)")
+    retain_loss: Literal["nll", "kl", "none"] = ranged("nll", None, "the retain term: nll, kl or none")
+    retain_weight: float = ranged(1.0, NON_NEGATIVE, "the retain term's weight against the forget term's")
 
 
 def load_refusals(path: str) -> list[str]:
@@ -108,6 +106,10 @@ def idk_phases(name: str, forget: list[Example], retain: list[Example], settings
 def build_phases(forget: list[Example], retain: list[Example], settings: Settings, training: TrainingConfig,
                  seed: int) -> list[Phase]:
     return idk_phases(NAME, forget, retain, settings, training, seed)
+
+
+def needs_reference(settings: Settings) -> bool:
+    return settings.retain_loss == "kl"
 
 
 def make_loss(settings: Settings, reference=None):

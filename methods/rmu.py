@@ -36,7 +36,7 @@ import torch
 from methods.engine.losses import Reference
 from methods.engine.phases import mixed_phase
 from methods.engine.trainer import LossFunction, LossOutput, Phase, token_nll_from_logits
-from utils.config import BOUNDS, NON_NEGATIVE, POSITIVE, SEED, MethodConfig, TrainingConfig
+from utils.config import NON_NEGATIVE, POSITIVE, SEED, MethodConfig, TrainingConfig, ranged
 from utils.data.tokenization import Example
 from utils.errors import UserError
 from utils.models.adapters import decoder_layers
@@ -49,14 +49,11 @@ class Settings(MethodConfig):
     """The published defaults (Zephyr-7B in the WMDP paper); configs/rmu.yaml sets the tiny default's."""
 
     name: str = NAME
-    layer: int = 7  # the decoder layer whose output is steered (0-based)
-    steering_coeff: float = 6.5  # c: the length of the target c * u; it must grow with the activations' norm
-    retain_weight: float = 1200.0  # alpha: the retain term's weight against the forget term's
-    direction_seed: int = 0  # the seed u is drawn from
-
-
-BOUNDS[Settings] = {"layer": NON_NEGATIVE, "steering_coeff": POSITIVE, "retain_weight": NON_NEGATIVE,
-                    "direction_seed": SEED}
+    layer: int = ranged(7, NON_NEGATIVE, "the decoder layer whose output is steered (0-based)")
+    steering_coeff: float = ranged(6.5, POSITIVE, "c: the length of the target c * u; it must grow with the "
+                                                  "activations' norm")
+    retain_weight: float = ranged(1200.0, NON_NEGATIVE, "alpha: the retain term's weight against the forget term's")
+    direction_seed: int = ranged(0, SEED, "the seed the random direction u is drawn from")
 
 
 def loss_kinds(settings: Settings) -> tuple[str, str]:

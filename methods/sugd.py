@@ -10,53 +10,41 @@ over from chunk to chunk:
 
 Forget examples have weight 1 (the ascent loss gives -1 x NLL), retain examples `positive_factor`;
 the loss is the mean over the global batch of weight x the example's loss. The forget and retain
-losses follow method.forget_loss (ascent | npo) and method.retain_loss (nll | kl | none; with none
+terms are method.forget (ascent, npo, simnpo, wga, undial) and method.retain (nll | kl | none; with none
 no retain examples are interleaved).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
 
-from methods.engine.phases import check_chunk_size, check_common, chunks, tagged
-from methods.engine.settings import UnlearningSettings
+from methods import terms
+from methods.engine.phases import check_common, chunks, tagged
 from methods.engine.trainer import Phase
-from utils.config import BOUNDS, MANY, NON_NEGATIVE, TrainingConfig, up_to
+from utils.config import MANY, NON_NEGATIVE, TrainingConfig, ranged, up_to
 from utils.data.tokenization import Example
-from utils.errors import UserError
 
 NAME = "sugd"
 
 
 @dataclass
-class Settings(UnlearningSettings):
+class Settings(terms.ForgetRetainSettings):
     name: str = NAME
-    retain_loss: Literal["nll", "kl", "none"] = "nll"
-    chunk_size: int = 32  # forget examples per chunk (the last chunk holds the remainder)
-    positive_ratio: int = 7  # retain examples interleaved after each forget example
-    positive_factor: float = 0.5  # the retain examples' weight
+    chunk_size: int = ranged(32, up_to(MANY), "forget examples per chunk (the last chunk holds the remainder)")
+    # Each forget example is followed by positive_ratio retain examples: the phase lists grow with it.
+    positive_ratio: int = ranged(7, up_to(1_000, low=0), "retain examples interleaved after each forget example")
+    positive_factor: float = ranged(0.5, NON_NEGATIVE, "the retain examples' weight")
 
 
-# Each forget example is followed by positive_ratio retain examples: the phase lists grow with it (the seed used 7).
-BOUNDS[Settings] = {"chunk_size": up_to(MANY), "positive_ratio": up_to(1_000, low=0), "positive_factor": NON_NEGATIVE}
-
-
-def loss_kinds(settings: Settings) -> tuple[str, str]:
-    return settings.forget_loss, settings.retain_loss
+loss_kinds, make_loss, needs_reference = terms.loss_kinds, terms.make_loss, terms.needs_reference
 
 
 def build_phases(forget: list[Example], retain: list[Example], settings: Settings, training: TrainingConfig,
                  seed: int) -> list[Phase]:
     """One unshuffled phase per chunk; `seed` is unused (the schedule is fully determined by file order)."""
-    forget_loss, retain_loss = loss_kinds(settings)
-    check_chunk_size(NAME, settings)
-    if settings.positive_ratio < 0:
-        raise UserError(f"{NAME}: method.positive_ratio must be 0 or more, got {settings.positive_ratio}")
-    if settings.positive_factor < 0:
-        raise UserError(f"{NAME}: method.positive_factor must be non-negative, got {settings.positive_factor}")
-    ratio = settings.positive_ratio if retain_loss != "none" else 0
-    check_common(NAME, forget, retain, settings, training, forget_loss, retain_loss, retain_needed=ratio > 0)
+    retain_loss = loss_kinds(settings)[1]
+    ratio = settings.positive_ratio if settings.retain is not None else 0
+    check_common(NAME, forget, retain, training, retain_needed=ratio > 0, retain_loss=retain_loss)
     cursor = 0
     phases = []
     for index, chunk in enumerate(chunks(forget, settings.chunk_size)):

@@ -182,9 +182,10 @@ class SmallWorld:
         return self.root / "data"
 
     def config(self, *extra: str):
+        from methods.registry import typed
         from utils.config import load_config
 
-        return load_config(None, [*self.overrides, f"workdir={self.root}", *extra])
+        return typed(load_config(None, [*self.overrides, f"workdir={self.root}", *extra]))
 
 
 @pytest.fixture(scope="session")

@@ -3,7 +3,7 @@
 import pytest
 
 from utils.errors import UserError
-from utils.experiment.run import resolve_forget_loss_ceiling
+from utils.experiment.inputs import resolve_forget_loss_ceiling
 
 
 def test_gold_standard_level_is_read_from_the_prepare_report(small_world):

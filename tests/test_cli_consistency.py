@@ -372,7 +372,9 @@ def test_sweep_config_replaces_the_base(sweep_calls, tmp_path, capsys):
     (runs, out), = sweep_calls
     assert [run.config for run in runs] == [base.resolve()] * 4
     assert out == tmp_path.joinpath("runs", "sweeps", "sugd_grid-sugd").relative_to(tmp_path)
-    config = runs[0].load()
+    from methods.registry import typed
+
+    config = typed(runs[0].load())  # the method's settings as the run reads them
     assert config.workdir == str(REPO / "artifacts" / "olmo-1b") and config.model.dtype == "bfloat16"  # the 1B config's
     assert config.training.epochs == 2 and config.method.positive_ratio == 3  # --set, then the grid
 

@@ -3,8 +3,15 @@ from pathlib import Path
 
 import pytest
 
-from utils.config import Config, load_config
+from methods.registry import typed
+from utils.config import Config
+from utils.config import load_config as read_config
 from utils.errors import UserError
+
+
+def load_config(path=None, overrides=None):
+    """The config as a run reads it: loaded, then its method section typed by the registry."""
+    return typed(read_config(path, overrides))
 
 CONFIG_ROOT = Path(__file__).resolve().parents[1] / "configs"
 CONFIGS = sorted(p for p in CONFIG_ROOT.rglob("*.yaml") if p.parent.name not in ("accelerate", "experiments"))
@@ -106,10 +113,10 @@ def test_a_config_that_is_not_utf8_names_the_byte_offset(tmp_path):
     ("adapter.lora_dropout=1", "adapter.lora_dropout must be a finite number in [0, 1), got 1.0"),
     ("adapter.target_modules=[]", "adapter.target_modules must name at least one module"),
     ("adapter.last_k=0", "adapter.last_k must be a positive integer, got 0"),
-    ("method.npo_beta=0", "method.npo_beta must be a finite number > 0, got 0.0"),
+    ("method.forget.loss=npo method.forget.beta=0", "method.forget.beta must be a finite number > 0, got 0.0"),
     ("method.name=gd method.retain_weight=-0.5", "method.retain_weight must be a finite number >= 0, got -0.5"),
     ("method.name=npo method.retain_weight=-1", "method.retain_weight must be a finite number >= 0, got -1.0"),
-    ("method.name=kl method.npo_beta=0", "method.npo_beta must be a finite number > 0, got 0.0"),
+    ("method.name=gd method.forget.loss=wga method.forget.beta=-1", "method.forget.beta must be a finite number >= 0, got -1.0"),
     ("method.positive_factor=.nan", "method.positive_factor must be a finite number >= 0, got nan"),
     ("method.chunk_size=0", "method.chunk_size must be a positive integer, got 0"),
     ("method.positive_ratio=-1", "method.positive_ratio must be 0 or more, got -1"),
@@ -198,19 +205,24 @@ def test_sweep_file_errors(tmp_path):
 
 
 def test_the_method_section_is_the_named_methods_own_settings(tmp_path):
-    from methods import gd, kl, sugd
-    from utils.config import save_config, to_dict
+    from methods import gd, sugd
+    from methods.losses.kl import KL
+    from methods.losses.nll import NLL
+    from methods.losses.npo import NPO
+    from utils.config import MethodSection, save_config, to_dict
+    from utils.config import load_config as untyped
 
+    assert type(untyped(None).method) is MethodSection  # the config layer leaves the section to the registry
     assert type(load_config(None).method) is sugd.Settings  # the default method
-    config = load_config(write(tmp_path, "method:\n  name: gd\n  retain_loss: kl\n  retain_weight: 0.5\n"))
+    config = load_config(write(tmp_path, "method:\n  name: gd\n  forget: {loss: npo, beta: 0.2}\n  retain: kl\n"
+                                         "  retain_weight: 0.5\n"))
     assert type(config.method) is gd.Settings
-    assert (config.method.retain_loss, config.method.retain_weight, config.method.npo_beta) == ("kl", 0.5, 0.1)
-    assert load_config(None, ["method.name=kl"]).method == kl.Settings()
-    assert kl.Settings().retain_loss == "kl" and gd.Settings().retain_loss == "nll"
+    assert (config.method.forget, config.method.retain, config.method.retain_weight) == (NPO(beta=0.2), KL(), 0.5)
+    assert gd.Settings().retain == NLL() and load_config(None, ["method.name=gd", "method.retain=kl"]).method.retain == KL()
     # Only the method's own keys are written, and they load back to the same settings.
-    assert set(to_dict(config)["method"]) == {"name", "forget_loss", "retain_loss", "retain_weight", "npo_beta",
-                                              "simnpo_beta", "simnpo_gamma", "wga_beta", "undial_beta",
-                                              "forget_loss_ceiling", "forget_loss_ceiling_scope"}
+    assert to_dict(config)["method"] == {"name": "gd", "forget_loss_ceiling": None, "forget_loss_ceiling_scope": "answer",
+                                         "forget": {"loss": "npo", "beta": 0.2}, "retain": {"loss": "kl"},
+                                         "retain_weight": 0.5}
     assert to_dict(load_config(None, ["method.name=gold_standard"]))["method"] == {"name": "gold_standard"}
     save_config(config, tmp_path / "saved.yaml")
     assert load_config(tmp_path / "saved.yaml") == config
@@ -218,20 +230,22 @@ def test_the_method_section_is_the_named_methods_own_settings(tmp_path):
 
 @pytest.mark.parametrize("overrides, message", [
     (["method.name=ga", "method.chunk_size=3"],
-     "config: method.chunk_size is not a setting of ga (it belongs to agad, sugd); ga takes: npo_beta, "),
+     "config: method.chunk_size is not a setting of ga (it belongs to agad, sugd); ga takes: forget_loss_ceiling, "),
     (["method.name=gold_standard", "method.retain_weight=1"],
-     ("config: method.retain_weight is not a setting of gold_standard (it belongs to gd, idk_dpo, idk_nll, kl, npo, "
-      "rmu, simnpo, undial, wga)")),
+     "config: method.retain_weight is not a setting of gold_standard (it belongs to gd, idk_dpo, idk_nll, rmu)"),
     (["method.name=npo", "method.forget_loss=ascent"], "config: method.forget_loss of npo is always 'npo', got 'ascent'"),
     (["method.positive_ratio=3", "method.name=agad"],
      "config: method.positive_ratio is not a setting of agad (it belongs to sugd)"),
     (["method.name=ga", "method.chunk_szie=3"], "config: unknown key 'method.chunk_szie' (allowed here: "),
     (["method.name=sgd"],
-     ("config: method.name: unknown method 'sgd' (known: ga, gd, kl, npo, agad, sugd, gold_standard, simnpo, wga, "
-      "undial, rmu, idk_nll, idk_dpo)")),
+     "config: method.name: unknown method 'sgd' (known: ga, gd, agad, sugd, gold_standard, rmu, idk_nll, idk_dpo)"),
     (["method.name=3"], "config: method.name must be a string, got 3"),
     (["method=3"], "config: method must be a mapping, got int"),
-    (["method.name=gd", "method.retain_loss=none"], "config: method.retain_loss must be one of 'nll', 'kl', got"),
+    (["method.name=gd", "method.retain=none"], "config: method.retain must be one of nll, kl, got 'none'"),
+    (["method.forget=descent"],
+     "config: method.forget: unknown forget loss 'descent' (known: ascent, npo, simnpo, wga, undial)"),
+    (["method.name=gold_standard", "method.npo_beta=1"],
+     "config: method.npo_beta is a knob of the npo loss term, which gold_standard does not use"),
 ])
 def test_a_key_of_another_method_is_refused_naming_the_method(overrides, message):
     with pytest.raises(UserError, match="^" + re.escape(message)) as caught:
@@ -240,20 +254,22 @@ def test_a_key_of_another_method_is_refused_naming_the_method(overrides, message
 
 
 def test_a_key_of_another_method_in_a_file_names_the_method(tmp_path):
-    path = write(tmp_path, "method:\n  name: ga\n  forget_loss: ascent\n  retain_weight: 0.5\n")
+    path = write(tmp_path, "method:\n  name: ga\n  forget: ascent\n  retain_weight: 0.5\n")
     with pytest.raises(UserError, match=re.escape("method.retain_weight is not a setting of ga (it belongs to gd, "
-                                                  "idk_dpo, idk_nll, kl, npo, rmu, simnpo, undial, wga)")):
+                                                  "idk_dpo, idk_nll, rmu)")):
         load_config(path)
 
 
-def test_method_bounds_come_from_the_settings_class_and_its_bases():
-    from methods import gd, kl
-    from methods.engine.settings import ForgetTermSettings
-    from utils.config import bounds_of
+def test_bounds_and_help_are_the_fields_metadata():
+    from methods import gd, sugd
+    from methods.losses.npo import NPO
+    from utils.config import POSITIVE, TrainingConfig, bounds_of, knob_table
 
-    assert "npo_beta" in bounds_of(ForgetTermSettings) and "retain_weight" not in bounds_of(ForgetTermSettings)
-    assert bounds_of(kl.Settings) == bounds_of(gd.Settings)
-    assert {"npo_beta", "forget_loss_ceiling", "retain_weight"} <= set(bounds_of(kl.Settings))
+    assert bounds_of(NPO) == {"beta": POSITIVE}
+    assert {"forget_loss_ceiling", "retain_weight"} <= set(bounds_of(gd.Settings))
+    assert "chunk_size" in bounds_of(sugd.Settings) and "chunk_size" not in bounds_of(gd.Settings)
+    assert bounds_of(TrainingConfig)["learning_rate"] == POSITIVE
+    assert knob_table(NPO) == [("beta", "0.1", "a finite number > 0", "NPO's inverse temperature")]
 
 
 def test_a_resume_compares_the_methods_own_settings(tmp_path):
@@ -265,13 +281,17 @@ def test_a_resume_compares_the_methods_own_settings(tmp_path):
     config = load_config(None, ["method.name=ga", f"workdir={tmp_path}"])
     save_config(config, tmp_path / "config.yaml")
     check_resumable(config, tmp_path)
-    with pytest.raises(UserError, match=r"different method\.npo_beta than this config"):
-        check_resumable(load_config(None, ["method.name=ga", "method.npo_beta=0.3", f"workdir={tmp_path}"]), tmp_path)
+    with pytest.raises(UserError, match=r"different method\.forget than this config"):
+        check_resumable(load_config(None, ["method.name=ga", "method.forget.loss=npo", f"workdir={tmp_path}"]),
+                        tmp_path)
     with pytest.raises(UserError, match=r"different method\.name than this config"):
         check_resumable(load_config(None, ["method.name=gd", f"workdir={tmp_path}"]), tmp_path)
-    # A run saved before the settings were typed holds every method's keys; ga never read the others.
+    # A run saved before the settings were typed holds every method's keys; ga never read the others. One saved
+    # before the loss terms holds the flat knobs of every term.
     saved = to_dict(config)
-    saved["method"].update(retain_loss="none", chunk_size=32, retain_weight=1.0)
+    del saved["method"]["forget"]
+    saved["method"].update(retain_loss="none", chunk_size=32, retain_weight=1.0, forget_loss="ascent", npo_beta=0.1,
+                           simnpo_beta=4.5, simnpo_gamma=0.0, wga_beta=1.0, undial_beta=10.0)
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(saved))
     check_resumable(config, tmp_path)
     # A run saved before a training setting existed ran as it did then: an fp32 run continues under any

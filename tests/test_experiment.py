@@ -140,20 +140,22 @@ def test_notebooks_are_one_call_per_step(path):
     assert "utils.cli" not in source and "run_unlearning" not in source
 
 
-# Lower layers first; a module may import its own layer and the ones before it, never a later one.
-LAYERS = [
-    ("infrastructure", ("utils.errors", "utils.io", "utils.folders", "utils.environment", "utils.seeding", "utils.memory",
-                        "utils.project")),
-    ("config", ("utils.config",)),
-    ("data and models", ("utils.data", "utils.models")),
-    ("evaluation", ("utils.evaluation",)),
-    ("engine", ("methods.engine",)),
-    ("methods", ("methods",)),
-    ("experiment", ("utils.experiment",)),
-    ("interfaces", ("utils.cli", "lume_unlearning")),
-]
-# The config loader reads a method's own settings class from the method registry (a plug-in lookup).
-ALLOWED_UPWARD = {("utils.config", "methods.registry")}
+def documented_layers() -> list[tuple[str, tuple[str, ...]]]:
+    """The layer list of lume_unlearning/__init__.py's docstring: [(name, module prefixes)], lowest first; a line
+    indented past its `name:` continues that layer's prefixes."""
+    import lume_unlearning
+
+    layers: list[tuple[str, list[str]]] = []
+    for line in lume_unlearning.__doc__.split("lowest first", 1)[1].split("\n\n", 2)[1].splitlines():
+        name, colon, prefixes = line.strip().partition(":")
+        if colon:
+            layers.append((name, prefixes.split()))
+        else:
+            layers[-1][1].extend(line.split())
+    return [(name, tuple(prefixes)) for name, prefixes in layers]
+
+
+LAYERS = documented_layers()
 
 
 def layer_of(module: str) -> int:
@@ -174,6 +176,16 @@ def project_modules():
             yield ".".join(parts[:-1] if parts[-1] == "__init__" else parts), path
 
 
+def test_the_documented_layers_name_every_package_once():
+    names = [name for name, _ in LAYERS]
+    assert names[0] == "infrastructure" and names[-1] == "interfaces" and len(set(names)) == len(names) >= 6
+    prefixes = [prefix for _, group in LAYERS for prefix in group]
+    assert len(set(prefixes)) == len(prefixes) and "utils.experiment" in prefixes and "utils.cli" in prefixes
+    for module, _ in project_modules():
+        if module != "utils":  # the bare package: it only sets an environment variable
+            layer_of(module)
+
+
 def test_imports_go_one_way_and_the_library_never_imports_the_cli():
     wrong = []
     for module, path in project_modules():
@@ -186,27 +198,114 @@ def test_imports_go_one_way_and_the_library_never_imports_the_cli():
             for target in targets:
                 if target.split(".")[0] not in ("utils", "methods", "lume_unlearning"):
                     continue
-                if (module, target) in ALLOWED_UPWARD:
-                    continue
                 if layer_of(target) > layer_of(module):
                     wrong.append(f"{module} imports {target} ({LAYERS[layer_of(target)][0]})")
     assert not wrong, "\n".join(wrong)
 
 
-def test_configs_written_before_per_method_settings_still_load(tmp_path):
+def import_graph() -> dict[str, set[str]]:
+    """{module: the project's modules it imports}, module-level and function-level imports alike; `from pkg import
+    name` imports pkg (its __init__ runs) and pkg.name when that is a module."""
+    paths = dict(project_modules())
+
+    def owner(name: str) -> str | None:
+        while name and name not in paths:
+            name = name.rpartition(".")[0]
+        return name or None
+
+    graph: dict[str, set[str]] = {module: set() for module in paths}
+    for module, path in paths.items():
+        package = module if path.name == "__init__.py" else module.rpartition(".")[0]
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                targets = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                base = node.module or ""
+                if node.level:
+                    parts = package.split(".")[:len(package.split(".")) - node.level + 1]
+                    base = ".".join([*parts, *([base] if base else [])])
+                targets = [base, *(f"{base}.{alias.name}" for alias in node.names)]
+            else:
+                continue
+            graph[module] |= {found for target in targets if (found := owner(target)) not in (None, module)}
+    return graph
+
+
+def import_circles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """The strongly connected components of more than one module (Tarjan's algorithm, without recursion)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    circles = []
+    for root, targets in graph.items():
+        if root in index:
+            continue
+        work = [(root, iter(sorted(targets)))]
+        index[root] = low[root] = len(index)
+        stack.append(root)
+        on_stack.add(root)
+        while work:
+            node, children = work[-1]
+            child = next(children, None)
+            if child is not None:
+                if child not in index:
+                    index[child] = low[child] = len(index)
+                    stack.append(child)
+                    on_stack.add(child)
+                    work.append((child, iter(sorted(graph[child]))))
+                elif child in on_stack:
+                    low[node] = min(low[node], index[child])
+                continue
+            work.pop()
+            if work:
+                low[work[-1][0]] = min(low[work[-1][0]], low[node])
+            if low[node] == index[node]:
+                component = []
+                while True:
+                    member = stack.pop()
+                    on_stack.discard(member)
+                    component.append(member)
+                    if member == node:
+                        break
+                if len(component) > 1:
+                    circles.append(sorted(component))
+    return circles
+
+
+def test_the_circle_check_finds_a_circle_and_a_straight_line_has_none():
+    assert import_circles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+    assert import_circles({"a": {"b"}, "b": {"c"}, "c": set()}) == []
+
+
+def test_no_import_circle_among_the_projects_modules():
+    graph = import_graph()
+    assert "utils.experiment.run" in graph["utils.experiment.experiment"]  # the graph sees the imports
+    circles = import_circles(graph)
+    assert not circles, "\n".join("circle: " + " -> ".join(circle) for circle in circles)
+
+
+def test_configs_written_before_per_method_settings_still_load(tmp_path, capsys):
     """`retain_loss: none` on ga and `forget_loss: npo` on npo were once spelled out; they say what the
-    method always does, so they load; another value is refused."""
+    method always does, so they load (in the new shape, with one line saying how to write it); another value
+    is refused."""
+    from methods.losses.nll import NLL
+    from methods.losses.npo import NPO
+    from methods.registry import typed
     from utils.config import load_config
 
     ga = tmp_path / "ga.yaml"
     ga.write_text("method:\n  name: ga\n  forget_loss: ascent\n  retain_loss: none\n")
-    assert load_config(ga).method.name == "ga"
+    assert typed(load_config(ga)).method.name == "ga"
     npo = tmp_path / "npo.yaml"
     npo.write_text("method:\n  name: npo\n  forget_loss: npo\n  retain_loss: nll\n")
-    assert load_config(npo).method.retain_loss == "nll"
+    method = typed(load_config(npo)).method
+    assert (method.name, method.forget, method.retain) == ("gd", NPO(beta=0.1), NLL())
     ga.write_text("method:\n  name: ga\n  retain_loss: nll\n")
     with pytest.raises(UserError, match="method.retain_loss of ga is always 'none', got 'nll'"):
-        load_config(ga)
+        typed(load_config(ga))
+    hints = [line for line in capsys.readouterr().err.splitlines() if "old spelling" in line]
+    assert len(hints) == 2 and "write method: {name: gd, forget: npo, retain: nll}" in hints[1]
 
 
 def test_quickstart_passes_method_keys_to_the_methods_not_the_world(tmp_path, capsys):
@@ -233,7 +332,7 @@ def test_eos_follows_the_seed_unless_set(small_world, method, setting, expected)
     otherwise push the EOS down too. `training.append_eos` overrides it either way."""
     from transformers import AutoTokenizer
 
-    from utils.experiment.run import training_examples
+    from utils.experiment.inputs import training_examples
 
     extra = [f"method.name={method}"] + ([] if setting is None else [f"training.append_eos={str(setting).lower()}"])
     config = small_world.config(*extra)

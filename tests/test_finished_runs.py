@@ -14,6 +14,7 @@ import torch
 from safetensors.torch import load_file
 
 from methods.engine.checkpoint import load_checkpoint
+from methods.registry import typed
 from utils.cli.main import main
 from utils.config import load_config
 from utils.experiment.run import run_unlearning
@@ -173,9 +174,9 @@ def test_every_shipped_config_resumes_after_its_first_phase_to_the_same_weights(
     config_path = REPO / "configs" / name
     overrides = [*small_world.overrides, f"workdir={small_world.root}", *KILL_OVERRIDES]
     # method.chunk_size only for the chunked methods: each method takes only its own settings.
-    overrides = [o for o in overrides if o != "method.chunk_size=8" or hasattr(load_config(config_path).method,
-                                                                               "chunk_size")]
-    if hasattr(load_config(config_path).method, "steering_coeff"):  # RMU: the test world has 2 layers
+    method = typed(load_config(config_path)).method
+    overrides = [o for o in overrides if o != "method.chunk_size=8" or hasattr(method, "chunk_size")]
+    if hasattr(method, "steering_coeff"):  # RMU: the test world has 2 layers
         overrides += ["method.layer=0", "adapter.layers=[0]"]
     config = load_config(config_path, overrides)
     whole, killed = tmp_path / "whole", tmp_path / "killed"

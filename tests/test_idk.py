@@ -15,13 +15,13 @@ import torch
 from methods import idk_dpo, idk_nll
 from methods.engine.losses import Reference
 from methods.engine.trainer import Phase, Trainer, nll_loss, nll_per_example
-from methods.registry import get_method, make_loss, prepare_reference
+from methods.registry import get_method, make_loss, prepare_reference, typed, typed_settings
 from utils.cli.main import main
-from utils.config import AdapterConfig, Config, TrainingConfig
+from utils.config import AdapterConfig, Config, MethodSection, TrainingConfig
 from utils.data.lume import Item
 from utils.data.tokenization import IGNORE_INDEX, collate, encode_prompt
 from utils.errors import UserError
-from utils.experiment.run import example_encoder
+from utils.experiment.inputs import example_encoder
 from utils.models.adapters import apply_adapter
 from utils.models.loading import build_tiny_model
 
@@ -161,12 +161,14 @@ def test_bad_settings_and_data_are_one_line_errors(items, encode, refusals_file)
         ("idk_nll", {}, {}, forget, [], "idk_nll: the retain set is empty"),
         ("idk_dpo", {}, {}, [], forget, "idk_dpo: the forget set is empty"),
         ("idk_dpo", {}, {"batch_size": 1}, forget, forget, "batch_size must be at least 2"),
-        ("idk_nll", {"retain_weight": -1.0}, {}, forget, forget, "retain_weight must be non-negative"),
+        ("idk_nll", {"retain_weight": -1.0}, {}, forget, forget,
+         "config: method.retain_weight must be a finite number >= 0"),
     ]
     for name, changes, training, f, r, message in cases:
         module = get_method(name)
-        with pytest.raises(UserError, match=message) as caught:
-            module.build_phases(f, r, module.Settings(**changes), TrainingConfig(**training), 0)
+        with pytest.raises(UserError, match=message) as caught:  # ranges: when the settings are made
+            settings = typed_settings(MethodSection(name=name, options=changes))
+            module.build_phases(f, r, settings, TrainingConfig(**training), 0)
         assert "\n" not in str(caught.value)
     # Without a retain term, the forget examples alone (reshuffled every epoch).
     phases = idk_nll.build_phases(forget, [], idk_nll.Settings(retain_loss="none"), TrainingConfig(epochs=2), 0)
@@ -346,7 +348,7 @@ def test_a_run_on_the_tiny_default_moves_the_model_to_the_refusals(small_world, 
     assert main(args) == 0
     results = json.loads((out / "results.json").read_text())
     assert results["method"] == name
-    config = load_config(str(REPO / "configs" / f"{name}.yaml"), overrides)
+    config = typed(load_config(str(REPO / "configs" / f"{name}.yaml"), overrides))
     tokenizer = AutoTokenizer.from_pretrained(small_world.target)
     encode = example_encoder(tokenizer, config)
     forget = load_lume(small_world.data).forget

@@ -14,14 +14,15 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from methods.engine.losses import check_loss_reduction, make_unlearning_loss, token_nll_from_logits
 from methods.engine.phases import tagged
-from methods.engine.trainer import LossOutput, Phase, Trainer, nll_per_example
-from utils.config import TrainingConfig, load_config
+from methods.engine.trainer import LossOutput, Phase, Trainer, nll_per_example, token_nll_from_logits
+from methods.registry import check_loss_reduction, typed_settings
+from utils.config import MethodSection, TrainingConfig, load_config
 from utils.data.tokenization import Example
 from utils.errors import UserError
 
 from .conftest import REPO, SENTENCES, pair
+from .methods.helpers import term_loss
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -55,7 +56,7 @@ EXAMPLE_LOSS = (-(LN6 + LN2) / 2 + 0.5 * (2 * LN3 + LN2) / 3 + 0.5 * LN2) / 3
 
 def first_step_loss(model, training: TrainingConfig, batch: list[Example], tmp_path, accelerator=None) -> float:
     log = tmp_path / f"log-{id(training)}.jsonl"
-    trainer = Trainer(model, SimpleNamespace(pad_token_id=0), training, make_unlearning_loss("ascent", "nll"),
+    trainer = Trainer(model, SimpleNamespace(pad_token_id=0), training, term_loss("ascent", "nll"),
                       accelerator=accelerator, log_path=log, progress=False)
     trainer.train_phase(Phase("p", batch, epochs=1))
     return json.loads(log.read_text().splitlines()[0])["loss"]
@@ -112,7 +113,7 @@ def step_gradient(model, batch: list[Example], training: TrainingConfig, pad_id:
         def keep(grad, name=name):
             grads[name] = grads.get(name, 0) + grad.detach().clone()
         parameter.register_hook(keep)
-    trainer = Trainer(model, SimpleNamespace(pad_token_id=pad_id), training, make_unlearning_loss("ascent", "nll"),
+    trainer = Trainer(model, SimpleNamespace(pad_token_id=pad_id), training, term_loss("ascent", "nll"),
                       accelerator=accelerator, progress=False)
     trainer.train_phase(Phase("p", batch, epochs=1))
     return grads
@@ -199,12 +200,22 @@ def test_sequence_level_losses_refuse_token_in_one_line():
     refused = set()
     for name, module in METHODS.items():
         try:
-            check_loss_reduction(name, token, *module.loss_kinds(module.Settings()))
+            check_loss_reduction(module.Settings(), token)
         except UserError as error:
             assert "training.loss_reduction" in str(error) and "\n" not in str(error)
             refused.add(name)
-        check_loss_reduction(name, TrainingConfig(), *module.loss_kinds(module.Settings()))  # example: any loss
-    assert refused == {"npo", "simnpo", "idk_dpo", "rmu"}
+        check_loss_reduction(module.Settings(), TrainingConfig())  # example: any loss
+    assert refused == {"idk_dpo", "rmu"}
+    # The schedules over loss terms ask their terms: NPO and SimNPO are one value per sequence.
+    for forget, refuses in (("ascent", False), ("npo", True), ("simnpo", True), ("wga", False), ("undial", False)):
+        for name, retain in (("ga", None), ("gd", "nll"), ("gd", "kl"), ("sugd", "none")):
+            options = {"forget": forget, **({"retain": retain} if retain else {})}
+            settings = typed_settings(MethodSection(name=name, options=options))
+            if refuses:
+                with pytest.raises(UserError, match=f"the {forget} loss is one value per sequence"):
+                    check_loss_reduction(settings, token)
+            else:
+                check_loss_reduction(settings, token)
 
 
 def test_the_trainer_refuses_token_for_a_loss_without_token_counts(tiny_model, tiny_tokenizer):

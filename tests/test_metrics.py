@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pytest
 
-from utils.cli.commands.score import score_directory
 from utils.cli.main import main
 from utils.data.lume import SPLITS, TASKS
 from utils.errors import UserError
@@ -26,6 +25,7 @@ from utils.evaluation.metrics import (
     task_aggregate,
     utility_warning,
 )
+from utils.evaluation.scoring import score_directory
 
 
 def uniform_terms(forget: float, retain: float) -> dict:

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from utils.cli.commands.score import score_directory
 from utils.cli.main import main
 from utils.evaluation.metrics import official_results_view
+from utils.evaluation.scoring import score_directory
 
 PARITY_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "parity"
 SCENARIOS = ("memorized", "mixed", "unlearned")

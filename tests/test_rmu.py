@@ -13,7 +13,7 @@ import torch
 from methods import rmu
 from methods.engine.phases import tagged
 from methods.engine.trainer import nll_per_example
-from methods.registry import make_loss, prepare_reference
+from methods.registry import make_loss, prepare_reference, typed
 from utils.config import AdapterConfig, TrainingConfig, load_config
 from utils.data.tokenization import collate, encode_pair
 from utils.errors import UserError
@@ -155,7 +155,7 @@ def test_bad_adapter_layers_are_one_line(tiny_tokenizer, adapter, message):
 ])
 def test_bad_rmu_settings_in_a_config_are_one_line(override, message):
     with pytest.raises(UserError, match=message) as caught:
-        load_config(None, ["method.name=rmu", override])
+        typed(load_config(None, ["method.name=rmu", override]))
     assert "\n" not in str(caught.value)
 
 
@@ -163,8 +163,8 @@ def test_the_shipped_configs_load_with_the_paper_shape():
     from pathlib import Path
 
     root = Path(__file__).resolve().parents[1] / "configs"
-    tiny_config = load_config(root / "rmu.yaml")
-    olmo = load_config(root / "olmo-1b" / "rmu.yaml")
+    tiny_config = typed(load_config(root / "rmu.yaml"))
+    olmo = typed(load_config(root / "olmo-1b" / "rmu.yaml"))
     for config in (tiny_config, olmo):
         assert config.method.name == "rmu" and config.adapter.kind == "last_k"
         # The paper's shape: the steered layer and the two before it train.
@@ -174,7 +174,8 @@ def test_the_shipped_configs_load_with_the_paper_shape():
 
 def test_rmu_runs_end_to_end_and_misdirects_the_forget_set_only(small_world, tmp_path, one_thread):
     from utils.experiment.experiment import Experiment
-    from utils.experiment.run import run_unlearning, training_examples
+    from utils.experiment.inputs import training_examples
+    from utils.experiment.run import run_unlearning
 
     # Measured (2-layer small world, layer 0 steered and trained): the distance to c * u 2.74 -> 0.59, forget
     # NLL 0.02 -> 2.95, retain NLL 0.02 -> 0.43; the assertions leave room on each side.

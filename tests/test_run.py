@@ -247,11 +247,7 @@ def test_bad_settings_stop_before_anything_is_written(override, phrase, small_wo
 
 
 def test_diverging_loss_keeps_the_last_good_checkpoint(small_world, reference_run, tmp_path, monkeypatch, capsys):
-    from methods.engine.phases import loss_for
-
-    def real_make_loss(method, reference=None):  # the engine's default loss, which sugd uses
-        return loss_for(*sugd.loss_kinds(method), method, reference)
-
+    real_make_loss = sugd.make_loss  # the loss sugd's terms make
     calls = 0
 
     def make_loss(method, reference=None):
@@ -267,7 +263,7 @@ def test_diverging_loss_keeps_the_last_good_checkpoint(small_world, reference_ru
 
         return loss_fn
 
-    monkeypatch.setattr(sugd, "make_loss", make_loss, raising=False)  # a method's own make_loss is optional
+    monkeypatch.setattr(sugd, "make_loss", make_loss)
     out = tmp_path / "run"
     err = main_expecting_user_error(run_args(small_world, out), capsys)
     assert "loss became nan in phase 'sugd-chunk2' at step 2" in err
@@ -280,7 +276,7 @@ def test_diverging_loss_keeps_the_last_good_checkpoint(small_world, reference_ru
 
     # A kill between the two renames of the next checkpoint save leaves only the set-aside copy; resume
     # must find it. With the loss healthy again, the run ends where the uninterrupted one did.
-    monkeypatch.delattr(sugd, "make_loss")
+    monkeypatch.setattr(sugd, "make_loss", real_make_loss)
     os.replace(out / "checkpoint", out / ".checkpoint.old")
     assert load_checkpoint(out)["phases_done"] == 2
     assert main(run_args(small_world, out, flags=("--resume",))) == 0

@@ -11,7 +11,7 @@ import pytest
 from utils.errors import UserError
 from utils.evaluation.leaderboard import rows_from_run_dirs
 from utils.experiment import Experiment
-from utils.experiment.experiment import latest_run_dir, timestamped_run_dir
+from utils.experiment.resolved import latest_run_dir, timestamped_run_dir
 
 from .conftest import REPO
 from .test_run import RUN_OVERRIDES

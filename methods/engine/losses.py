@@ -1,54 +1,33 @@
-"""The one composable unlearning loss every method uses, and the reference model it may need.
+"""How the unlearning losses are put together, and the reference model they may need.
 
 A batch holds forget and/or retain examples (`batch["is_forget"]`), each with a non-negative weight
-(`batch["weight"]`). One forward pass gives the logits; each example's loss is
+(`batch["weight"]`). One forward pass gives the logits and, from them, one `ForwardView`; each forget row
+gets the method's forget term, each retain row its retain term (`LossTerm`s, one module each in
+`methods/losses/`), times the row's weight (`unlearning_loss`). The terms' formulas are in their modules.
 
-    forget, "ascent":  -mean token NLL                                   (gradient ascent)
-    forget, "npo":     -(2/beta) * logsigmoid(-beta * (logp - ref_logp))  (sequence log-likelihoods)
-    forget, "simnpo":  -(2/beta) * logsigmoid(beta * nll_bar - gamma)      (SimNPO, Fan et al. 2024)
-    forget, "wga":     -(1/T) * sum_t p_t^beta * nll_t                     (WGA, Wang et al. 2025)
-    forget, "undial":  (1/T) * sum_t CE(softmax(ref_z_t - beta * onehot(y_t)), softmax(z_t))
-                                                                         (UNDIAL, Dong et al. 2024)
-    forget, "none":    0
-    retain, "nll":     mean token NLL                                    (gradient descent)
-    retain, "kl":      KL(reference || model) over the vocabulary, averaged over the output tokens
-    retain, "none":    0
+With `ceiling` set, a forget example whose mean token NLL already reaches it contributes 0 (and no
+gradient): ascent stops there instead of driving the model into gibberish. With `ceiling_scope="document"`
+the ceiling is a level of the whole text's mean token NLL (prompt + answer, what the MIA loss attack
+measures), read from the same forward pass: ascent on the answer stops once the whole text looks as
+unlikely as the ceiling says.
 
-times the example's weight. Here nll_t is the token NLL of answer token y_t, T the example's
-answer-token count, nll_bar = (1/T) * sum_t nll_t its mean token NLL, p_t = exp(-nll_t) the model's
-probability of y_t (in WGA a constant weight: no gradient flows through it), z_t the model's and ref_z_t
-the reference's logits at the position that predicts y_t, and CE(q, p) = -sum_v q_v log p_v.
-
-SimNPO is NPO with the reference replaced by a length normalisation and a margin gamma; WGA is gradient
-ascent whose tokens count by their probability, so already-forgotten tokens stop pulling; UNDIAL distils
-the model towards the reference's own distribution with the true token's logit lowered by beta (a fixed,
-bounded target instead of a divergent ascent). Where OpenUnlearning (locuslab/open-unlearning) writes
-them differently:
-  * SimNPO: its `delta` is this gamma / beta (it subtracts delta inside beta * (...)); its forget
-    coefficient (0.125 on TOFU) is 1 here, the retain term's relative weight being method.retain_weight;
-  * WGA and UNDIAL: it averages over all the batch's tokens at once (UNDIAL also over prompt and padding
-    positions); here each example averages over its own answer tokens, like every other loss here.
-UNDIAL's CE differs from KL(target || model) by the target's entropy, a constant: same gradient.
-
-With `forget_loss_ceiling` set, a forget example whose mean token NLL already reaches the ceiling
-contributes 0 (and no gradient): ascent stops there instead of driving the model into gibberish.
-With `ceiling_scope="document"` the ceiling is a level of the
-whole text's mean token NLL (prompt + answer, what the MIA loss attack measures), read from the same
-forward pass: ascent on the answer stops once the whole text looks as unlikely as the ceiling says.
-
-The reference (pre-unlearning) model, needed by NPO, UNDIAL and KL, comes from `Reference`:
+The reference (pre-unlearning) model, read by the terms that say so (`LossTerm.reference`), comes from
+`Reference`:
   * LoRA: the same model with the adapter disabled (`utils.models.adapters.reference_context`), exact
     and copy-free;
-  * full / last-k, NPO: each forget example's reference log-likelihood, precomputed once before
-    training (`Reference.precompute_sequence_logp`) and carried in the batch;
-  * full / last-k, KL or UNDIAL: a frozen deep copy of the model, the one place a copy of the model is
-    made, because both need the reference's whole distribution at every (retain / forget) token.
+  * full / last-k, a term reading sequence log-likelihoods (NPO): each forget example's reference
+    log-likelihood, precomputed once before training (`Reference.precompute_sequence_logp`) and carried
+    in the batch;
+  * full / last-k, a term reading logits (KL, UNDIAL): a frozen deep copy of the model, the one place a
+    copy of the model is made, because both need the reference's whole distribution at every token.
 """
 
 from __future__ import annotations
 
 import copy
 from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import ClassVar, Protocol, runtime_checkable
 
 import torch
 import torch.nn.functional as F
@@ -58,21 +37,19 @@ from utils.data.tokenization import Example, collate
 from utils.errors import UserError
 from utils.models.adapters import is_lora, reference_context
 
-FORGET_LOSSES = ("ascent", "npo", "simnpo", "wga", "undial", "none")
-# Forget losses that read the reference model (NPO its sequence log-likelihoods, UNDIAL its logits).
-REFERENCE_FORGET_LOSSES = ("npo", "undial")
-RETAIN_LOSSES = ("nll", "kl", "none")
-# Losses whose per-example value is a mean over the answer tokens, so `training.loss_reduction: token` can sum
-# them token by token (IdkNLL's refusal NLL included); NPO, SimNPO, DPO and RMU are sequence-level.
-TOKEN_MEAN_LOSSES = ("ascent", "wga", "undial", "refusal_nll", "nll", "kl", "none")
+# Loss kinds outside methods/losses whose per-example value is a mean over answer tokens (IdkNLL's refusal
+# NLL; "none" contributes nothing); DPO and RMU are sequence-level.
+OTHER_TOKEN_MEANS = ("refusal_nll", "none")
 
 
-def check_loss_reduction(name: str, training, forget_loss: str, retain_loss: str) -> None:
-    """Refuse, in one line, `training.loss_reduction: token` for a method whose loss is not a token mean."""
+def check_loss_reduction(name: str, training, forget_loss: str, retain_loss: str,
+                         token_means: tuple[str, ...] = ()) -> None:
+    """Refuse, in one line, `training.loss_reduction: token` for a method whose loss is not a token mean;
+    `token_means` names the terms that are (besides OTHER_TOKEN_MEANS)."""
     if training.loss_reduction != "token":
         return
     for kind in (forget_loss, retain_loss):
-        if kind not in TOKEN_MEAN_LOSSES:
+        if kind not in (*token_means, *OTHER_TOKEN_MEANS):
             raise UserError(f"{name}: training.loss_reduction: token sums the loss over answer tokens, but the {kind} "
                             "loss is one value per sequence; set training.loss_reduction: example")
 
@@ -84,17 +61,7 @@ def unwrap(model):
     return extract_model_from_parallel(model)
 
 
-def npo_loss(logp: torch.Tensor, ref_logp: torch.Tensor, beta: float) -> torch.Tensor:
-    """Per-example NPO loss from sequence log-likelihoods: -(2/beta) * logsigmoid(-beta * (logp - ref_logp))."""
-    return -(2.0 / beta) * F.logsigmoid(-beta * (logp - ref_logp))
-
-
-def simnpo_loss(mean_nll: torch.Tensor, beta: float, gamma: float) -> torch.Tensor:
-    """Per-example SimNPO loss from mean token NLLs: -(2/beta) * logsigmoid(beta * mean_nll - gamma)."""
-    return -(2.0 / beta) * F.logsigmoid(beta * mean_nll - gamma)
-
-
-def _answer_positions(logits: torch.Tensor, labels: torch.Tensor):
+def answer_positions(logits: torch.Tensor, labels: torch.Tensor):
     """(logits at the labelled positions as float32 [N, V], their targets [N], each one's example index
     [N], labelled tokens per example [B]); gathering first keeps the vocabulary-sized tensors small."""
     mask = labels[:, 1:] != -100
@@ -102,30 +69,10 @@ def _answer_positions(logits: torch.Tensor, labels: torch.Tensor):
     return logits[:, :-1, :][mask].float(), labels[:, 1:][mask], example_index, mask.sum(dim=1)
 
 
-def _per_example_mean(per_token: torch.Tensor, example_index: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
+def per_example_mean(per_token: torch.Tensor, example_index: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
     sums = torch.zeros(counts.size(0), dtype=per_token.dtype, device=per_token.device).index_add(
         0, example_index, per_token)
     return sums / counts.clamp(min=1)
-
-
-def wga_per_example(logits: torch.Tensor, labels: torch.Tensor, beta: float) -> torch.Tensor:
-    """WGA's per-example loss: -mean over answer tokens of p_t^beta * nll_t, the weight p_t^beta detached."""
-    answer_logits, targets, example_index, counts = _answer_positions(logits, labels)
-    token_nll = F.cross_entropy(answer_logits, targets, reduction="none")
-    weight = torch.exp(-beta * token_nll.detach())  # p_t ** beta, a constant: the gradient is ascent's, reweighted
-    return _per_example_mean(-weight * token_nll, example_index, counts)
-
-
-def undial_per_example(logits: torch.Tensor, ref_logits: torch.Tensor, labels: torch.Tensor,
-                       beta: float) -> torch.Tensor:
-    """UNDIAL's per-example loss: the mean over answer tokens of the cross-entropy from the reference's
-    distribution with the true token's logit lowered by beta to the model's distribution."""
-    answer_logits, targets, example_index, counts = _answer_positions(logits, labels)
-    ref_answer = ref_logits[:, :-1, :][labels[:, 1:] != -100].float()
-    lowered = ref_answer - beta * F.one_hot(targets, ref_answer.size(-1)).to(ref_answer.dtype)
-    target = F.softmax(lowered, dim=-1)
-    per_token = -(target * F.log_softmax(answer_logits, dim=-1)).sum(dim=-1)
-    return _per_example_mean(per_token, example_index, counts)
 
 
 def kl_per_example(logits: torch.Tensor, ref_logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -134,12 +81,12 @@ def kl_per_example(logits: torch.Tensor, ref_logits: torch.Tensor, labels: torch
     Only the labelled (answer) positions are gathered before the softmaxes, so the float32
     vocabulary-sized tensors cover the answer tokens, not every padded position of the batch.
     """
-    answer_logits, _, example_index, counts = _answer_positions(logits, labels)
+    answer_logits, _, example_index, counts = answer_positions(logits, labels)
     log_model = F.log_softmax(answer_logits, dim=-1)
     log_ref = F.log_softmax(ref_logits[:, :-1, :][labels[:, 1:] != -100].float(), dim=-1)
     # kl_div(input=log q, target=log p, log_target=True) = sum p * (log p - log q) = KL(p || q).
     per_token = F.kl_div(log_model, log_ref, reduction="none", log_target=True).sum(dim=-1)
-    return _per_example_mean(per_token, example_index, counts)
+    return per_example_mean(per_token, example_index, counts)
 
 
 class Reference:
@@ -156,9 +103,9 @@ class Reference:
         reference.prepare(phases, tokenizer, batch_size, device)      # remembers the forget examples
         loss_fn = methods.registry.make_loss(settings, reference)   # calls reference.require(...)
 
-    `require(forget_loss, retain_loss)` (called by `make_unlearning_loss`) makes the frozen copy when
-    KL needs one and, for NPO without a free reference, precomputes `Example.reference_logp` for the
-    forget examples given to `prepare` (in whichever order the two calls come).
+    `require("logits" | "sequence_logp")` (called by `unlearning_loss` for its terms) makes the frozen copy
+    when a term reads logits and, for sequence log-likelihoods without a free reference, precomputes
+    `Example.reference_logp` for the forget examples given to `prepare` (in whichever order the two calls come).
     """
 
     def __init__(self, model, mode: str, frozen=None):
@@ -204,12 +151,12 @@ class Reference:
         self._pending = (forget, tokenizer, batch_size, device)
         self._maybe_precompute()
 
-    def require(self, forget_loss: str, retain_loss: str) -> None:
-        """Get ready for a loss combination: a frozen copy for KL and UNDIAL (which need the reference's
-        logits), precomputed log-likelihoods for NPO."""
-        if (retain_loss == "kl" or forget_loss == "undial") and self.mode == "precomputed":
+    def require(self, *needs: str | None) -> None:
+        """Get ready for terms that read the reference (`LossTerm.reference`): "logits" makes the frozen copy
+        under full / last-k; "sequence_logp" precomputes the forget examples' log-likelihoods there."""
+        if "logits" in needs and self.mode == "precomputed":
             self._make_copy()
-        if forget_loss == "npo":
+        if "sequence_logp" in needs:
             self._needs_logp = True
             self._maybe_precompute()
 
@@ -326,83 +273,92 @@ class Reference:
         return -summed
 
 
-def needs_reference(forget_loss: str, retain_loss: str) -> bool:
-    return forget_loss in REFERENCE_FORGET_LOSSES or retain_loss == "kl"
+@runtime_checkable
+class LossTerm(Protocol):
+    """One term of an unlearning loss (a module of methods/losses/): a dataclass of its own knobs, each
+    knob's bound and help in its field's metadata (utils.config.knob), and
+
+        loss:       the name configs choose it by (a field, so a saved config writes it)
+        role:       "forget" or "retain", the rows it is for
+        reference:  None, "logits" or "sequence_logp": what it reads of the reference model
+        token_mean: whether its per-example value is a mean over answer tokens (training.loss_reduction: token)
+    """
+
+    loss: str
+    role: ClassVar[str]
+    reference: ClassVar[str | None]
+    token_mean: ClassVar[bool]
+
+    def per_example(self, view: ForwardView, rows: torch.Tensor) -> torch.Tensor:
+        """One value per batch row, read at `rows` (a boolean mask; other rows may hold anything)."""
+        ...
 
 
-def make_unlearning_loss(forget_loss: str = "ascent", retain_loss: str = "nll", npo_beta: float = 0.1,
-                         forget_loss_ceiling: float | None = None, reference: Reference | None = None,
-                         ceiling_scope: str = "answer", simnpo_beta: float = 4.5, simnpo_gamma: float = 0.0,
-                         wga_beta: float = 1.0, undial_beta: float = 10.0) -> LossFunction:
-    """The loss function (model, batch) -> LossOutput for one combination of forget and retain losses."""
-    if forget_loss not in FORGET_LOSSES:
-        raise UserError(f"forget loss must be one of {', '.join(FORGET_LOSSES)}, got {forget_loss!r}")
-    if retain_loss not in RETAIN_LOSSES:
-        raise UserError(f"retain loss must be one of {', '.join(RETAIN_LOSSES)}, got {retain_loss!r}")
-    if forget_loss == "npo" and not npo_beta > 0:
-        raise UserError(f"method.npo_beta must be positive, got {npo_beta}")
-    if forget_loss == "simnpo" and not simnpo_beta > 0:
-        raise UserError(f"method.simnpo_beta must be positive, got {simnpo_beta}")
-    if forget_loss == "wga" and not wga_beta >= 0:
-        raise UserError(f"method.wga_beta must be non-negative, got {wga_beta}")
-    if forget_loss == "undial" and not undial_beta > 0:
-        raise UserError(f"method.undial_beta must be positive, got {undial_beta}")
-    if needs_reference(forget_loss, retain_loss):
+class TermDefaults:
+    """What most terms are, for a term dataclass to inherit: a forget term that reads no reference and whose
+    per-example value is a mean over the answer tokens (a term says otherwise where it differs)."""
+
+    role: ClassVar[str] = "forget"
+    reference: ClassVar[str | None] = None
+    token_mean: ClassVar[bool] = True
+
+
+@dataclass
+class ForwardView:
+    """One forward pass as every term sees it: the batch, its logits and labels, each row's mean and
+    summed answer-token NLL and answer-token count, and the reference (None when no term reads it)."""
+
+    batch: dict
+    logits: torch.Tensor
+    labels: torch.Tensor
+    mean_nll: torch.Tensor
+    summed_nll: torch.Tensor
+    counts: torch.Tensor
+    reference: Reference | None
+
+    def scatter(self, rows: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+        """A [B] tensor holding `values` (computed on the batch's `rows` only) at those rows, zeros elsewhere."""
+        full = torch.zeros_like(self.mean_nll)
+        full[rows] = values.to(full.dtype)
+        return full
+
+    def reference_logits(self, rows: torch.Tensor) -> torch.Tensor:
+        return self.reference.logits(self.batch["input_ids"][rows], self.batch["attention_mask"][rows])
+
+
+def unlearning_loss(forget: LossTerm | None, retain: LossTerm | None, reference: Reference | None = None,
+                    ceiling: float | None = None, ceiling_scope: str = "answer") -> LossFunction:
+    """The loss function (model, batch) -> LossOutput: forget rows get `forget`, retain rows `retain` (None:
+    nothing), each times its weight; see the module docstring for the ceiling."""
+    terms = [term for term in (forget, retain) if term is not None]
+    needs = [term.reference for term in terms if term.reference]
+    if needs:
         if reference is None:
-            needing = forget_loss if forget_loss in REFERENCE_FORGET_LOSSES else "kl"
-            raise UserError(f"the {needing} loss needs a reference model")
-        reference.require(forget_loss, retain_loss)
+            raise UserError(f"the {next(t.loss for t in terms if t.reference)} loss needs a reference model")
+        reference.require(*needs)
+    token_mean = all(term.token_mean for term in terms)
 
     def loss_fn(model, batch: dict) -> LossOutput:
         logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-        labels = batch["labels"]
-        mean_nll, summed_nll, counts = token_nll_from_logits(logits, labels)
+        mean_nll, summed_nll, counts = token_nll_from_logits(logits, batch["labels"])
+        view = ForwardView(batch, logits, batch["labels"], mean_nll, summed_nll, counts, reference)
         weight = batch["weight"].to(mean_nll.dtype)
-        is_forget = batch["is_forget"]
         active = weight != 0  # zero-weight rows (DDP placeholders) never need a reference
         # Zeros that stay attached to the graph: a batch whose rows all contribute nothing must still
         # backpropagate through the model (DDP synchronises gradients in backward on every process).
         zeros = mean_nll * 0.0
         per_example = zeros
-
-        forget_rows = is_forget & active
-        if forget_loss != "none" and bool(forget_rows.any()):
-            if forget_loss == "ascent":
-                value = -mean_nll
-            elif forget_loss == "npo":
-                ref = torch.zeros_like(mean_nll)
-                ref[forget_rows] = reference.sequence_logp(batch, forget_rows).to(ref.dtype)
-                value = npo_loss(-summed_nll, ref, npo_beta)
-            elif forget_loss == "simnpo":
-                value = simnpo_loss(mean_nll, simnpo_beta, simnpo_gamma)
-            elif forget_loss == "wga":
-                value = torch.zeros_like(mean_nll)
-                value[forget_rows] = wga_per_example(logits[forget_rows], labels[forget_rows], wga_beta)
-            else:  # undial: the reference's logits at the forget rows only
-                ref_logits = reference.logits(batch["input_ids"][forget_rows], batch["attention_mask"][forget_rows])
-                value = torch.zeros_like(mean_nll)
-                value[forget_rows] = undial_per_example(logits[forget_rows], ref_logits, labels[forget_rows],
-                                                        undial_beta)
-            keep = forget_rows
-            if forget_loss_ceiling is not None:
+        for term, rows in ((forget, batch["is_forget"] & active), (retain, ~batch["is_forget"] & active)):
+            if term is None or not bool(rows.any()):
+                continue
+            keep = rows
+            if term is forget and ceiling is not None:
                 level = mean_nll.detach()
                 if ceiling_scope == "document":
                     with torch.no_grad():
                         level = token_nll_from_logits(logits.detach(), text_labels(batch))[0]
-                keep = keep & (level < forget_loss_ceiling)
-            per_example = per_example + torch.where(keep, value, zeros)
-
-        retain_rows = ~is_forget & active
-        if retain_loss != "none" and bool(retain_rows.any()):
-            if retain_loss == "nll":
-                value = mean_nll
-            else:
-                ref_logits = reference.logits(batch["input_ids"][retain_rows], batch["attention_mask"][retain_rows])
-                value = torch.zeros_like(mean_nll)
-                value[retain_rows] = kl_per_example(logits[retain_rows], ref_logits, labels[retain_rows])
-            per_example = per_example + torch.where(retain_rows, value, zeros)
-
-        tokens = counts if forget_loss in TOKEN_MEAN_LOSSES and retain_loss in TOKEN_MEAN_LOSSES else None
-        return LossOutput(per_example=per_example * weight, nll=mean_nll, tokens=tokens)
+                keep = keep & (level < ceiling)
+            per_example = per_example + torch.where(keep, term.per_example(view, rows), zeros)
+        return LossOutput(per_example=per_example * weight, nll=mean_nll, tokens=counts if token_mean else None)
 
     return loss_fn

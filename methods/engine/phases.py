@@ -1,5 +1,5 @@
 """Pieces the method modules share: validation, chunking, role/weight tagging and the mixed
-forget+retain batches of gradient difference, KL and NPO+RT."""
+forget+retain batches of gradient difference."""
 
 from __future__ import annotations
 
@@ -8,10 +8,8 @@ import math
 
 import torch
 
-from methods.engine.losses import make_unlearning_loss
-from methods.engine.settings import ForgetTermSettings
-from methods.engine.trainer import LossFunction, Phase
-from utils.config import MethodConfig, TrainingConfig
+from methods.engine.trainer import Phase
+from utils.config import TrainingConfig
 from utils.data.tokenization import Example
 from utils.errors import UserError
 
@@ -21,34 +19,18 @@ def tagged(example: Example, role: str, weight: float = 1.0) -> Example:
     return dataclasses.replace(example, role=role, weight=float(weight))
 
 
-def check_common(name: str, forget: list[Example], retain: list[Example], method: ForgetTermSettings,
-                 training: TrainingConfig, forget_loss: str, retain_loss: str, retain_needed: bool) -> None:
-    """The checks every method makes; each failure is a one-line UserError."""
+def check_common(name: str, forget: list[Example], retain: list[Example], training: TrainingConfig,
+                 retain_needed: bool, retain_loss: str = "") -> None:
+    """The checks every method makes that are not ranges (those are the config's); each failure is a one-line
+    UserError. `retain_loss` names the retain term in the message."""
     if not forget:
         raise UserError(f"{name}: the forget set is empty; there is nothing to unlearn")
-    if retain_needed and retain_loss != "none" and not retain:
+    if retain_needed and not retain:
         raise UserError(f"{name}: the retain set is empty but the method needs it (retain loss '{retain_loss}')")
-    if forget_loss == "npo" and not method.npo_beta > 0:
-        raise UserError(f"{name}: method.npo_beta must be positive, got {method.npo_beta}")
-    # The new losses' knobs, each checked when its loss is the one chosen (settings may lack the others).
-    for loss, knob, positive in (("simnpo", "simnpo_beta", True), ("simnpo", "simnpo_gamma", False),
-                                 ("wga", "wga_beta", False), ("undial", "undial_beta", True)):
-        value = getattr(method, knob, None)
-        if forget_loss == loss and value is not None and not (value > 0 if positive else value >= 0):
-            raise UserError(f"{name}: method.{knob} must be {'positive' if positive else 'non-negative'}, "
-                            f"got {value}")
-    if method.forget_loss_ceiling is not None and not method.forget_loss_ceiling > 0:
-        raise UserError(f"{name}: method.forget_loss_ceiling must be positive (or null), got {method.forget_loss_ceiling}")
     if not training.epochs > 0:
         raise UserError(f"{name}: training.epochs must be positive, got {training.epochs}")
     if training.batch_size <= 0:
         raise UserError(f"{name}: training.batch_size must be positive, got {training.batch_size}")
-
-
-def check_chunk_size(name: str, method) -> None:
-    """`method.chunk_size` is a positive integer (for the settings of a chunked method)."""
-    if method.chunk_size <= 0:
-        raise UserError(f"{name}: method.chunk_size must be a positive integer, got {method.chunk_size}")
 
 
 def chunks(items: list, size: int) -> list[list]:
@@ -78,8 +60,6 @@ def mixed_phase(name: str, forget: list[Example], retain: list[Example], retain_
     if size < 2:
         raise UserError(f"{name}: training.batch_size must be at least 2 so every batch holds forget and retain "
                         f"examples, got {size} (sugd interleaves them with batch size 1)")
-    if retain_weight < 0:
-        raise UserError(f"{name}: method.retain_weight must be non-negative, got {retain_weight}")
     per_forget = math.ceil(size / 2)
     per_retain = size - per_forget
     total = math.ceil(training.epochs * len(forget))
@@ -96,28 +76,3 @@ def mixed_phase(name: str, forget: list[Example], retain: list[Example], retain_
                      for _ in range(n_retain)]
     return Phase(name=name, examples=examples, epochs=1, shuffle=False,
                  info={"kind": "mixed", "epochs": training.epochs, **(info or {})})
-
-
-def fixed_forget_loss_phases(name: str, forget_loss: str, forget: list[Example], retain: list[Example], settings,
-                             training: TrainingConfig, seed: int, kind: str = "ascent") -> list[Phase]:
-    """The phases of a method with a fixed forget loss (`FixedForgetLossSettings`): with retain_loss "none"
-    the forget examples alone, reshuffled every epoch; else gradient-difference batches weighted by
-    settings.retain_weight."""
-    check_common(name, forget, retain, settings, training, forget_loss, settings.retain_loss, retain_needed=True)
-    if settings.retain_loss == "none":
-        examples = [tagged(e, "forget") for e in forget]
-        return [Phase(name=name, examples=examples, epochs=training.epochs, shuffle=True, info={"kind": kind})]
-    return [mixed_phase(name, forget, retain, settings.retain_weight, training, seed)]
-
-
-# Settings attribute -> make_unlearning_loss argument; a setting a method does not declare keeps the default.
-LOSS_KNOBS = {"npo_beta": "npo_beta", "forget_loss_ceiling": "forget_loss_ceiling",
-              "forget_loss_ceiling_scope": "ceiling_scope", "simnpo_beta": "simnpo_beta",
-              "simnpo_gamma": "simnpo_gamma", "wga_beta": "wga_beta", "undial_beta": "undial_beta"}
-
-
-def loss_for(forget_loss: str, retain_loss: str, method: MethodConfig, reference) -> LossFunction:
-    """The loss for (forget loss, retain loss) with the knobs `method` declares: the engine's default
-    `make_loss` (see `methods.registry.make_loss`)."""
-    knobs = {argument: getattr(method, key) for key, argument in LOSS_KNOBS.items() if hasattr(method, key)}
-    return make_unlearning_loss(forget_loss=forget_loss, retain_loss=retain_loss, reference=reference, **knobs)

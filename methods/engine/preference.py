@@ -62,7 +62,7 @@ def check_retain_loss(name: str, retain_loss: str, reference: Reference | None) 
     if retain_loss == "kl":
         if reference is None:
             raise UserError(f"{name}: the kl retain loss needs a reference model")
-        reference.require("none", "kl")
+        reference.require("logits")
 
 
 def make_refusal_nll_loss(retain_loss: str = "nll", reference: Reference | None = None) -> LossFunction:

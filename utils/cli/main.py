@@ -7,17 +7,13 @@ A `UserError` anywhere ends the program with one line on stderr and exit code 2.
 from __future__ import annotations
 
 import argparse
-import contextlib
-import errno
 import importlib
 import importlib.metadata
-import signal
 import sys
-import threading
 import tomllib
-import typing
 
-from utils.errors import UserError, unusable_path
+from utils.entry import OneLineParser, library_progress_bars, run_command
+from utils.errors import UserError
 from utils.project import PROJECT_ROOT
 
 # The name pyproject.toml gives the project ([project] name): what `pip install -e .` registers.
@@ -35,19 +31,6 @@ COMMAND_MODULES = [
     "utils.cli.commands.merge",
     "utils.cli.commands.doctor",
 ]
-
-
-# A path the file system refuses (too long, a symlink loop, no permission, full, read-only) that a command's own
-# checks missed still ends in one line naming it; every other OSError (a missing file we made) is a bug.
-REFUSED_BY_FILE_SYSTEM = frozenset({errno.ENAMETOOLONG, errno.ELOOP, errno.EACCES, errno.EPERM, errno.ENOSPC,
-                                    errno.EROFS, errno.EDQUOT, errno.ENOTDIR, errno.EISDIR})
-
-
-class OneLineParser(argparse.ArgumentParser):
-    """A usage mistake ends like any other bad input: one `error:` line and exit code 2 (no usage block)."""
-
-    def error(self, message: str) -> typing.NoReturn:
-        raise UserError(f"{self.prog}: {message} (see {self.prog} --help)")
 
 
 def package_version() -> str:
@@ -92,21 +75,13 @@ def add_config_arguments(
                         help=set_help)
 
 
-@contextlib.contextmanager
-def library_progress_bars(enabled: bool):
-    """`--quiet` also silences the bars transformers draws on stderr while loading and saving weights."""
-    if enabled:
-        yield
-        return
-    from transformers.utils import logging as transformers_logging
-
-    was_enabled = transformers_logging.is_progress_bar_enabled()
-    transformers_logging.disable_progress_bar()
-    try:
-        yield
-    finally:
-        if was_enabled:
-            transformers_logging.enable_progress_bar()
+def add_run_folder_flags(parser: argparse.ArgumentParser, no_eval_help: str) -> None:
+    """The flags of the commands that write a run folder (`run`, `merge`): skip the evaluation, replace what
+    the folder holds, no progress bars."""
+    parser.add_argument("--no-eval", action="store_true", help=no_eval_help)
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace whatever run the --out folder holds, finished or not (says what it replaces)")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
 def check_at_least(flag: str, value: float | None, low: int = 1) -> None:
@@ -115,44 +90,15 @@ def check_at_least(flag: str, value: float | None, low: int = 1) -> None:
         raise UserError(f"{flag} must be at least {low}, got {value}")
 
 
-class Stopped(KeyboardInterrupt):
-    """SIGTERM (a scheduler's stop, `kill`): unwinds like Ctrl-C, so every `finally` and atomic write cleans up."""
-
-
-def stop_on_signal(signum, _frame) -> None:
-    # A second signal must not cut the cleanup the first one started.
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    raise Stopped(signal.Signals(signum).name) if signum != signal.SIGINT else KeyboardInterrupt()
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    handlers = None
-    if threading.current_thread() is threading.main_thread():
-        handlers = {sig: signal.signal(sig, stop_on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
-    try:
+
+    def work() -> int | None:
         args = parser.parse_args(argv)
         with library_progress_bars(not getattr(args, "quiet", False)):
-            result = args.func(args)
-    except UserError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except OSError as exc:
-        if exc.filename is None or exc.errno not in REFUSED_BY_FILE_SYSTEM:
-            raise  # anything else is a bug and keeps its traceback
-        print(f"error: {unusable_path(exc.filename, exc)}", file=sys.stderr)
-        return 2
-    except Stopped as exc:
-        print(f"stopped by {exc}: temporaries removed, nothing half-written left", file=sys.stderr)
-        return 128 + signal.SIGTERM
-    except KeyboardInterrupt:
-        print("interrupted: temporaries removed, nothing half-written left", file=sys.stderr)
-        return 130
-    finally:
-        for sig, handler in (handlers or {}).items():
-            signal.signal(sig, handler)
-    return int(result or 0)
+            return args.func(args)
+
+    return run_command(work)
 
 
 if __name__ == "__main__":

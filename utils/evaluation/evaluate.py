@@ -9,16 +9,23 @@ knowledge with the official metrics, runs the MIA attacks and the utility benchm
 from __future__ import annotations
 
 import time
+import warnings as python_warnings
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from utils.config import DEFAULT_MMLU_THRESHOLD
+from utils.config import DEFAULT_MMLU_THRESHOLD, EvaluationConfig
 from utils.data.lume import TASKS, Item, LumeData
 from utils.environment import describe_environment
+from utils.evaluation.generation import generate
+from utils.evaluation.metrics import build_results, compute_terms, knowledge_score, regurgitation_score
+from utils.evaluation.mia import run_mia
+from utils.evaluation.mmlu import evaluate_utility
 from utils.evaluation.sharding import ALONE, Shards
 from utils.io import atomic_write_json, write_jsonl
+from utils.models.loading import context_length
 
 
 @dataclass
@@ -48,31 +55,78 @@ def generation_cap(model, max_new_tokens: int) -> int | None:
     """The new tokens a generation may take at most: the model's context, when `max_new_tokens` asks for more (past
     its positions a model reads what it never trained on, and a huge setting would generate for hours). None when
     no cap applies."""
-    from utils.models.loading import context_length
-
     context = context_length(model)
     return context if context is not None and max_new_tokens > context else None
 
 
-@torch.inference_mode()
-def split_means(model, tokenizer, items: list[Item], max_new_tokens: int, batch_size: int,
-                clean_up_spaces: bool = True, progress: bool = False, shards: Shards = ALONE) -> dict[str, float]:
-    """Mean regurgitation (sc items) and knowledge (qa items) of greedy generations for `items`: the quick
-    check of a run's phases and of the prepared world (no MIA, no utility, no files). Under several processes
-    each generates its `shards` share and every process returns the same means."""
-    from utils.evaluation.generation import generate_greedy
-    from utils.evaluation.metrics import knowledge_score, regurgitation_score
+def generate_outputs(model, tokenizer, items: Sequence[Item], *, max_new_tokens: int, batch_size: int,
+                     parity: str = "batched", clean_up_spaces: bool = True, progress: bool = False,
+                     shards: Shards = ALONE, warn: Callable[[str], None] = python_warnings.warn) -> list[str]:
+    """The evaluation's greedy generations for `items` (each process its `shards` share, every process gets all
+    of them); `max_new_tokens` as given (the caller caps it with `generation_cap`)."""
+    return shards.map(
+        lambda prompts, note: generate(model, tokenizer, prompts, parity=parity, max_new_tokens=max_new_tokens,
+                                       batch_size=batch_size, progress=progress, warn=note,
+                                       clean_up_spaces=clean_up_spaces),
+        [item.input for item in items], warn)
 
-    max_new_tokens = generation_cap(model, max_new_tokens) or max_new_tokens
-    outputs = shards.map(
-        lambda prompts, _warn: generate_greedy(model, tokenizer, prompts, max_new_tokens=max_new_tokens,
-                                               batch_size=batch_size, progress=progress and shards.is_main,
-                                               clean_up_spaces=clean_up_spaces),
-        [i.input for i in items], lambda _note: None)
-    regurgitation = [regurgitation_score(i.output, o) for i, o in zip(items, outputs) if i.kind == "sc"]
-    knowledge = [knowledge_score(i.output, o) for i, o in zip(items, outputs) if i.kind == "qa"]
+
+def item_scores(items: Sequence[Item], outputs: Sequence[str]) -> dict[str, float]:
+    """{item id: official score of its generation} (ROUGE-L recall for sc, exact match for qa)."""
+    return {item.id: (regurgitation_score if item.kind == "sc" else knowledge_score)(item.output, output)
+            for item, output in zip(items, outputs)}
+
+
+@torch.inference_mode()
+def score_items(model, tokenizer, items: Sequence[Item], settings: EvaluationConfig, *,
+                max_new_tokens: int | None = None, parity: str | None = None, progress: bool = False,
+                shards: Shards = ALONE, warn: Callable[[str], None] = python_warnings.warn) -> dict[str, float]:
+    """The evaluation on a subset: `items` generated with the evaluation's settings (`max_new_tokens` and `parity`
+    when given instead of theirs, the model's context as the cap) and scored per item, in eval mode."""
+    model.eval()
+    asked = settings.max_new_tokens if max_new_tokens is None else max_new_tokens
+    outputs = generate_outputs(model, tokenizer, items, max_new_tokens=generation_cap(model, asked) or asked,
+                               batch_size=settings.batch_size, parity=parity or settings.parity,
+                               clean_up_spaces=settings.clean_up_tokenization_spaces,
+                               progress=progress and shards.is_main, shards=shards, warn=warn)
+    return item_scores(items, outputs)
+
+
+def kind_means(items: Sequence[Item], scores: dict[str, float]) -> dict[str, float]:
+    """Mean regurgitation (sc items) and knowledge (qa items) of per-item scores (0 for a kind with no item)."""
+    regurgitation = [scores[i.id] for i in items if i.kind == "sc"]
+    knowledge = [scores[i.id] for i in items if i.kind == "qa"]
     return {"regurgitation": sum(regurgitation) / max(1, len(regurgitation)),
             "knowledge": sum(knowledge) / max(1, len(knowledge))}
+
+
+def split_means(model, tokenizer, items: list[Item], max_new_tokens: int, batch_size: int,
+                clean_up_spaces: bool = True, progress: bool = False, shards: Shards = ALONE) -> dict[str, float]:
+    """Mean regurgitation and knowledge of batched greedy generations for `items`: the quick check of the
+    prepared world (no MIA, no utility, no files). Under several processes each generates its `shards` share
+    and every process returns the same means."""
+    settings = EvaluationConfig(max_new_tokens=max_new_tokens, batch_size=batch_size,
+                                clean_up_tokenization_spaces=clean_up_spaces, parity="batched")
+    return kind_means(items, score_items(model, tokenizer, items, settings, progress=progress, shards=shards))
+
+
+def subset_check(model, tokenizer, lume: LumeData, settings: EvaluationConfig, shards: Shards = ALONE) -> dict:
+    """The per-phase check of a run: the evaluation on the first `per_phase_subset` documents of each task, with
+    `per_phase_max_new_tokens` and batched generation, as forget/retain regurgitation and knowledge means ({}
+    when the subset is off). Every process must call it (each generates its share)."""
+    subset = settings.per_phase_subset
+    if not subset:
+        return {}
+    model.eval()
+    out = {}
+    for split in ("forget", "retain"):
+        items = subset_items(lume.split_items(split), subset)
+        scores = score_items(model, tokenizer, items, settings, max_new_tokens=settings.per_phase_max_new_tokens,
+                             parity="batched", shards=shards)
+        means = kind_means(items, scores)
+        out[f"{split}_regurgitation"], out[f"{split}_knowledge"] = means["regurgitation"], means["knowledge"]
+    model.train()
+    return out
 
 
 @torch.inference_mode()
@@ -86,11 +140,6 @@ def evaluate_model(model, tokenizer, lume: LumeData, *, mia_documents: dict[str,
     results' own, as do the counts of prompts and MIA documents cut to the model's context. Under several
     processes each scores its `shards` share and every process returns the whole evaluation. `parity`
     "strict" generates and takes the MIA losses one item at a time, as the official scorer did."""
-    from utils.evaluation.generation import generate
-    from utils.evaluation.metrics import build_results, compute_terms
-    from utils.evaluation.mia import run_mia
-    from utils.evaluation.mmlu import evaluate_utility
-
     model.eval()
     notes = list(warnings or [])
     timings: dict[str, float] = {}
@@ -103,11 +152,9 @@ def evaluate_model(model, tokenizer, lume: LumeData, *, mia_documents: dict[str,
     started = time.perf_counter()
     progress = progress and shards.is_main
     # One call for both splits: longer, better-filled batches.
-    outputs = shards.map(
-        lambda prompts, warn: generate(model, tokenizer, prompts, parity=parity, max_new_tokens=max_new_tokens,
-                                       batch_size=batch_size, progress=progress, warn=warn,
-                                       clean_up_spaces=clean_up_spaces),
-        [i.input for i in items], notes.append)
+    outputs = generate_outputs(model, tokenizer, items, max_new_tokens=max_new_tokens, batch_size=batch_size,
+                               parity=parity, clean_up_spaces=clean_up_spaces, progress=progress, shards=shards,
+                               warn=notes.append)
     timings["generation"] = time.perf_counter() - started
     records = [{"id": i.id, "task": i.task, "split": i.split, "expected_output": i.output, "model_output": o}
                for i, o in zip(items, outputs)]

@@ -14,8 +14,14 @@ from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 
+import utils.experiment.footprint as fp
+from methods.engine.losses import Reference
+from methods.registry import get_method, make_loss
 from utils.errors import UserError
-from utils.experiment import footprint as fp
+from utils.experiment.inputs import build_run_phases, resolve_forget_loss_ceiling
+from utils.experiment.schedule import local_tokenizer
+from utils.io import looks_like_local_path
+from utils.models.loading import TOKENIZER_FILES, WEIGHT_FILES, holds_tokenizer
 
 OK, WARN, FAIL = "ok", "warn", "FAIL"
 HUB_TIMEOUT_SECONDS = 3.0
@@ -61,14 +67,9 @@ def model_shape(experiment) -> fp.ModelShape | None:
 def keeps_reference_copy(config) -> bool:
     """Whether the method keeps a frozen copy of the model: asked of the method's own loss, given a
     Reference that records the copy instead of making it."""
-    from methods.engine.losses import Reference, needs_reference
-    from methods.registry import get_method, make_loss
-
     if config.adapter.kind == "lora":
         return False  # the adapter switched off is the reference
-    module = get_method(config.method.name)
-    own = getattr(module, "needs_reference", None)
-    if not (own(config.method) if own is not None else needs_reference(*module.loss_kinds(config.method))):
+    if not get_method(config.method.name).needs_reference(config.method):
         return False
 
     class CopyProbe(Reference):
@@ -89,10 +90,6 @@ def step_shape(experiment, processes: int) -> fp.StepShape:
     """The largest micro-batch a process trains, from the run's own phases when the data and a tokenizer
     are on this machine (the OLMo tokenizer of `scripts/olmo_assets.py` stands in for an OLMo hub name);
     else the worst case of training.max_length tokens per row."""
-    from methods.registry import get_method
-    from utils.experiment.run import build_run_phases, resolve_forget_loss_ceiling
-    from utils.experiment.schedule import local_tokenizer
-
     config = experiment.config
     try:
         config = resolve_forget_loss_ceiling(config)
@@ -298,8 +295,6 @@ class Hub:
 
 def checkpoint_row(check: str, name: str, hub: Hub, prepared: bool) -> Check:
     """A model folder (config.json and weights) or a hub model; `prepared`: `unlearn prepare` makes it."""
-    from utils.models.loading import WEIGHT_FILES, looks_like_local_path
-
     path = Path(name).expanduser()
     if path.is_dir():
         missing = [] if (path / "config.json").is_file() or (path / "adapter_config.json").is_file() else ["config.json"]
@@ -327,12 +322,10 @@ def gold_standard_row(experiment, hub: Hub) -> Check:
 
 
 def tokenizer_row(experiment, hub: Hub) -> Check:
-    from utils.models.loading import TOKENIZER_FILES, looks_like_local_path
-
     name = experiment.config.model.tokenizer or experiment.start_model
     path = Path(name).expanduser()
     if path.is_dir():
-        if any((path / f).is_file() for f in TOKENIZER_FILES):
+        if holds_tokenizer(path):
             return Check("tokenizer", OK, f"local folder {path}")
         return Check("tokenizer", FAIL, f"{path} holds no tokenizer files ({', '.join(TOKENIZER_FILES)})")
     if looks_like_local_path(name) or experiment.config.model.name_or_path is None:

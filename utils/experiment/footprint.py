@@ -122,6 +122,8 @@ class Footprint:
     parts: dict[str, int] = field(default_factory=dict)
     resident: list[str] = field(default_factory=list)
     backward: list[str] = field(default_factory=list)
+    # Parts of the backward pass never held at once: the largest of them counts.
+    backward_in_turn: list[str] = field(default_factory=list)
     step: list[str] = field(default_factory=list)
     trainable_parameters: int = 0
     checkpoint_bytes: int = 0
@@ -132,11 +134,7 @@ class Footprint:
 
     @property
     def peak(self) -> int:
-        # In backward the logits' memory is freed before the trainable weights' gradients grow (the output layer
-        # comes first), so the two are counted as whichever is larger, beside the saved activations.
-        others = [name for name in self.backward if name not in ("logits", "gradients")]
-        backward = self.total(others) + max(self.parts.get("logits", 0) if "logits" in self.backward else 0,
-                                            self.parts.get("gradients", 0) if "gradients" in self.backward else 0)
+        backward = self.total(self.backward) + max((self.parts[name] for name in self.backward_in_turn), default=0)
         return self.total(self.resident) + max(backward, self.total(self.step))
 
     def text(self) -> str:
@@ -219,7 +217,10 @@ def estimate(shape: ModelShape, config, step: StepShape, processes: int = 1, ref
     footprint = Footprint(parts=parts, trainable_parameters=trainable)
     footprint.resident = ["runtime", "weights", "adapter", "master copies", "optimiser", "reference copy",
                           "autocast copies"]
-    footprint.backward = ["activations", "logits", "gradients"]
+    footprint.backward = ["activations"]
+    # In backward the logits' memory is freed before the trainable weights' gradients grow (the output layer
+    # comes first), so the two are counted as whichever is larger, beside the saved activations.
+    footprint.backward_in_turn = ["logits", "gradients"]
     footprint.step = ["fp32 gradients"] if master else ["gradients"]
     footprint.checkpoint_bytes = trainable * trainable_bytes
     merged = not lora or adapter.merge_at_end

@@ -19,6 +19,9 @@ from pathlib import Path
 
 from utils.config import Config, load_config
 from utils.errors import UserError
+from utils.experiment.experiment import Experiment
+from utils.experiment.resolved import claim_run_dir, timestamped_run_dir
+from utils.experiment.run import describe_run_folder, evaluate_run
 from utils.io import atomic_write_json, check_output_location, read_json
 
 # What a merge's --set may change: how it is evaluated and its name. Model, training, method and adapter keys
@@ -49,9 +52,6 @@ class FinishedRun:
 
 def read_finished_run(folder: str | Path) -> FinishedRun:
     """A run folder whose model was saved (the end of its training); anything else is refused in one line."""
-    from utils.experiment.experiment import Experiment
-    from utils.experiment.run import describe_run_folder
-
     folder = Path(folder)
     if not folder.is_dir():
         raise UserError(f"run folder not found: {folder}")
@@ -174,7 +174,6 @@ def merge_runs(run_dirs: Sequence[str | Path], out: str | Path | None = None, ho
 def _merge_runs(run_dirs: Sequence[str | Path], out: str | Path | None, how: str, weights: Sequence[float] | None,
                 density: float | None, overrides: Sequence[str], overwrite: bool, evaluate: bool, progress: bool,
                 log) -> tuple[Path, dict]:
-    from utils.experiment.experiment import Experiment, claim_run_dir, timestamped_run_dir
     from utils.folders import check_not_input, clear_folder, experiment_inputs
     from utils.memory import PeakMemory
     from utils.models.merging import check_merge_settings, merge_task_vectors
@@ -211,8 +210,6 @@ def _merge_runs(run_dirs: Sequence[str | Path], out: str | Path | None, how: str
     # Only now, with every input checked and the merge made, is the folder written.
     run_dir = Path(out) if out is not None else claim_run_dir(timestamped_run_dir(name))
     if overwrite and run_dir.is_dir() and any(run_dir.iterdir()):
-        from utils.experiment.run import describe_run_folder
-
         log(f"[merge] --overwrite: replacing {run_dir} ({describe_run_folder(run_dir)})")
         clear_folder(run_dir)  # (its lock and marker stay)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -228,7 +225,6 @@ def _merge_runs(run_dirs: Sequence[str | Path], out: str | Path | None, how: str
     evaluation = None
     if evaluate:
         from utils.config import to_dict
-        from utils.experiment.run import evaluate_run
 
         # The merged model cost its runs' unlearning as well as the merge: the leaderboard's seconds say so.
         spent = [((run.results or {}).get("timings") or {}).get("unlearning") for run in runs]

@@ -27,14 +27,22 @@ import gc
 import hashlib
 import json
 import math
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
 
-from utils.data.lume import TASKS, Item
+from methods.engine.finetune import finetune
+from utils.data.lume import TASKS, Item, parse_item_id
 from utils.errors import UserError
+from utils.evaluation.evaluate import Evaluation, item_scores, score_items, subset_items
+from utils.evaluation.metrics import summary_text
+from utils.evaluation.mia import run_mia
 from utils.evaluation.sharding import ALONE, Shards
+from utils.experiment.inputs import training_examples
+from utils.io import atomic_write_json
+from utils.models.adapters import is_lora
 
 ATTACKS = ("relearn", "quantize")
 # Below this drop a term is noise (one exact-match answer of a hundred, a word of ROUGE-L): no ratio of it.
@@ -73,8 +81,6 @@ def quantize_rtn(weight: torch.Tensor, bits: int) -> torch.Tensor:
 def plain_copy(model):
     """A deep copy of `model`; an unmerged LoRA model (adapter.merge_at_end: false) merged into plain weights,
     so the attack sees the weights the model computes with and not the adapter's own layers."""
-    from utils.models.adapters import is_lora
-
     duplicate = copy.deepcopy(model)
     return duplicate.merge_and_unload() if is_lora(duplicate) else duplicate
 
@@ -108,8 +114,6 @@ def document_halves(items: Sequence[Item]) -> tuple[list[Item], list[Item]]:
 
 
 def kind_of(item_id: str) -> str:
-    from utils.data.lume import parse_item_id
-
     return KIND_OF[parse_item_id(item_id)[0]]
 
 
@@ -156,37 +160,11 @@ def mean_recovery(block: dict) -> float | None:
 # Scoring
 
 
-def item_scores(items: Sequence[Item], outputs: Sequence[str]) -> dict[str, float]:
-    """{item id: official score of its generation} (ROUGE-L recall for sc, exact match for qa)."""
-    from utils.evaluation.metrics import knowledge_score, regurgitation_score
-
-    return {item.id: (regurgitation_score if item.kind == "sc" else knowledge_score)(item.output, output)
-            for item, output in zip(items, outputs)}
-
-
-def score_items(model, tokenizer, items: Sequence[Item], settings, shards: Shards, progress: bool,
-                warn: Callable[[str], None]) -> dict[str, float]:
-    """Greedy generations for `items` (each process its share) scored per item, as the evaluation does."""
-    from utils.evaluation.generation import generate
-
-    model.eval()
-    with torch.inference_mode():
-        outputs = shards.map(
-            lambda prompts, note: generate(model, tokenizer, prompts, parity=settings.parity,
-                                           max_new_tokens=settings.max_new_tokens, batch_size=settings.batch_size,
-                                           progress=progress, warn=note,
-                                           clean_up_spaces=settings.clean_up_tokenization_spaces),
-            [item.input for item in items], warn)
-    return item_scores(items, outputs)
-
-
 def mia_auc(model, tokenizer, documents: dict | None, settings, shards: Shards, progress: bool,
             warn: Callable[[str], None]) -> float | None:
     """The official loss attack's AUC on `documents` (None without MIA documents or members)."""
     if documents is None or not documents["member"] or not documents["nonmember"]:
         return None
-    from utils.evaluation.mia import run_mia
-
     with torch.inference_mode():
         return run_mia(model, tokenizer, documents["member"], documents["nonmember"],
                        batch_size=settings.nll_batch_size, progress=progress, warn=warn, shards=shards,
@@ -207,8 +185,6 @@ def target_scores(experiment, target: str, items: Sequence[Item], shards: Shards
                   warn: Callable[[str], None]) -> dict[str, float] | None:
     """The target's per-item scores on `items` (what there was to forget), cached in the work dir under a key
     of the model's files, the items and the generation settings; None when the target cannot be loaded."""
-    from utils.io import atomic_write_json
-
     settings = experiment.config.evaluation
     key = json.dumps({"model": target, "files": _fingerprint(target),
                       "revision": experiment.config.model.revision, "dtype": experiment.config.model.dtype,
@@ -229,7 +205,7 @@ def target_scores(experiment, target: str, items: Sequence[Item], shards: Shards
         warn(f"robustness: the target {target} could not be loaded, so recovery is not measured "
              f"({str(exc).splitlines()[0] if str(exc) else exc.__class__.__name__})")
         return None
-    scores = score_items(model, tokenizer, items, settings, shards, progress, warn)
+    scores = score_items(model, tokenizer, items, settings, progress=progress, shards=shards, warn=warn)
     del model
     _free_memory()
     if shards.is_main:
@@ -250,9 +226,6 @@ def _free_memory() -> None:
 def relearned_copy(model, tokenizer, items: Sequence[Item], config, progress: bool):
     """A deep copy of `model` fine-tuned with NLL on `items` for `evaluation.relearn_steps` optimiser steps
     (constant lr, no warm-up, the run's adapter kind, merged at the end)."""
-    from methods.engine.finetune import finetune
-    from utils.experiment.run import training_examples
-
     settings = config.evaluation
     examples = training_examples(list(items), "forget", tokenizer, config)
     per_epoch = math.ceil(len(examples) / settings.relearn_batch_size)
@@ -290,7 +263,7 @@ def _relearn(model, tokenizer, half_a: list[Item], half_b: list[Item], config, d
     trained = {item.training_text for item in half_a}
     members = None if documents is None else {
         "member": [d for d in documents["member"] if d not in trained], "nonmember": documents["nonmember"]}
-    scores = score_items(relearned, tokenizer, half_b, settings, shards, progress, warn)
+    scores = score_items(relearned, tokenizer, half_b, settings, progress=progress, shards=shards, warn=warn)
     auc = mia_auc(relearned, tokenizer, members, settings, shards, progress, warn)
     del relearned
     _free_memory()
@@ -307,8 +280,6 @@ def run_attacks(experiment, model, tokenizer, evaluation, shards: Shards = ALONE
     """Run the configured attacks on copies of `model` (evaluated into `evaluation`) and return results.json's
     `robustness` block. `target` is the model before unlearning that recovery is measured against (default: the
     experiment's). Every process of a launch takes part (training and scoring its share): none waits alone."""
-    from utils.evaluation.evaluate import subset_items
-
     config = experiment.config
     settings = config.evaluation
     notes: list[str] = []
@@ -335,7 +306,8 @@ def run_attacks(experiment, model, tokenizer, evaluation, shards: Shards = ALONE
         for bits in dict.fromkeys(settings.quantize_bits):
             quantized = quantized_copy(model, bits)
             items = [*forget, *retain]
-            scores = score_items(quantized, tokenizer, items, settings, shards, progress, notes.append)
+            scores = score_items(quantized, tokenizer, items, settings, progress=progress, shards=shards,
+                                 warn=notes.append)
             auc = mia_auc(quantized, tokenizer, documents, settings, shards, progress, notes.append)
             block[f"quantize_{bits}bit"] = _attack_entry(
                 items, scores, reference, unlearned, auc,
@@ -348,6 +320,17 @@ def run_attacks(experiment, model, tokenizer, evaluation, shards: Shards = ALONE
     if notes:
         block["warnings"] = notes
     return block
+
+
+def add_robustness(experiment, model, tokenizer, evaluation: Evaluation, shards: Shards = ALONE,
+                   progress: bool = True, target: str | None = None) -> None:
+    """The configured attacks (`evaluation.attacks`; none: nothing) on copies of the evaluated `model`: their block
+    and their time go into `evaluation.results`. Called after the evaluation, on every process of a launch."""
+    if not experiment.config.evaluation.attacks:
+        return
+    started = time.perf_counter()
+    evaluation.results["robustness"] = run_attacks(experiment, model, tokenizer, evaluation, shards, progress, target)
+    evaluation.results["timings"]["robustness"] = time.perf_counter() - started
 
 
 def robustness_text(block: dict) -> str:
@@ -369,3 +352,9 @@ def robustness_text(block: dict) -> str:
     lines.append(f"robustness (mean recovery, lower is better): {show(block.get('mean_recovery'))}")
     lines.extend(f"warning: {note}" for note in block.get("warnings", []))
     return "\n".join(lines)
+
+
+def results_text(results: dict) -> str:
+    """The terminal summary of a results dict: the official scores, then the attacks' lines when it has them."""
+    text = summary_text(results)
+    return f"{text}\n{robustness_text(results['robustness'])}" if results.get("robustness") else text

@@ -1,4 +1,6 @@
-"""One unlearning run from config to results: load, adapt, unlearn phase by phase, evaluate, plot.
+"""One unlearning run from config to results, as named steps: open the folder, build the inputs, prepare the
+model, train the phases (a callback after each), finish. `unlearn run`, the sweep and the rehearsal benchmark all
+call these steps (`run_experiment` in order; `benchmarks/rehearsal.py` one by one, on a shortened schedule).
 
 The run folder holds:
   config.yaml        the resolved config (what actually ran)
@@ -16,11 +18,18 @@ so a resumed run ends with the same weights as an uninterrupted one.
 
 from __future__ import annotations
 
-import dataclasses
+import contextlib
 import json
+import shutil
 import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
+
+import torch
+import yaml
+from tqdm.auto import tqdm
 
 from methods.engine.checkpoint import (
     STATE_FILE,
@@ -34,14 +43,25 @@ from methods.engine.checkpoint import (
     save_checkpoint,
     verify_checkpoint,
 )
-from methods.engine.trainer import Phase, Trainer, json_line, make_accelerator
+from methods.engine.trainer import Phase, PhaseResult, Trainer, json_line, make_accelerator, nll_per_example
+from methods.registry import get_method, make_loss, prepare_reference
 from utils.config import Config, resolve_saved_paths, save_config, to_dict
-from utils.data.lume import Item, LumeData
-from utils.data.tokenization import Example, encode_item
+from utils.data.lume import LumeData
+from utils.data.tokenization import collate
 from utils.errors import UserError
+from utils.evaluation.evaluate import Evaluation, subset_check, write_evaluation
+from utils.evaluation.plots import BEFORE_FILE, plot_run
+from utils.evaluation.sharding import ALONE, Shards
+from utils.experiment.inputs import build_run_phases, resolve_forget_loss_ceiling
+from utils.experiment.resolved import ResolvedConfig, claim_run_dir
+from utils.experiment.robustness import add_robustness
+from utils.experiment.tracking import chosen_trackers, open_trackers
+from utils.folders import check_not_input, check_overwrite, clear_folder, experiment_inputs, folder_lock
 from utils.io import atomic_write_text, check_output_location, read_json
 from utils.memory import PeakMemory
 from utils.models.adapters import apply_adapter, finalise
+from utils.models.loading import save_model
+from utils.models.model_card import write_run_card
 from utils.seeding import seed_everything
 
 # What decides the weights a run ends with; a resume must not change any of it.
@@ -53,45 +73,24 @@ RESUME_FREE = {"training": ("checkpoint_every", "keep_checkpoints", "report_to",
 
 def resolve_paths(config: Config) -> tuple[str, str]:
     """(model a run starts from, data folder), as the experiment resolves them."""
-    from utils.experiment.experiment import Experiment
-
-    experiment = Experiment(config)
-    return experiment.start_model, experiment.data_dir
-
-
-def resolve_forget_loss_ceiling(config: Config) -> Config:
-    """Turn `forget_loss_ceiling: gold_standard` into the number `unlearn prepare` measured.
-
-    The gold standard never saw the forget set, so its NLL on the forget answers is the level an
-    unlearned model should reach; ascending past it is what drives MIA AUC below 0.5 (over-forgetting).
-    """
-    if getattr(config.method, "forget_loss_ceiling", None) != "gold_standard":  # (only some methods have one)
-        return config
-    report_path = Path(config.workdir) / "prepare_report.json"
-    # The answer-level ceiling reads the gold standard's answer NLL; the document-level one its whole-text NLL.
-    key = "text_nll" if config.method.forget_loss_ceiling_scope == "document" else "output_nll"
-    try:
-        level = json.loads(report_path.read_text())["gold_standard"]["forget"][key]
-    except (OSError, KeyError, json.JSONDecodeError):
-        raise UserError(f"method.forget_loss_ceiling=gold_standard needs {report_path} with the gold standard's "
-                        f"forget {key} (run `unlearn prepare`), or give a number") from None
-    return dataclasses.replace(config, method=dataclasses.replace(config.method, forget_loss_ceiling=float(level)))
+    resolved = ResolvedConfig(config)
+    return resolved.start_model, resolved.data_dir
 
 
 def check_resumable(config: Config, run_dir: Path) -> None:
     """A resumed run must continue the same training: the saved config.yaml has to agree on what trains."""
-    import yaml
-
     saved_path = run_dir / "config.yaml"
     if not saved_path.is_file():
         return
     saved = yaml.safe_load(saved_path.read_text())
     if isinstance(saved, dict):
         saved = resolve_saved_paths(saved)
+    from methods.registry import saved_method_section
+
     current = to_dict(config)
     if isinstance(saved, dict) and isinstance(saved.get("method"), dict):
-        # Only the method's own settings decide its training (a run saved before the settings were typed
-        # holds every method's keys).
+        # A run saved in an older spelling (every method's keys, flat term knobs) is read as it is written now.
+        saved["method"] = saved_method_section(saved["method"])
         saved["method"] = {k: v for k, v in saved["method"].items() if k in current["method"]}
     defaults = to_dict(Config())
     if isinstance(saved.get("training"), dict) and "master_weights" not in saved["training"]:
@@ -125,8 +124,6 @@ def check_free_disk(start_model: str, run_dir: Path, config: Config) -> None:
     """Refuse a run whose folder cannot hold what it will write: the final model (the start model's size) and,
     for last-k and full training, its checkpoints (trainable weights, at most the model's size each). A rough
     upper estimate from a local start model's weight files; a hub model's size is not known before download."""
-    import shutil
-
     folder = Path(start_model).expanduser()
     if not folder.is_dir():
         return
@@ -177,77 +174,63 @@ def read_finished_results(path: Path) -> dict:
     return read_json(path, "results file")
 
 
-def appends_eos(config: Config) -> bool:
-    """Whether a run's examples end in EOS: `training.append_eos`, else the seed's choice (the gold standard
-    only; unlearning examples end with their answer)."""
-    if config.training.append_eos is not None:
-        return config.training.append_eos
-    return config.method.name == "gold_standard"
+# ----------------------------------------------------------------------------------------------
+# The steps
 
 
-def example_encoder(tokenizer, config: Config):
-    """encode(item, role, answer=None) -> Example: the item as a run trains on it, `answer` (when given)
-    replacing its own. Without a tokenizer (a dry run that has none locally): a token-less stand-in, which
-    gives the same phases and step counts (those never read tokens)."""
-    def encode(item: Item, role: str, answer: str | None = None) -> Example:
-        if tokenizer is None:
-            return Example(input_ids=[], labels=[], item_id=item.id, role=role)
-        if answer is not None:
-            item = dataclasses.replace(item, output=answer)
-        return encode_item(tokenizer, item, "output", config.training.max_length, role=role,
-                           add_eos=appends_eos(config))
+@dataclass
+class Run:
+    """One run between its steps: what `open_folder` found, then what each later step adds."""
 
-    return encode
+    experiment: ResolvedConfig  # with the resolved config (a gold-standard ceiling as its number)
+    accelerator: object
+    resume: bool
+    overwrite: bool
+    progress: bool
+    evaluate: bool
+    log: Callable
+    state: dict | None = None  # the checkpoint's state when resuming
+    finished: dict | None = None  # results.json of a finished run that `resume` reads back
+    # build_inputs
+    method: ModuleType | None = None
+    lume: LumeData | None = None
+    model: object = None
+    tokenizer: object = None
+    phases: list[Phase] = field(default_factory=list)
+    # prepare_model
+    trainer: Trainer | None = None
+    trackers: object = None
+    fingerprint: str = ""
+    phases_done: int = 0
+    elapsed: float = 0.0
+    stopped: bool = False  # by `stop_after_phases`: the run ends there, without `finish`
+    shards: Shards = ALONE
 
+    @property
+    def config(self) -> Config:
+        return self.experiment.config
 
-def training_examples(items: list[Item], role: str, tokenizer, config: Config) -> list[Example]:
-    """The items as training examples (stand-ins without a tokenizer, see `example_encoder`)."""
-    encode = example_encoder(tokenizer, config)
-    return [encode(item, role) for item in items]
+    @property
+    def run_dir(self) -> Path:
+        return self.experiment.run_dir
 
-
-def build_run_phases(method: ModuleType, config: Config, lume: LumeData, tokenizer) -> list[Phase]:
-    """The phases a run of `config` trains, built by the method itself: shared by `run_unlearning` and
-    `unlearn run --dry-run`, so the schedule a dry run shows is the one a run trains. A method with its
-    own `make_examples` (methods/registry.py) makes its examples from the items."""
-    from methods.engine.losses import check_loss_reduction
-
-    training = config.training
-    check_loss_reduction(method.NAME, training, *method.loss_kinds(config.method))
-    make_examples = getattr(method, "make_examples", None)
-    if make_examples is None:
-        forget = training_examples(lume.forget, "forget", tokenizer, config)
-        retain = training_examples(lume.retain, "retain", tokenizer, config)
-    else:
-        encode = example_encoder(tokenizer, config)
-        forget = make_examples(lume.forget, "forget", encode, config.method, training.seed)
-        retain = make_examples(lume.retain, "retain", encode, config.method, training.seed)
-    return method.build_phases(forget, retain, config.method, training, training.seed)
-
-
-def run_unlearning(config: Config, out_dir: str | Path, resume: bool = False, progress: bool = True,
-                   evaluate: bool = True, accelerator=None, log=print, stop_after_phases: int | None = None,
-                   overwrite: bool = False) -> dict:
-    """`Experiment(config, out_dir).run(...)`, for callers that hold a config rather than an experiment."""
-    from utils.experiment.experiment import Experiment
-
-    return run_experiment(Experiment(config, out_dir), resume=resume, progress=progress, evaluate=evaluate,
-                          accelerator=accelerator, log=log, stop_after_phases=stop_after_phases, overwrite=overwrite)
+    @property
+    def is_main(self) -> bool:
+        return self.accelerator.is_main_process
 
 
-def run_experiment(experiment, resume: bool = False, progress: bool = True, evaluate: bool = True,
-                   overwrite: bool = False, accelerator=None, log=print, stop_after_phases: int | None = None) -> dict:
-    """Run the experiment's method into its run folder; returns the final results dict (or the state when
-    stopped early). A finished run (results.json) is never replaced unless `overwrite`; `resume` on it
-    returns its results; `resume` with no checkpoint starts afresh."""
-    from utils.folders import check_not_input, check_overwrite, experiment_inputs, folder_lock
-
+@contextlib.contextmanager
+def open_folder(experiment: ResolvedConfig, *, resume: bool = False, overwrite: bool = False, progress: bool = True,
+                evaluate: bool = True, accelerator=None, log=print) -> Iterator[Run]:
+    """Step 1, open the folder: claim a run folder nobody named, refuse one that is an input or (without
+    `overwrite`) holds a run it would replace, hold its lock to the end of the `with`, and check a resume
+    against the saved config.yaml and checkpoint. A finished run is never replaced unless `overwrite`; `resume`
+    on it yields a Run whose `finished` holds its results. Nothing is written here: the folder's files start
+    once every input is checked (`start_folder`, in `prepare_model`)."""
     accelerator = accelerator or make_accelerator(experiment.config.training.mixed_precision)
     if not experiment.run_dir_given:
         # The main process claims the folder (another run of the config started in the same second takes
         # the next one), and every process of the launch takes it.
-        from utils.experiment.experiment import claim_run_dir
-
         chosen = str(claim_run_dir(experiment.run_dir)) if accelerator.is_main_process else None
         if accelerator.num_processes > 1:
             from accelerate.utils import broadcast_object_list
@@ -262,206 +245,242 @@ def run_experiment(experiment, resume: bool = False, progress: bool = True, eval
     with folder_lock(experiment.run_dir, "unlearn run", main=accelerator.is_main_process):
         # The others start writing only once the main process holds the lock (and has marked a new folder).
         accelerator.wait_for_everyone()
-        return _run_in_folder(experiment, resume, progress, evaluate, overwrite, accelerator, log, stop_after_phases)
+        # The saved config holds resolved values (a gold-standard ceiling as its number): compare like with like.
+        config = resolve_forget_loss_ceiling(experiment.config)
+        run = Run(experiment.with_config(config), accelerator, resume, overwrite, progress, evaluate, log)
+        run_dir = run.run_dir
+        finished = run_dir / "results.json"
+        if finished.is_file() and not overwrite:
+            if not resume:
+                raise UserError(f"{run_dir} already holds a finished run ({finished}); choose another --out")
+            check_resumable(config, run_dir)
+            log(f"[run] {run_dir} is already finished ({finished}); nothing to do")
+            run.finished = read_finished_results(finished)
+            yield run
+            return
+        run.state = None if overwrite else load_checkpoint(run_dir)
+        if run.state is not None and not resume:
+            raise UserError(f"{run_dir} already holds a run (checkpoint after phase {run.state['phases_done']}); "
+                            "pass --resume to continue it or choose another --out")
+        if run.state is not None:
+            check_resumable(config, run_dir)
+            verify_checkpoint(run_dir, run.state)
+        yield run
 
 
-def _run_in_folder(experiment, resume: bool, progress: bool, evaluate: bool, overwrite: bool, accelerator, log,
-                   stop_after_phases: int | None) -> dict:
-    from methods.registry import get_method, make_loss, prepare_reference
-    from utils.evaluation.plots import BEFORE_FILE
-    from utils.folders import clear_folder
-
-    run_dir = experiment.run_dir
-    # The saved config holds resolved values (a gold-standard ceiling as its number): compare like with like.
-    config = resolve_forget_loss_ceiling(experiment.config)
-    experiment = experiment.with_config(config)
-    finished = run_dir / "results.json"
-    if finished.is_file() and not overwrite:
-        if not resume:
-            raise UserError(f"{run_dir} already holds a finished run ({finished}); choose another --out")
-        check_resumable(config, run_dir)
-        log(f"[run] {run_dir} is already finished ({finished}); nothing to do")
-        return read_finished_results(finished)
-    state = None if overwrite else load_checkpoint(run_dir)
-    if state is not None and not resume:
-        raise UserError(f"{run_dir} already holds a run (checkpoint after phase {state['phases_done']}); "
-                        "pass --resume to continue it or choose another --out")
-    if state is not None:
-        check_resumable(config, run_dir)
-        verify_checkpoint(run_dir, state)
-    method = get_method(config.method.name)
-    from utils.experiment.tracking import chosen_trackers, open_trackers
-
+def build_inputs(run: Run) -> None:
+    """Step 2, build the inputs: the method, every input a run and its evaluation read (checked now, not after
+    unlearning), room on disk, the LUME items, the start model with its tokenizer, and the phases the method
+    builds from the items' training examples."""
+    config = run.config
+    run.method = get_method(config.method.name)
     chosen_trackers(config.training.report_to)  # a tracker that is not installed stops the run here
-    if evaluate:
-        experiment.check_inputs()  # the utility set, MIA folder and every scored term now, not after unlearning
-    check_free_disk(experiment.start_model, run_dir, config)
-    lume = experiment.lume()
-    model, tokenizer = experiment.load(experiment.start_model, config.model.tokenizer)
-    training = config.training
-    phases = build_run_phases(method, config, lume, tokenizer)
-    fingerprint = phases_fingerprint(phases)
-    if state is not None:
-        check_same_phases(run_dir, state, fingerprint)
+    if run.evaluate:
+        run.experiment.check_inputs()  # the utility set, MIA folder and every scored term now, not after unlearning
+    check_free_disk(run.experiment.start_model, run.run_dir, config)
+    run.lume = run.experiment.lume()
+    run.model, run.tokenizer = run.experiment.load(run.experiment.start_model, config.model.tokenizer)
+    run.phases = build_run_phases(run.method, config, run.lume, run.tokenizer)
 
+
+def prepare_model(run: Run) -> None:
+    """Step 3, prepare the model: the adapter, the reference, the folder's first files (`start_folder`), the
+    loss, the trackers and the Trainer; a resumed run checks its phases against the checkpoint's and restores its
+    weights and counters; a new one writes the starting point (before.json)."""
+    config, run_dir, accelerator = run.config, run.run_dir, run.accelerator
+    run.fingerprint = phases_fingerprint(run.phases)
+    if run.state is not None:
+        check_same_phases(run_dir, run.state, run.fingerprint)
     # The LoRA matrices are initialised from the global generator: seeded, a run is reproducible and all
     # processes of a distributed run start from the same adapter.
-    seed_everything(training.seed)
-    model = apply_adapter(model, config.adapter)
+    seed_everything(config.training.seed)
+    model = apply_adapter(run.model, config.adapter)
     # Before any training (and before a resumed run restores its weights): the reference is the start model.
-    reference = prepare_reference(config.method, model, config.adapter.kind, phases, tokenizer,
+    reference = prepare_reference(config.method, model, config.adapter.kind, run.phases, run.tokenizer,
                                   config.evaluation.nll_batch_size, accelerator.device)
-    # Only now, with every input checked, does the run folder get written.
-    if accelerator.is_main_process:
-        if overwrite and run_dir.is_dir() and any(run_dir.iterdir()):
-            log(f"[run] --overwrite: replacing the run in {run_dir} ({describe_run_folder(run_dir)})")
-            clear_folder(run_dir)  # (its lock and marker stay)
-        run_dir.mkdir(parents=True, exist_ok=True)
-        save_config(config, run_dir / "config.yaml")
-        if state is None:
-            # Lines of an attempt killed before its first checkpoint would otherwise lead the new log.
-            truncate_lines(run_dir / "log.jsonl", 0)
-            truncate_lines(run_dir / "phases.jsonl", 0)
-            (run_dir / BEFORE_FILE).unlink(missing_ok=True)
+    start_folder(run)
     loss_fn = make_loss(config.method, reference)
-    trackers = open_trackers(training.report_to, run_dir, experiment.name, to_dict(config),
-                             accelerator.is_main_process)
-    if state is not None:
+    run.trackers = open_trackers(config.training.report_to, run_dir, run.experiment.name, to_dict(config),
+                                 run.is_main)
+    if run.state is not None:
         # Into the whole model, before the Trainer wraps or shards it.
         restore_weights(model, run_dir)
-    trainer = Trainer(model, tokenizer, training, loss_fn, accelerator=accelerator,
-                      log_path=run_dir / "log.jsonl", progress=progress, trackers=trackers)
-
-    if trainer.sharded and accelerator.is_main_process:
-        log(f"[run] training.sharding: fsdp: weights, gradients and optimiser state split over "
-            f"{accelerator.num_processes} processes")
-    phases_done = 0
-    elapsed = 0.0
-    if state is not None:
-        phases_done = state["phases_done"]
-        elapsed = state.get("seconds", 0.0)
-        trainer.global_step = state["global_step"]
-        if accelerator.is_main_process:
-            truncate_lines(run_dir / "log.jsonl", state["log_lines"])
-            truncate_lines(run_dir / "phases.jsonl", phases_done)
-        log(f"[run] resuming after phase {phases_done} of {len(phases)}")
-
-    # The quick checks below run on every process, each on its share of the items (Shards), so none waits
-    # idle at a barrier while the main process checks alone; the main process writes them.
-    from utils.evaluation.sharding import Shards
-
-    shards = Shards.of(accelerator)
-    if state is None and config.evaluation.per_phase_subset:
+    run.trainer = Trainer(model, run.tokenizer, config.training, loss_fn, accelerator=accelerator,
+                          log_path=run_dir / "log.jsonl", progress=run.progress, trackers=run.trackers)
+    run.model = None  # the Trainer holds it now (trainer.plain_model())
+    if run.trainer.sharded and run.is_main:
+        run.log(f"[run] training.sharding: fsdp: weights, gradients and optimiser state split over "
+                f"{accelerator.num_processes} processes")
+    if run.state is not None:
+        run.phases_done = run.state["phases_done"]
+        run.elapsed = run.state.get("seconds", 0.0)
+        run.trainer.global_step = run.state["global_step"]
+        if run.is_main:
+            truncate_lines(run_dir / "log.jsonl", run.state["log_lines"])
+            truncate_lines(run_dir / "phases.jsonl", run.phases_done)
+        run.log(f"[run] resuming after phase {run.phases_done} of {len(run.phases)}")
+    # The quick checks run on every process, each on its share of the items, so none waits idle at a barrier
+    # while the main process checks alone; the main process writes them.
+    run.shards = Shards.of(accelerator)
+    if run.state is None and config.evaluation.per_phase_subset:
         # The first point of the per-chunk plots: the model before any unlearning.
-        before = _starting_point(trainer.plain_model(), tokenizer, lume, config, phases, progress, shards)
-        if accelerator.is_main_process:
+        before = starting_point(run.trainer.plain_model(), run.tokenizer, run.lume, config, run.phases, run.shards)
+        if run.is_main:
             atomic_write_text(run_dir / BEFORE_FILE, json_line(before))
     accelerator.wait_for_everyone()
 
+
+def start_folder(run: Run) -> None:
+    """The run folder's first writes, once every input is checked: an `--overwrite` clears the folder, the
+    resolved config.yaml is saved, and a new run drops the lines of an attempt killed before its first
+    checkpoint (main process only)."""
+    run_dir = run.run_dir
+    if not run.is_main:
+        return
+    if run.overwrite and run_dir.is_dir() and any(run_dir.iterdir()):
+        run.log(f"[run] --overwrite: replacing the run in {run_dir} ({describe_run_folder(run_dir)})")
+        clear_folder(run_dir)  # (its lock and marker stay)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    save_config(run.config, run_dir / "config.yaml")
+    if run.state is None:
+        truncate_lines(run_dir / "log.jsonl", 0)
+        truncate_lines(run_dir / "phases.jsonl", 0)
+        (run_dir / BEFORE_FILE).unlink(missing_ok=True)
+
+
+AfterPhase = Callable[[Run, int, PhaseResult], None]
+
+
+def record_phase(run: Run, index: int, result: PhaseResult) -> None:
+    """The default callback after phase `index`: the quick check, its line in phases.jsonl, the trackers and the
+    checkpoint when due. Runs on every process (the check is sharded and gathering weights is a collective);
+    the main process writes."""
+    config, run_dir, trainer = run.config, run.run_dir, run.trainer
+    phase = run.phases[index]
+    check = subset_check(trainer.plain_model(), run.tokenizer, run.lume, config.evaluation, run.shards)
+    due = checkpoint_due(index + 1, len(run.phases), config.training.checkpoint_every)
+    # On every process: under sharding, gathering the weights is a collective.
+    weights = trainer.trainable_state() if due else None
+    if run.is_main:
+        record = {"phase": index, "name": phase.name, **phase.info, "steps": result.steps,
+                  "seconds": result.seconds, "loss": result.mean_loss,
+                  "forget_nll": result.forget_nll, "retain_nll": result.retain_nll, **check}
+        with (run_dir / "phases.jsonl").open("a", encoding="utf-8") as handle:
+            handle.write(json_line(record))
+        if run.trackers:
+            run.trackers.log({f"phase/{key}": value for key, value in record.items()
+                              if key not in ("phase", "steps")}, step=trainer.global_step)
+        if due:
+            keep_earlier_checkpoint(run_dir, config.training.keep_checkpoints)
+            save_checkpoint(weights, run_dir, {
+                "phases_done": index + 1, "phases_total": len(run.phases), "global_step": trainer.global_step,
+                "log_lines": count_lines(run_dir / "log.jsonl"), "seconds": run.elapsed,
+                "method": config.method.name, "phases_sha256": run.fingerprint})
+
+
+def train_phases(run: Run, after_phase: AfterPhase = record_phase, stop_after_phases: int | None = None) -> dict:
+    """Step 4, train the phases not done yet, each on the one loop, calling `after_phase(run, index, result)`
+    after each (default `record_phase`). Returns the peak memory of the phases; after `stop_after_phases`
+    phases it stops (trackers closed, `run.stopped` set)."""
+    config = run.config
     with PeakMemory() as peak_memory:
-        from tqdm.auto import tqdm
-
-        for index in tqdm(range(phases_done, len(phases)), desc=f"{config.method.name}: phases", initial=phases_done,
-                          total=len(phases), disable=not (progress and accelerator.is_main_process),
-                          dynamic_ncols=True):
+        for index in tqdm(range(run.phases_done, len(run.phases)), desc=f"{config.method.name}: phases",
+                          initial=run.phases_done, total=len(run.phases),
+                          disable=not (run.progress and run.is_main), dynamic_ncols=True):
             started = time.perf_counter()
-            phase = phases[index]
-            result = trainer.train_phase(phase, index)
-            elapsed += time.perf_counter() - started
-            check = (_quick_check(trainer.plain_model(), tokenizer, lume, config, progress, shards)
-                     if config.evaluation.per_phase_subset else {})
-            due = checkpoint_due(index + 1, len(phases), training.checkpoint_every)
-            # On every process: under sharding, gathering the weights is a collective.
-            weights = trainer.trainable_state() if due else None
-            if accelerator.is_main_process:
-                record = {"phase": index, "name": phase.name, **phase.info, "steps": result.steps,
-                          "seconds": result.seconds, "loss": result.mean_loss,
-                          "forget_nll": result.forget_nll, "retain_nll": result.retain_nll, **check}
-                with (run_dir / "phases.jsonl").open("a", encoding="utf-8") as handle:
-                    handle.write(json_line(record))
-                if trackers:
-                    trackers.log({f"phase/{key}": value for key, value in record.items()
-                                  if key not in ("phase", "steps")}, step=trainer.global_step)
-                if due:
-                    keep_earlier_checkpoint(run_dir, training.keep_checkpoints)
-                    save_checkpoint(weights, run_dir, {
-                        "phases_done": index + 1, "phases_total": len(phases), "global_step": trainer.global_step,
-                        "log_lines": count_lines(run_dir / "log.jsonl"), "seconds": elapsed,
-                        "method": config.method.name, "phases_sha256": fingerprint})
-            accelerator.wait_for_everyone()
-            if stop_after_phases is not None and index + 1 >= stop_after_phases:
-                if trackers:
-                    trackers.finish()
-                return {"stopped_after_phase": index + 1}
+            result = run.trainer.train_phase(run.phases[index], index)
+            run.elapsed += time.perf_counter() - started
+            after_phase(run, index, result)
+            run.accelerator.wait_for_everyone()
+            run.phases_done = index + 1
+            if stop_after_phases is not None and run.phases_done >= stop_after_phases:
+                if run.trackers:
+                    run.trackers.finish()
+                run.stopped = True
+                break
+    return peak_memory.result()
 
+
+def finish(run: Run, memory: dict | None = None) -> dict:
+    """Step 5, finish: the final model (LoRA merged unless kept) saved, evaluated with the attacks when the run
+    evaluates, the trackers' last values, the model card and plots, and results.json last: it marks the run
+    finished, so a kill before it leaves a run `resume` completes. Returns the results ({} without evaluation)."""
+    config, run_dir, trainer = run.config, run.run_dir, run.trainer
     final = finalise(trainer.plain_model(), config.adapter)
     results: dict = {}
-    if accelerator.is_main_process:
-        from utils.models.loading import save_model
-
-        save_model(final, tokenizer, run_dir / "model")
-    if evaluate:
+    if run.is_main:
+        save_model(final, run.tokenizer, run_dir / "model")
+    if run.evaluate:
         # Every process evaluates its share (no process idles at a barrier past the collective timeout).
-        evaluation = evaluate_run(experiment, final, tokenizer, elapsed, peak_memory.result(), progress,
-                                  Shards.of(accelerator))
+        evaluation = evaluate_run(run.experiment, final, run.tokenizer, run.elapsed, memory, run.progress,
+                                  Shards.of(run.accelerator))
         results = evaluation.results
-    if trackers:
-        trackers.log({f"final/{key}": results.get(key) for key in ("final_score", "task_aggregate", "mia_auc",
-                                                                   "mia_score")}
-                     | {"final/utility": (results.get("utility") or {}).get("score"),
-                        "final/robustness": (results.get("robustness") or {}).get("mean_recovery")},
-                     step=trainer.global_step)
-        trackers.finish()
-    if accelerator.is_main_process:
-        from utils.evaluation.plots import plot_run
-        from utils.models.model_card import write_run_card
-
+    if run.trackers:
+        run.trackers.log({f"final/{key}": results.get(key) for key in ("final_score", "task_aggregate", "mia_auc",
+                                                                       "mia_score")}
+                         | {"final/utility": (results.get("utility") or {}).get("score"),
+                            "final/robustness": (results.get("robustness") or {}).get("mean_recovery")},
+                         step=trainer.global_step)
+        run.trackers.finish()
+    if run.is_main:
         # model/README.md: with the scores when evaluated (results is empty otherwise).
-        write_run_card(run_dir / "model", config, experiment.start_model, results, final)
+        write_run_card(run_dir / "model", config, run.experiment.start_model, results, final)
         plot_run(run_dir)
-        if evaluate:
-            from utils.evaluation.evaluate import write_evaluation
-
-            # Last: results.json marks the run finished, so a kill before it leaves a run --resume completes.
+        if run.evaluate:
             write_evaluation(evaluation, run_dir)
-    accelerator.wait_for_everyone()
+    run.accelerator.wait_for_everyone()
     return results
 
 
-def _quick_check(model, tokenizer, lume, config: Config, progress: bool, shards=None) -> dict:
-    """Mean forget/retain regurgitation and knowledge on a few documents, for the per-chunk curves; under
-    several processes each generates its `shards` share (every process must call it)."""
-    subset = config.evaluation.per_phase_subset
-    if not subset:
-        return {}
-    from utils.evaluation.evaluate import split_means, subset_items
-    from utils.evaluation.sharding import ALONE
-
-    model.eval()
-    out = {}
-    settings = config.evaluation
-    for split in ("forget", "retain"):
-        means = split_means(model, tokenizer, subset_items(lume.split_items(split), subset),
-                            settings.per_phase_max_new_tokens, settings.batch_size, settings.clean_up_tokenization_spaces,
-                            progress=False, shards=shards or ALONE)
-        out[f"{split}_regurgitation"], out[f"{split}_knowledge"] = means["regurgitation"], means["knowledge"]
-    model.train()
-    return out
+def run_experiment(experiment: ResolvedConfig, resume: bool = False, progress: bool = True, evaluate: bool = True,
+                   overwrite: bool = False, accelerator=None, log=print, stop_after_phases: int | None = None,
+                   after_phase: AfterPhase = record_phase) -> dict:
+    """The steps in order: run the experiment's method into its run folder; returns the final results dict (or
+    the state when stopped early). A finished run (results.json) is never replaced unless `overwrite`; `resume`
+    on it returns its results; `resume` with no checkpoint starts afresh."""
+    with open_folder(experiment, resume=resume, overwrite=overwrite, progress=progress, evaluate=evaluate,
+                     accelerator=accelerator, log=log) as run:
+        if run.finished is not None:
+            return run.finished
+        build_inputs(run)
+        prepare_model(run)
+        memory = train_phases(run, after_phase, stop_after_phases)
+        if run.stopped:
+            return {"stopped_after_phase": run.phases_done}
+        return finish(run, memory)
 
 
-def _starting_point(model, tokenizer, lume, config: Config, phases: list[Phase], progress: bool,
-                    shards=None) -> dict:
+def launch_run(experiment: ResolvedConfig, num_processes: int, resume: bool = False, progress: bool = True,
+               evaluate: bool = True, overwrite: bool = False, log=print) -> dict:
+    """`run_experiment` on `num_processes` processes (accelerate's notebook_launcher) when more than one, else in
+    this process; returns the results the run wrote ({} when it wrote none)."""
+    if num_processes <= 1:
+        return run_experiment(experiment, resume=resume, progress=progress, evaluate=evaluate, overwrite=overwrite,
+                              log=log)
+    from accelerate import notebook_launcher
+
+    # notebook_launcher exports mixed_precision as MIXED_PRECISION, which the Accelerator does not read: the
+    # launched processes see no ACCELERATE_MIXED_PRECISION (unless this process had one) and take
+    # training.mixed_precision (see make_accelerator), as `unlearn run` does. The config's value is passed anyway,
+    # so a launcher that did export it would agree.
+    notebook_launcher(run_experiment, (experiment, resume, progress, evaluate, overwrite),
+                      num_processes=num_processes, mixed_precision=experiment.config.training.mixed_precision)
+    return experiment.finished_results() or {}
+
+
+def run_unlearning(config: Config, out_dir: str | Path, resume: bool = False, progress: bool = True,
+                   evaluate: bool = True, accelerator=None, log=print, stop_after_phases: int | None = None,
+                   overwrite: bool = False) -> dict:
+    """`run_experiment` for callers that hold a config rather than an experiment."""
+    return run_experiment(ResolvedConfig(config, out_dir), resume=resume, progress=progress, evaluate=evaluate,
+                          accelerator=accelerator, log=log, stop_after_phases=stop_after_phases, overwrite=overwrite)
+
+
+def starting_point(model, tokenizer, lume: LumeData, config: Config, phases: list[Phase], shards: Shards = ALONE) -> dict:
     """The quick check and the forget/retain NLLs of the model before any unlearning (before.json): the first
     point of the per-chunk plots. Each NLL is the mean per-example NLL over the examples of the first phase that
     trains on that role, counted as the trainer counts them (weight not 0)."""
-    import torch
-
-    from methods.engine.trainer import nll_per_example
-    from utils.data.tokenization import collate
-    from utils.evaluation.sharding import ALONE
-
-    shards = shards or ALONE
-    record = {"phase": -1, "name": "before", **_quick_check(model, tokenizer, lume, config, progress, shards)}
+    record = {"phase": -1, "name": "before", **subset_check(model, tokenizer, lume, config.evaluation, shards)}
     device = next(model.parameters()).device
     size = config.evaluation.nll_batch_size
 
@@ -482,13 +501,10 @@ def _starting_point(model, tokenizer, lume, config: Config, phases: list[Phase],
     return record
 
 
-def evaluate_run(experiment, model, tokenizer, train_seconds: float, memory: dict | None, progress: bool,
-                 shards=None):
+def evaluate_run(experiment: ResolvedConfig, model, tokenizer, train_seconds: float, memory: dict | None,
+                 progress: bool, shards: Shards = ALONE) -> Evaluation:
     """The final evaluation of a run (an Evaluation, not yet written) with the run's name, method, time and
-    memory."""
-    from utils.evaluation.sharding import ALONE
-
-    shards = shards or ALONE
+    memory, and the configured attacks."""
     config = experiment.config
     evaluation = experiment.evaluate(
         model, tokenizer, progress=progress, shards=shards,
@@ -499,11 +515,6 @@ def evaluate_run(experiment, model, tokenizer, train_seconds: float, memory: dic
     evaluation.results["timings"]["unlearning"] = train_seconds
     # Measured over the unlearning phases only (not loading, not this evaluation).
     evaluation.results["memory"] = dict(memory or {})
-    if config.evaluation.attacks:
-        # After the sharded evaluation, on every process: each trains and scores its share of the attacks.
-        from utils.experiment.robustness import run_attacks
-
-        started = time.perf_counter()
-        evaluation.results["robustness"] = run_attacks(experiment, model, tokenizer, evaluation, shards, progress)
-        evaluation.results["timings"]["robustness"] = time.perf_counter() - started
+    # After the sharded evaluation, on every process: each trains and scores its share of the attacks.
+    add_robustness(experiment, model, tokenizer, evaluation, shards, progress)
     return evaluation

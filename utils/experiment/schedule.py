@@ -1,6 +1,6 @@
 """What a run will train, without training: `unlearn run CONFIG --dry-run`.
 
-The phases come from the method's own `build_phases` (through `runner.build_run_phases`) and the steps
+The phases come from the method's own `build_phases` (through `inputs.build_run_phases`) and the steps
 from the Trainer's own `global_batches`, so the schedule shown is the one a run trains. No model is
 loaded, nothing is downloaded and no run folder is written. Token counts need a tokenizer on this
 machine; without one the examples are token-less stand-ins in item order, which give the same phases,
@@ -16,9 +16,13 @@ from typing import TYPE_CHECKING
 
 from methods.engine.checkpoint import CHECKPOINT, EARLIER, checkpoint_due
 from methods.engine.trainer import Phase, global_batches
+from methods.registry import get_method
 from utils.config import Config
 from utils.errors import UserError
-from utils.experiment.run import build_run_phases, resolve_forget_loss_ceiling
+from utils.experiment.inputs import build_run_phases, resolve_forget_loss_ceiling
+from utils.folders import check_not_input, real
+from utils.io import check_output_location, looks_like_local_path
+from utils.models.loading import holds_tokenizer, load_tokenizer
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
@@ -68,8 +72,6 @@ def local_tokenizer(config: Config, model_name: str) -> tuple[PreTrainedTokenize
     """The tokenizer a run would use (or None) and where it came from (or why there is none): found
     when it is a folder on this machine (`model.tokenizer`, else the model's folder; for the prepared
     world that is `<workdir>/target`). A hub name is never fetched."""
-    from utils.models.loading import TOKENIZER_FILES, load_tokenizer, looks_like_local_path
-
     source = config.model.tokenizer or model_name
     key = "model.tokenizer" if config.model.tokenizer else "model.name_or_path"
     path = Path(source).expanduser()
@@ -78,7 +80,7 @@ def local_tokenizer(config: Config, model_name: str) -> tuple[PreTrainedTokenize
                 else "is a hub name")
         return None, TokenizerSource(None, f"the tokenizer {source} ({key}) {what}, and a dry run downloads "
                                            "nothing (--set model.tokenizer=DIR measures the tokens)")
-    if not any((path / name).is_file() for name in TOKENIZER_FILES):
+    if not holds_tokenizer(path):
         return None, TokenizerSource(None, f"the folder {path} ({key}) holds no tokenizer files")
     return load_tokenizer(str(path), config.model.trust_remote_code), TokenizerSource(str(path), "")
 
@@ -97,8 +99,6 @@ def schedule_phase(phase: Phase, index: int, config: Config, measured: bool) -> 
 def plan_run(experiment) -> dict:
     """The schedule of the experiment's run, as a JSON-ready dict; reads only the data files and a local
     tokenizer."""
-    from methods.registry import get_method
-
     # As in a run: a gold-standard ceiling that cannot be resolved stops here, before anything else.
     config = resolve_forget_loss_ceiling(experiment.config)
     method = get_method(config.method.name)
@@ -174,9 +174,6 @@ def schedule_table(plan: dict) -> str:
 def check_schedule_out(schedule_out: Path, run_dir: Path, inputs: dict[str, str | None] | None = None) -> None:
     """The JSON file may go anywhere writable except into the run folder, which a dry run leaves alone, and
     over or into one of the run's `inputs` (the config file, the data or model folder: utils.folders)."""
-    from utils.folders import check_not_input, real
-    from utils.io import check_output_location
-
     check_output_location(schedule_out, "file")
     if real(run_dir) in real(schedule_out).parents:
         raise UserError(f"--schedule-out {schedule_out} lies in the run folder {run_dir}, which a dry run "

@@ -3,9 +3,9 @@ SUGD-Experiments notebook and `benchmarks/quality.py` all use it.
 
 A finished run (results.json) is read back, not redone; a killed one is resumed from its checkpoint
 (the run itself finds it, including the copy a kill between two renames leaves aside). Runs execute
-in this process (`num_processes > 1`: through accelerate's notebook_launcher), or each as an `unlearn
-run` child process, `jobs` at a time with `threads` torch threads each (peak memory measured per run,
-a crash recorded and the sweep going on). After every run the table `run_summary.csv` (one row per
+in this process (`num_processes > 1`: through accelerate's notebook_launcher), or each in a child process
+(`python -m utils.experiment.child run`), `jobs` at a time with `threads` torch threads each (peak memory
+measured per run, a crash recorded and the sweep going on). After every run the table `run_summary.csv` (one row per
 run: its labels and scores) and the chart `run_summary.png` are rewritten, so a killed sweep keeps them.
 
 A grid sweep file:
@@ -29,7 +29,6 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -38,8 +37,14 @@ from pathlib import Path
 from typing import Any
 
 from utils.config import Config, load_config, read_yaml_mapping
+from utils.entry import child_command, child_environment
 from utils.errors import UserError
-from utils.io import atomic_write_json, atomic_write_text
+from utils.evaluation.leaderboard import row_from_results
+from utils.evaluation.plots import score_bars
+from utils.experiment.resolved import CHILD_MODULE, ResolvedConfig
+from utils.experiment.run import holds_run, launch_run
+from utils.folders import folder_lock
+from utils.io import atomic_write_json, atomic_write_text, read_json
 
 SCORE_COLUMNS = ["final_score", "task_aggregate", "mia_score", "mia_auc", "utility", "forget_regurgitation",
                  "retain_regurgitation", "seconds", "robustness"]
@@ -116,17 +121,17 @@ def load_sweep(path: str | Path) -> GridSweep:
 
 def run_in_subprocess(config: str | Path, run_dir: Path, overrides: list[str], threads: int | None = None,
                       log_path: Path | None = None, flags: tuple[str, ...] = ()) -> dict:
-    """`unlearn run CONFIG --out RUN_DIR --set ... FLAGS` as a child process.
+    """`python -m utils.experiment.child run CONFIG --out RUN_DIR --set ... --quiet FLAGS` as a child process.
 
     Returns {"ok", "wall_seconds", "peak_rss_mb", "results" (results.json or None), "state"
     (checkpoint/state.json: the training seconds), "log"}. The peak RSS is the child's own (wait4), and
     `threads` sets its OMP/MKL threads.
     """
     run_dir.parent.mkdir(parents=True, exist_ok=True)
-    command = [sys.executable, "-m", "lume_unlearning", "run", str(config), "--out", str(run_dir), "--quiet", *flags]
+    command = child_command(CHILD_MODULE, "run", str(config), "--out", str(run_dir), "--quiet", *flags)
     for item in overrides:
         command += ["--set", item]
-    env = dict(os.environ)
+    env = child_environment()
     if threads:
         env.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
     log_path = log_path or run_dir.with_name(run_dir.name + ".log")
@@ -147,8 +152,6 @@ def _run_one(run: SweepRun, run_dir: Path, progress: bool, num_processes: int, i
     """Run (or resume) one run; its record: labels, results, wall seconds, peak memory or the failure."""
     record: dict[str, Any] = {"run": run.name, **run.labels}
     if in_subprocess:
-        from utils.experiment.run import holds_run
-
         # A run begun earlier (killed, or finished and read back) resumes; a new one starts.
         child = run_in_subprocess(run.config, run_dir, run.overrides, threads,
                                   flags=("--resume",) if holds_run(run_dir) else ())
@@ -157,11 +160,9 @@ def _run_one(run: SweepRun, run_dir: Path, progress: bool, num_processes: int, i
             return {**record, "failed": True, "error": Path(child["log"]).read_text()[-1500:]}
         record.update(results=child["results"], peak_rss_mb=child["peak_rss_mb"])
     else:
-        from utils.experiment.experiment import Experiment
-
         started = time.perf_counter()
-        experiment = Experiment(run.load(), run_dir, source=run.config, overrides=run.overrides)
-        record["results"] = experiment.run(resume=True, progress=progress, num_processes=num_processes, log=log)
+        experiment = ResolvedConfig(run.load(), run_dir, source=run.config, overrides=run.overrides)
+        record["results"] = launch_run(experiment, num_processes, resume=True, progress=progress, log=log)
         record["wall_seconds"] = time.perf_counter() - started
     atomic_write_json(run_dir / RECORD_FILE, {k: v for k, v in record.items() if k != "results"})
     return record
@@ -176,8 +177,6 @@ def run_sweep(runs: list[SweepRun], out_dir: str | Path, *, progress: bool = Tru
     A killed run is resumed from its checkpoint, unless `restart_unfinished` (a benchmark that reports
     each run's time and memory wants them whole): then its folder is cleared and it starts afresh.
     """
-    from utils.folders import folder_lock
-
     out_dir = Path(out_dir)
     if len({run.name for run in runs}) != len(runs):
         raise UserError("a sweep's runs need distinct names (each is a folder)")
@@ -222,8 +221,6 @@ def _run_sweep(runs: list[SweepRun], out_dir: Path, progress: bool, log, num_pro
 
 def read_record(run: SweepRun, run_dir: Path) -> dict:
     """The record of a run finished by an earlier call: its results and, when kept, its time and memory."""
-    from utils.io import read_json
-
     kept = next((run_dir / name for name in (RECORD_FILE, EARLIER_RECORD_FILE) if (run_dir / name).is_file()), None)
     saved = read_json(kept, "sweep record") if kept is not None else {}
     saved = {key: saved[key] for key in ("wall_seconds", "peak_rss_mb") if key in saved}
@@ -236,8 +233,6 @@ def read_record(run: SweepRun, run_dir: Path) -> dict:
 
 
 def summary_row(record: dict, keys: list[str]) -> dict:
-    from utils.evaluation.leaderboard import row_from_results
-
     results = record.get("results") or {}
     scores = row_from_results(results.get("method", ""), results) if results else {}
     return {"run": record["run"], "method": scores.get("method", ""), **{k: record.get(k) for k in keys},
@@ -252,8 +247,6 @@ def write_summary(records: list[dict], out_dir: Path, keys: list[str]) -> list[d
     writer.writeheader()
     writer.writerows(rows)
     atomic_write_text(out_dir / "run_summary.csv", buffer.getvalue())
-    from utils.evaluation.plots import score_bars
-
     labels = ["\n".join(f"{k.split('.')[-1]}={row[k]}" for k in keys) or row["run"] for row in rows]
     score_bars(rows, out_dir / "run_summary.png", labels, "Sweep: scores per configuration")
     return rows

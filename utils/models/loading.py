@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 
 from utils.errors import UserError
-from utils.io import AtomicDirectory, read_json
+from utils.io import AtomicDirectory, looks_like_local_path, read_json
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 EOS_TOKEN = "<|endoftext|>"
@@ -51,9 +51,14 @@ def check_safetensors_file(path: Path) -> None:
         raise UserError(f"{path}: not a complete safetensors file ({exc}); it may have been cut short") from None
 
 
+def holds_tokenizer(path: Path) -> bool:
+    """Whether `path` is a folder with a tokenizer's files."""
+    return path.is_dir() and any((path / name).is_file() for name in TOKENIZER_FILES)
+
+
 def check_tokenizer_folder(path: Path) -> None:
     """An empty (or weightless) tokenizer folder would otherwise fail with advice to install sentencepiece."""
-    if path.is_dir() and not any((path / name).is_file() for name in TOKENIZER_FILES):
+    if path.is_dir() and not holds_tokenizer(path):
         raise UserError(f"tokenizer folder {path} has no tokenizer files (expected tokenizer.json, "
                         "or vocab.json + merges.txt, or tokenizer.model)")
 
@@ -62,10 +67,6 @@ def context_length(model) -> int | None:
     """How many positions the model was built for (`max_position_embeddings`), when its config says."""
     positions = getattr(getattr(model, "config", None), "max_position_embeddings", None)
     return positions if isinstance(positions, int) and positions > 0 else None
-
-
-def looks_like_local_path(name: str) -> bool:
-    return name.startswith((".", "/", "~")) or Path(name).exists() or name.count("/") > 1
 
 
 def check_revision(name_or_path: str, revision: str | None) -> None:

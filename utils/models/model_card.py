@@ -19,7 +19,7 @@ from typing import Any
 
 import yaml
 
-from utils.config import AdapterConfig, Config, TrainingConfig
+from utils.config import AdapterConfig, Config, TrainingConfig, to_dict
 from utils.environment import describe_environment
 from utils.io import atomic_write_text
 
@@ -189,7 +189,11 @@ def run_card(folder: str | Path, config: Config, start_model: str, results: Mapp
              " (`model.dtype`)\n- made with lume-unlearning; the run folder beside this one holds `config.yaml`, the "
              "logs and, when evaluated, `results.json` and the generations.")
 
-    method_rows = {f"method.{key}": value for key, value in dataclasses.asdict(config.method).items()}
+    # The method section as a saved config writes it; a loss term's knobs one row each (method.forget.beta).
+    method_rows = {}
+    for key, value in to_dict(config)["method"].items():
+        nested = value.items() if isinstance(value, dict) else [("", value)]
+        method_rows.update({f"method.{key}" + (f".{inner}" if inner else ""): item for inner, item in nested})
     training = dataclasses.asdict(config.training)
     training_rows = {f"training.{key}": training[key] for key in TRAINING_KEYS}
     adapter_rows = {f"adapter.{key}": value for key, value in adapter_settings(config.adapter).items()}

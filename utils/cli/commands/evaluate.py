@@ -8,9 +8,10 @@ from pathlib import Path
 from utils.cli.main import add_config_arguments, check_at_least
 from utils.config import EvaluationConfig, ModelConfig, replace_keys
 from utils.errors import UserError
+from utils.evaluation.sharding import Shards
 from utils.experiment.experiment import Experiment
-from utils.folders import check_not_input, check_overwrite, experiment_inputs, folder_lock
-from utils.io import check_output_location
+from utils.experiment.robustness import parse_attacks, results_text
+from utils.folders import experiment_inputs
 
 DTYPES = list(typing.get_args(typing.get_type_hints(ModelConfig)["dtype"]))
 PARITY_MODES = list(typing.get_args(typing.get_type_hints(EvaluationConfig)["parity"]))
@@ -33,6 +34,13 @@ FLAG_KEYS = {
 }
 
 
+def add_config_flag(parser, flag: str, key: str, what: str, **options) -> None:
+    """A flag that overrides the config key `key` (section.name); its help ends with the config's default."""
+    section, name = key.split(".")
+    default = getattr({"evaluation": EVALUATION, "model": MODEL}[section], name)
+    parser.add_argument(flag, default=None, help=f"{what} (default: config {key}, {default})", **options)
+
+
 def register(subparsers) -> None:
     parser = subparsers.add_parser("evaluate", help="evaluate a model (folder, hub name or LoRA adapter)")
     parser.add_argument("--model", default=None, help="model folder, hub name or LoRA adapter folder "
@@ -49,18 +57,13 @@ def register(subparsers) -> None:
                         help="output folder (default: <model>/evaluation or ./evaluation)")
     parser.add_argument("--subset", type=int, default=None, metavar="N",
                         help="only the first N documents per split and task")
-    parser.add_argument("--max-new-tokens", type=int, default=None, metavar="N",
-                        help="tokens generated per answer, at least 1 (default: config evaluation.max_new_tokens, "
-                             f"{EVALUATION.max_new_tokens})")
-    parser.add_argument("--batch-size", type=int, default=None, metavar="N",
-                        help="prompts generated together, at least 1 (default: config evaluation.batch_size, "
-                             f"{EVALUATION.batch_size})")
-    parser.add_argument("--dtype", choices=DTYPES, default=None,
-                        help="precision the model is loaded and evaluated in (default: config model.dtype, "
-                             f"{MODEL.dtype})")
-    parser.add_argument("--mmlu-shots", type=int, default=None, metavar="N",
-                        help="worked examples before each MMLU question, 0 or more (default: config "
-                             f"evaluation.mmlu_shots, {EVALUATION.mmlu_shots})")
+    add_config_flag(parser, "--max-new-tokens", "evaluation.max_new_tokens", "tokens generated per answer, at least 1",
+                    type=int, metavar="N")
+    add_config_flag(parser, "--batch-size", "evaluation.batch_size", "prompts generated together, at least 1",
+                    type=int, metavar="N")
+    add_config_flag(parser, "--dtype", "model.dtype", "precision the model is loaded and evaluated in", choices=DTYPES)
+    add_config_flag(parser, "--mmlu-shots", "evaluation.mmlu_shots",
+                    "worked examples before each MMLU question, 0 or more", type=int, metavar="N")
     parser.add_argument("--parity", choices=PARITY_MODES, default=None,
                         help="batched: length-sorted, padded batches (fast; in bf16 a near-tie token can flip); "
                              "strict: one item and one MIA document at a time, as the official scorer ran "
@@ -94,8 +97,6 @@ def build_experiment(args) -> Experiment:
     experiment = Experiment.from_config(args.config, args.overrides)
     flags = {key: getattr(args, name) for name, key in FLAG_KEYS.items()}
     if getattr(args, "attacks", None) is not None:
-        from utils.experiment.robustness import parse_attacks
-
         flags["evaluation.attacks"] = parse_attacks(args.attacks)
     return experiment.with_config(replace_keys(experiment.config, flags))
 
@@ -114,32 +115,15 @@ def output_folder(out: str | None, model_name: str) -> Path:
 
 
 def run(args) -> int:
-    from utils.evaluation.metrics import summary_text
-
     experiment = build_experiment(args)
     out = output_folder(args.out, experiment.target)
-    # Validate every input before the (slow) model load and before anything is written.
-    check_output_location(out, "folder")
+    # Every input is validated before the (slow) model load and before anything is written.
     inputs = experiment_inputs(experiment, model=experiment.target)
     if args.out is None:
         del inputs["model"]  # the default <model>/evaluation only adds that folder to the model's
-    check_not_input(out, inputs)
-    if args.overwrite:
-        check_overwrite(out)
     target = reference_target(args) if experiment.config.evaluation.attacks else None
-    with folder_lock(out, "unlearn evaluate"):
-        # Checked again under the lock: an evaluation that finished meanwhile is not replaced either.
-        if (out / "results.json").is_file() and not args.overwrite:
-            raise UserError(f"{out} already holds finished results ({out / 'results.json'}); choose another --out")
-        results = experiment.evaluate_checkpoint(experiment.target, out, tokenizer=experiment.config.model.tokenizer,
-                                                 progress=not args.quiet, target=target)
-    from utils.evaluation.sharding import Shards
-
+    results = experiment.evaluate_into(out, inputs, overwrite=args.overwrite, progress=not args.quiet, target=target)
     if Shards.from_environment().is_main:  # one report, also when a launcher started several processes
-        print(summary_text(results))
-        if "robustness" in results:
-            from utils.experiment.robustness import robustness_text
-
-            print(robustness_text(results["robustness"]))
+        print(results_text(results))
         print(f"results written to {out / 'results.json'}")
     return 0

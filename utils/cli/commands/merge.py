@@ -3,6 +3,7 @@ finished runs of one starting model changed into one model, then evaluate it lik
 
 from __future__ import annotations
 
+from utils.cli.main import add_run_folder_flags
 from utils.models.merging import DEFAULT_DENSITY, HOWS
 
 
@@ -27,10 +28,7 @@ def register(subparsers) -> None:
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override an evaluation.*, data.* or experiment.name key of the first run's config, "
                              "which the merged model is evaluated with (repeatable)")
-    parser.add_argument("--no-eval", action="store_true", help="save the merged model without evaluating it")
-    parser.add_argument("--overwrite", action="store_true",
-                        help="replace whatever run the --out folder holds, finished or not (says what it replaces)")
-    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    add_run_folder_flags(parser, "save the merged model without evaluating it")
     parser.set_defaults(func=run)
 
 

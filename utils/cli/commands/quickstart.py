@@ -11,6 +11,7 @@ import dataclasses
 import time
 from pathlib import Path
 
+from methods.registry import typed
 from utils.cli.main import add_config_arguments
 from utils.config import Config, load_config
 from utils.errors import UserError
@@ -103,10 +104,10 @@ def method_configs(names: list[str], overrides: list[str], folder: Path) -> dict
     method_keys = {o.split("=", 1)[0] for o in overrides if o.startswith("method.")}
     used: set[str] = set()
     for name, path in configs.items():
-        declared = {f"method.{f.name}" for f in dataclasses.fields(load_config(path).method)}
+        declared = {f"method.{f.name}" for f in dataclasses.fields(typed(load_config(path)).method)}
         own = [o for o in overrides if not o.startswith("method.") or o.split("=", 1)[0] in declared]
         used |= method_keys & declared
-        loaded[name] = load_config(path, own)
+        loaded[name] = typed(load_config(path, own))
     unused = sorted(method_keys - used)
     if unused:
         raise UserError(f"--set {unused[0]}: none of the methods run ({', '.join(configs)}) has that setting")

@@ -7,9 +7,18 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from utils.cli.main import add_config_arguments
+from utils.cli.main import add_config_arguments, add_run_folder_flags
 from utils.errors import UserError
+from utils.evaluation.sharding import Shards
+from utils.experiment.doctor import model_shape
 from utils.experiment.experiment import Experiment
+from utils.experiment.resolved import latest_run_dir
+from utils.experiment.robustness import results_text
+from utils.experiment.run import holds_run
+from utils.experiment.schedule import check_schedule_out, schedule_table
+from utils.folders import experiment_inputs
+from utils.io import atomic_write_json
+from utils.models.adapters import layer_problem
 
 
 def register(subparsers) -> None:
@@ -21,10 +30,7 @@ def register(subparsers) -> None:
     parser.add_argument("--resume", action="store_true",
                         help="continue a killed run from its last finished chunk (without --out: the newest "
                              "runs/<name>-<start time> of this config)")
-    parser.add_argument("--no-eval", action="store_true", help="skip the final evaluation")
-    parser.add_argument("--overwrite", action="store_true",
-                        help="replace whatever run the --out folder holds, finished or not (says what it replaces)")
-    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    add_run_folder_flags(parser, "skip the final evaluation")
     parser.add_argument("--dry-run", action="store_true",
                         help="print the schedule (phases, optimiser steps, examples and tokens per step, "
                              "checkpoints) without loading a model or writing the run folder")
@@ -34,14 +40,10 @@ def register(subparsers) -> None:
 
 
 def run(args) -> int:
-    from utils.evaluation.metrics import summary_text
-
     experiment = Experiment.from_config(args.config, args.overrides, run_dir=args.out)
     if args.resume and args.overwrite:
         raise UserError("--resume continues the run in --out and --overwrite replaces it: pass one of them")
     if args.resume and args.out is None and not args.dry_run:
-        from utils.experiment.experiment import latest_run_dir
-
         latest = latest_run_dir(experiment.name)
         if latest is None:
             raise UserError(f"--resume: no run of {experiment.name} in runs/ to continue (its folders are "
@@ -55,29 +57,18 @@ def run(args) -> int:
         check_holds_run(experiment.run_dir)
     results = experiment.run(resume=args.resume, progress=not args.quiet, evaluate=not args.no_eval,
                              overwrite=args.overwrite)
-    from utils.evaluation.sharding import Shards
-
     if results and Shards.from_environment().is_main:  # one report, also under a launcher of several processes
-        print(summary_text(results))
-        if results.get("robustness"):
-            from utils.experiment.robustness import robustness_text
-
-            print(robustness_text(results["robustness"]))
+        print(results_text(results))
         print(f"run folder: {experiment.run_dir}")
     return 0
 
 
 def dry_run(experiment: Experiment, args) -> int:
-    from utils.experiment.schedule import check_schedule_out, schedule_table
-    from utils.io import atomic_write_json
-
     if args.resume or args.overwrite:
         flag = "--resume" if args.resume else "--overwrite"
         raise UserError(f"--dry-run shows the whole schedule and leaves the run folder alone: drop {flag}")
     schedule_out = Path(args.schedule_out) if args.schedule_out else None
     if schedule_out is not None:
-        from utils.folders import experiment_inputs
-
         check_schedule_out(schedule_out, experiment.run_dir, experiment_inputs(experiment))
     check_adapter_fits(experiment)
     plan = experiment.plan()
@@ -91,8 +82,6 @@ def dry_run(experiment: Experiment, args) -> int:
 def check_holds_run(run_dir: Path) -> None:
     """The CLI's `--resume` continues a run, so a folder with none is refused rather than started afresh
     (`Experiment.run(resume=True)` from a notebook does start one: re-running its cell continues or reuses)."""
-    from utils.experiment.run import holds_run
-
     if not holds_run(run_dir):
         raise UserError(f"{run_dir} holds no run to resume (no config.yaml or checkpoint); drop --resume to "
                         "start one")
@@ -101,9 +90,6 @@ def check_holds_run(run_dir: Path) -> None:
 def check_adapter_fits(experiment: Experiment) -> None:
     """The layers the adapter trains against the start model's depth, when its shape is known without loading
     it (a local config.json, a known hub name): the check the run makes once the model is loaded."""
-    from utils.experiment.doctor import model_shape
-    from utils.models.adapters import layer_problem
-
     shape = model_shape(experiment)
     problem = None if shape is None else layer_problem(experiment.config.adapter, shape.layers)
     if problem:

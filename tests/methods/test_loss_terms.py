@@ -1,26 +1,27 @@
-"""SimNPO, WGA and UNDIAL: each loss against a value computed by hand on a two-example batch, the
-reference UNDIAL reads (frozen copy or disabled adapter), SUGD with another forget loss, and each method
-unlearning on the tiny model and running end to end from its YAML on the small world."""
+"""The loss terms SimNPO, WGA and UNDIAL: each against a value computed by hand on a two-example batch, its
+knobs' ranges, the reference UNDIAL reads (frozen copy or disabled adapter), SUGD with another forget term,
+each unlearning on the tiny model and its YAML running end to end on the small world."""
 
 import copy
 import math
-from types import SimpleNamespace
 
 import pytest
 import torch
 
 from methods import sugd
-from methods.engine.losses import Reference, make_unlearning_loss, needs_reference
-from methods.engine.phases import check_common
+from methods.engine.losses import Reference
 from methods.engine.trainer import Phase, Trainer
+from methods.losses import TERMS
 from methods.registry import get_method, make_loss, prepare_reference
+from methods.terms import needs_reference
 from utils.config import AdapterConfig, TrainingConfig
 from utils.data.tokenization import collate
 from utils.errors import UserError
 from utils.models.adapters import apply_adapter
 
-from .conftest import REPO
-from .test_methods import fake, ids, nll_change, settings
+from ..conftest import REPO
+from ..test_methods import FixedLogits, fake, ids, nll_change, settings
+from .helpers import term_loss
 
 # --------------------------------------------------------------------------------------------
 # Hand-computed losses: two sequences over a 3-token vocabulary with fixed logits. Example 0 scores
@@ -33,17 +34,6 @@ REF_TABLE = [[[0.5, 1.5, 0.0], [1.0, 0.0, 2.0], [0.0, 0.0, 0.0]],
 # (example, position, target) of every answer token
 TOKENS = [[(0, 0, 1), (0, 1, 2)], [(1, 1, 0)]]
 WEIGHTS = [1.0, 2.0]
-
-
-class FixedLogits(torch.nn.Module):
-    """A 'model' whose logits are a fixed trainable table."""
-
-    def __init__(self, table):
-        super().__init__()
-        self.table = torch.nn.Parameter(torch.tensor(table))
-
-    def forward(self, input_ids, attention_mask):
-        return SimpleNamespace(logits=self.table)
 
 
 def two_example_batch():
@@ -70,14 +60,14 @@ def test_simnpo_loss_matches_a_hand_computation():
         sigmoid = 1 / (1 + math.exp(-(beta * mean_nll - gamma)))
         expected.append(WEIGHTS[example] * -(2 / beta) * math.log(sigmoid))
     model = FixedLogits(TABLE)
-    loss_fn = make_unlearning_loss("simnpo", "none", simnpo_beta=beta, simnpo_gamma=gamma)
+    loss_fn = term_loss("simnpo", "none", beta=beta, gamma=gamma)
     out = loss_fn(model, two_example_batch())
     assert out.per_example.tolist() == pytest.approx(expected, rel=1e-5)
     # A larger margin gamma asks for a higher NLL: the loss at the same NLL is larger.
-    wider_loss = make_unlearning_loss("simnpo", "none", simnpo_beta=beta, simnpo_gamma=gamma + 1.0)
+    wider_loss = term_loss("simnpo", "none", beta=beta, gamma=gamma + 1.0)
     wider = wider_loss(model, two_example_batch())
     assert all(a > b for a, b in zip(wider.per_example.tolist(), out.per_example.tolist()))
-    assert not needs_reference("simnpo", "none")
+    assert not needs_reference(settings("gd", forget="simnpo"))
 
 
 def test_wga_loss_matches_a_hand_computation_and_weights_its_gradient():
@@ -87,7 +77,7 @@ def test_wga_loss_matches_a_hand_computation_and_weights_its_gradient():
         weighted = [token_prob(TABLE, *t) ** beta * -math.log(token_prob(TABLE, *t)) for t in tokens]
         expected.append(WEIGHTS[example] * -sum(weighted) / len(tokens))
     model = FixedLogits(TABLE)
-    out = make_unlearning_loss("wga", "none", wga_beta=beta)(model, two_example_batch())
+    out = term_loss("wga", "none", beta=beta)(model, two_example_batch())
     assert out.per_example.tolist() == pytest.approx(expected, rel=1e-5)
 
     # The weight is a constant: the gradient at a token's logits is p_t^beta times ascent's gradient there.
@@ -96,8 +86,8 @@ def test_wga_loss_matches_a_hand_computation_and_weights_its_gradient():
     ascent_grad = [-(p[v] - (1.0 if v == 2 else 0.0)) / 2 for v in range(3)]  # d(-nll/T)/dz at position 1
     assert model.table.grad[0, 1].tolist() == pytest.approx([p[2] ** beta * g for g in ascent_grad], rel=1e-5)
     # beta 0 is plain gradient ascent.
-    plain = make_unlearning_loss("wga", "none", wga_beta=0.0)(FixedLogits(TABLE), two_example_batch())
-    ascent = make_unlearning_loss("ascent", "none")(FixedLogits(TABLE), two_example_batch())
+    plain = term_loss("wga", "none", beta=0.0)(FixedLogits(TABLE), two_example_batch())
+    ascent = term_loss("ascent", "none")(FixedLogits(TABLE), two_example_batch())
     assert plain.per_example.tolist() == pytest.approx(ascent.per_example.tolist(), rel=1e-6)
 
 
@@ -117,31 +107,27 @@ def test_undial_loss_matches_a_hand_computation():
     beta = 3.0
     model = FixedLogits(TABLE)
     reference = Reference(model, "copy", frozen=FixedLogits(REF_TABLE))
-    out = make_unlearning_loss("undial", "none", undial_beta=beta, reference=reference)(model, two_example_batch())
+    out = term_loss("undial", "none", beta=beta, reference=reference)(model, two_example_batch())
     assert out.per_example.tolist() == pytest.approx(undial_by_hand(TABLE, REF_TABLE, beta), rel=1e-5)
-    assert needs_reference("undial", "none")
+    assert needs_reference(settings("ga", forget="undial")) and TERMS["undial"].reference == "logits"
     with pytest.raises(UserError, match="the undial loss needs a reference model"):
-        make_unlearning_loss("undial", "none")
-    with pytest.raises(UserError, match="undial_beta must be positive, got 0.0"):
-        make_unlearning_loss("undial", "none", undial_beta=0.0, reference=reference)
+        term_loss("undial", "none")
 
 
 @pytest.mark.parametrize("name, changes, message", [
-    ("simnpo", {"simnpo_beta": 0.0}, "simnpo: method.simnpo_beta must be positive, got 0.0"),
-    ("simnpo", {"simnpo_gamma": -1.0}, "simnpo: method.simnpo_gamma must be non-negative, got -1.0"),
-    ("wga", {"wga_beta": -0.5}, "wga: method.wga_beta must be non-negative, got -0.5"),
-    ("undial", {"undial_beta": -2.0}, "undial: method.undial_beta must be positive, got -2.0"),
-    ("sugd", {"forget_loss": "simnpo", "simnpo_beta": -1.0}, "sugd: method.simnpo_beta must be positive"),
-    ("gd", {"forget_loss": "wga", "wga_beta": -1.0}, "gd: method.wga_beta must be non-negative"),
+    ("gd", {"forget": {"loss": "simnpo", "beta": 0.0}}, "config: method.forget.beta must be a finite number > 0, got 0.0"),
+    ("gd", {"forget": {"loss": "simnpo", "gamma": -1.0}}, "config: method.forget.gamma must be a finite number >= 0"),
+    ("gd", {"forget": {"loss": "wga", "beta": -0.5}}, "config: method.forget.beta must be a finite number >= 0"),
+    ("ga", {"forget": {"loss": "undial", "beta": -2.0}}, "config: method.forget.beta must be a finite number > 0"),
+    ("sugd", {"forget": {"loss": "simnpo", "beta": -1.0}}, "config: method.forget.beta must be a finite number > 0"),
+    ("gd", {"forget": {"loss": "wga", "gamma": 1.0}}, r"config: unknown key 'method.forget.gamma' \(allowed here: "),
 ])
 def test_bad_knobs_are_one_line_user_errors(name, changes, message):
-    method = settings(name, **changes)
     with pytest.raises(UserError, match=message) as caught:
-        get_method(name).build_phases(fake("F", 3), fake("R", 3), method, TrainingConfig(), 0)
+        settings(name, **changes)
     assert "\n" not in str(caught.value)
-    # A knob of a loss not chosen is not checked (it is not read).
-    check_common("gd", fake("F", 1), fake("R", 1), settings("gd", wga_beta=-1.0), TrainingConfig(), "ascent", "nll",
-                 retain_needed=True)
+    # A flat knob of a term not chosen (a config written before the terms) is dropped: it is not read.
+    assert settings("gd", wga_beta=-1.0) == settings("gd")
 
 
 # --------------------------------------------------------------------------------------------
@@ -150,8 +136,8 @@ def test_bad_knobs_are_one_line_user_errors(name, changes, message):
 
 def test_undial_full_and_lora_references_agree_with_the_model_at_step_zero(model, tiny_tokenizer, data):
     forget, _ = data
-    method = settings("undial", undial_beta=5.0)
-    phases = get_method("undial").build_phases(forget, [], method, TrainingConfig(batch_size=3), 0)
+    method = settings("ga", forget={"loss": "undial", "beta": 5.0})
+    phases = get_method("ga").build_phases(forget, [], method, TrainingConfig(batch_size=3), 0)
     batch = collate(phases[0].examples, tiny_tokenizer.pad_token_id)
     with torch.no_grad():
         base_logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
@@ -196,7 +182,7 @@ def test_undial_full_and_lora_references_agree_with_the_model_at_step_zero(model
 
 
 def test_sugd_with_simnpo_keeps_sugds_chunks_and_takes_simnpos_loss():
-    method = settings("sugd", chunk_size=2, positive_ratio=1, forget_loss="simnpo", simnpo_beta=2.0)
+    method = settings("sugd", chunk_size=2, positive_ratio=1, forget={"loss": "simnpo", "beta": 2.0})
     phases = sugd.build_phases(fake("F", 3), fake("R", 2), method, TrainingConfig(epochs=2, batch_size=1), seed=0)
     assert [ids(p) for p in phases] == [
         [("forget", "F1"), ("retain", "R1"), ("forget", "F2"), ("retain", "R2")],
@@ -221,13 +207,12 @@ def test_sugd_with_simnpo_keeps_sugds_chunks_and_takes_simnpos_loss():
 # fixed distribution), so they rise slower than plain ascent; each case must reach about half its measured
 # rise, and with a retain term the retain NLL must rise by less than half the forget NLL's rise.
 @pytest.mark.parametrize("name, changes, adapter, epochs, batch_size, min_rise", [
-    ("simnpo", {"retain_loss": "nll"}, "full", 4, 2, 0.8),
-    ("wga", {"retain_loss": "nll"}, "full", 4, 4, 1.0),
-    ("undial", {"retain_loss": "nll"}, "full", 8, 2, 0.5),
-    ("undial", {"retain_loss": "nll"}, "lora", 8, 2, 0.3),
-    ("undial", {"retain_loss": "none"}, "lora", 4, 1, 0.4),
-    ("sugd", {"forget_loss": "simnpo", "chunk_size": 2, "positive_ratio": 2, "positive_factor": 1.0}, "full", 4, 2,
-     0.5),
+    ("gd", {"forget": "simnpo", "retain": "nll"}, "full", 4, 2, 0.8),
+    ("gd", {"forget": "wga", "retain": "nll"}, "full", 4, 4, 1.0),
+    ("gd", {"forget": "undial", "retain": "nll"}, "full", 8, 2, 0.5),
+    ("gd", {"forget": "undial", "retain": "nll"}, "lora", 8, 2, 0.3),
+    ("ga", {"forget": "undial"}, "lora", 4, 1, 0.4),
+    ("sugd", {"forget": "simnpo", "chunk_size": 2, "positive_ratio": 2, "positive_factor": 1.0}, "full", 4, 2, 0.5),
 ])
 def test_new_methods_raise_the_forget_nll(model, tiny_tokenizer, data, name, changes, adapter, epochs, batch_size,
                                           min_rise):
@@ -238,7 +223,7 @@ def test_new_methods_raise_the_forget_nll(model, tiny_tokenizer, data, name, cha
     forget_rise, retain_rise, before = nll_change(model, tiny_tokenizer, data, method, training, adapter_config)
     assert before[0] < 1.5  # the tiny model knows the forget answers to begin with
     assert forget_rise > min_rise, (forget_rise, retain_rise)
-    if method.retain_loss != "none":
+    if getattr(method, "retain", None) is not None:
         assert retain_rise < forget_rise / 2, (forget_rise, retain_rise)
 
 
@@ -251,14 +236,15 @@ def test_new_methods_raise_the_forget_nll(model, tiny_tokenizer, data, name, cha
 def test_the_new_yamls_run_end_to_end(small_world, tmp_path, config_name):
     import json
 
+    from methods.registry import typed
     from utils.config import load_config
     from utils.experiment.run import run_unlearning
 
-    config = load_config(REPO / "configs" / f"{config_name}.yaml",
+    config = typed(load_config(REPO / "configs" / f"{config_name}.yaml",
                          [*small_world.overrides, f"workdir={small_world.root}", "evaluation.subset=1",
-                          "evaluation.per_phase_subset=0", "evaluation.max_new_tokens=8", "training.epochs=1"])
+                          "evaluation.per_phase_subset=0", "evaluation.max_new_tokens=8", "training.epochs=1"]))
     method = config.method
-    assert method.name == ("sugd" if config_name == "sugd_simnpo" else config_name)
+    assert method.name == {"sugd_simnpo": "sugd", "undial": "ga"}.get(config_name, "gd")
     forget_loss = "simnpo" if config_name == "sugd_simnpo" else config_name
     assert get_method(method.name).loss_kinds(method)[0] == forget_loss
     out = tmp_path / "run"
