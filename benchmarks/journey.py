@@ -13,7 +13,7 @@ data are, the split and the epoch budget, on 2 processes, as a GPU user would ru
     python scripts/olmo_assets.py                  # the real tokenizer and MMLU, once
     python benchmarks/journey.py --out /tmp/journey
 
-`tests/test_journey.py` runs it and checks what a user would look at. The overrides a GPU user keeps or
+`tests/experiment/test_journey.py` runs it and checks what a user would look at. The overrides a GPU user keeps or
 replaces are printed by `--show-overrides` (docs/real-models-and-gpus.md).
 """
 

@@ -15,7 +15,7 @@ memory blow-up shows as a failed row before anyone rents a GPU.
     python scripts/olmo_assets.py                      # the real tokenizer, once
     python benchmarks/rehearsal.py                     # every configs/olmo-1b config, OLMo-1B sizes
     python benchmarks/rehearsal.py --configs ga,sugd --max-length 64
-    python benchmarks/rehearsal.py --dims tiny         # the whole path in seconds (tests/test_rehearsal.py)
+    python benchmarks/rehearsal.py --dims tiny         # the whole path in seconds (tests/benchmarks/test_rehearsal.py)
 """
 
 from __future__ import annotations

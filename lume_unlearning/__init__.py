@@ -6,7 +6,7 @@ before importing anything from them.
 
 The project's layers, lowest first. A module imports only from its own layer and the ones above it in
 this list, and no import circle runs among the project's modules (function-level imports count too);
-`tests/test_experiment.py` reads the list from here and checks both.
+`tests/experiment/test_experiment.py` reads the list from here and checks both.
 
     infrastructure:   utils.errors utils.io utils.folders utils.environment utils.seeding utils.memory
                       utils.project utils.entry

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from tests.conftest import SENTENCES
+from ..conftest import SENTENCES
 
 REPO = Path(__file__).resolve().parents[2]
 # A fixed level for configs whose ceiling is the gold standard's (resolved from a prepared world in a run).

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.methods.loss_snapshot import snapshot
+from ..methods.loss_snapshot import snapshot
 
 BEFORE = json.loads((Path(__file__).parent / "data" / "before_redesign.json").read_text())
 

@@ -20,8 +20,8 @@ from utils.errors import UserError
 from utils.models.adapters import apply_adapter
 
 from ..conftest import REPO
-from ..test_methods import FixedLogits, fake, ids, nll_change, settings
 from .helpers import term_loss
+from .test_methods import FixedLogits, fake, ids, nll_change, settings
 
 # --------------------------------------------------------------------------------------------
 # Hand-computed losses: two sequences over a 3-token vocabulary with fixed logits. Example 0 scores
