@@ -11,7 +11,7 @@ Reading of the interleaving factor f > 0: after chunk number n (1-based), floor(
 annealing phases follow. f = 1 anneals after every chunk, f = 0.5 after every 2nd chunk (2, 4, ...),
 f = 1/3 after every 3rd, f = 2 twice (two different subsets) after every chunk. As in the seed, the
 rule counts full chunks only: a remainder chunk (shorter than chunk_size) is followed by the final
-annealing alone, unless `anneal_after_remainder` (this project's earlier reading) gives it the rule's
+annealing alone, unless `anneal_after_remainder` (the other reading of the rule) gives it the rule's
 annealing phases too.
 
 The ascent phases use method.forget (ascent, npo, simnpo, wga, undial); the annealing phases method.retain

@@ -162,6 +162,15 @@ class ModelConfig:
 
 
 @dataclass
+class SelectConfig:
+    every: Literal["phase"] | int = ranged(
+        "phase", up_to(MANY),
+        help="when the selection score is taken: after every phase, or every N optimiser steps")
+    keep: Literal["best", "last"] = ranged(
+        "last", help="the run's model: the point with the best selection score, or the last weights")
+
+
+@dataclass
 class TrainingConfig:
     epochs: float = ranged(1.0, EPOCHS)
     learning_rate: float = ranged(1e-4, POSITIVE)
@@ -212,6 +221,14 @@ class TrainingConfig:
     # Experiment trackers (accelerate's): tensorboard, wandb, mlflow (comma-separated), none, or auto:
     # TensorBoard when it is installed, into <run>/tensorboard/.
     report_to: str = "auto"
+    # Checkpoint selection on the run's own training examples (utils.experiment.selection).
+    select: SelectConfig = field(default_factory=SelectConfig)
+    patience: int | None = ranged(
+        None, up_to(MANY, nullable=True),
+        help="selection scores in a row without improvement before training stops (null: never)")
+    budget_minutes: float | None = ranged(
+        None, Bound(low=0, low_open=True, nullable=True),
+        help="wall-clock minutes of training; when spent, training stops between steps (null: no budget)")
 
 
 @dataclass

@@ -43,9 +43,9 @@ def load_checkpoint(run_dir: Path) -> dict | None:
     return state
 
 
-def save_checkpoint(weights: dict, run_dir: Path, state: dict) -> None:
+def save_checkpoint(weights: dict, run_dir: Path, state: dict, extra: dict[str, dict] | None = None) -> None:
     """The trainable weights (Trainer.trainable_state), then their hash and the state, swapped in whole;
-    non-finite weights are never written."""
+    non-finite weights are never written. `extra`: further tensor files (name: tensors) in the same swap."""
     from safetensors.torch import save_file
 
     if not all_finite(weights.values()):
@@ -53,6 +53,8 @@ def save_checkpoint(weights: dict, run_dir: Path, state: dict) -> None:
                                f"checkpoint in {run_dir} is kept (lower the learning rate)")
     with AtomicDirectory(run_dir / CHECKPOINT) as tmp:
         save_file(weights, str(tmp / WEIGHTS_FILE))
+        for name, tensors in (extra or {}).items():
+            save_file(tensors, str(tmp / name))
         atomic_write_json(tmp / STATE_FILE, {**state, "weights_sha256": file_sha256(tmp / WEIGHTS_FILE)})
 
 
@@ -118,16 +120,21 @@ def verify_checkpoint(run_dir: Path, state: dict) -> None:
                         f"in {run_dir} cannot be resumed from it; choose another --out")
 
 
-def restore_weights(model, run_dir: Path) -> None:
+def read_checkpoint_file(run_dir: Path, name: str = WEIGHTS_FILE) -> dict:
+    """The tensors of one file of the checkpoint; an unreadable one is a one-line UserError."""
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
-    path = checkpoint_dir(run_dir) / WEIGHTS_FILE
+    path = checkpoint_dir(run_dir) / name
     try:
-        state = load_file(str(path))
+        return load_file(str(path))
     except (SafetensorError, OSError) as exc:
         raise UserError(f"{path} cannot be read ({str(exc).splitlines()[0] if str(exc) else exc.__class__.__name__})"
                         f": the run in {run_dir} cannot be resumed from it; choose another --out") from None
+
+
+def restore_weights(model, run_dir: Path) -> None:
+    state = read_checkpoint_file(run_dir)
     missing = set(state) - {name for name, _ in model.named_parameters()}
     if missing:
         raise UserError(f"checkpoint in {run_dir} does not fit this model/adapter (e.g. {min(missing)})")

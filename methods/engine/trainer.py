@@ -251,6 +251,9 @@ class Trainer:
         self.trackers = trackers
         self.progress = progress
         self.global_step = 0
+        # Called as step_hook(phase_index) after every optimiser step; True ends the phase there (a selection
+        # cadence, a patience or a time budget: utils.experiment.selection).
+        self.step_hook: Callable[[int], bool] | None = None
 
     @property
     def unwrapped_model(self):
@@ -330,6 +333,7 @@ class Trainer:
         tokens = 0
         loss_sum = 0.0
         role_sums = {"forget": [0.0, 0], "retain": [0.0, 0]}
+        steps_done = 0
         bar = tqdm(batches, desc=phase.name, leave=False, dynamic_ncols=True,
                    disable=not (self.progress and self.accelerator.is_main_process))
         for step, batch in enumerate(bar):
@@ -371,7 +375,7 @@ class Trainer:
             if world > 1:
                 # Each process holds its share of the global batch: the step's loss is the sum of the shares,
                 # and every process must see it (a NaN share would otherwise stop its own process only).
-                step_loss = self._sum_over_processes([step_loss])[0]
+                step_loss = self.sum_over_processes([step_loss])[0]
             if not math.isfinite(step_loss):
                 raise TrainingDiverged(
                     f"loss became {step_loss} in phase '{phase.name}' at step {step + 1}; "
@@ -395,15 +399,18 @@ class Trainer:
             self._log({"phase": phase_index, "phase_name": phase.name, "step": step + 1, "global_step": self.global_step,
                        "loss": step_loss, "lr": scheduler.get_last_lr()[0],
                        "seconds": time.perf_counter() - started, **phase.info})
+            steps_done += 1
+            if self.step_hook is not None and self.step_hook(phase_index):
+                break
         bar.close()
         if world > 1:
-            totals = self._sum_over_processes([tokens, *role_sums["forget"], *role_sums["retain"]])
+            totals = self.sum_over_processes([tokens, *role_sums["forget"], *role_sums["retain"]])
             tokens = int(totals[0])
             role_sums = {"forget": [totals[1], int(totals[2])], "retain": [totals[3], int(totals[4])]}
         seconds = time.perf_counter() - started
         return PhaseResult(
-            name=phase.name, steps=len(batches), tokens=tokens, seconds=seconds,
-            mean_loss=loss_sum / max(1, len(batches)),
+            name=phase.name, steps=steps_done, tokens=tokens, seconds=seconds,
+            mean_loss=loss_sum / max(1, steps_done),
             forget_nll=role_sums["forget"][0] / role_sums["forget"][1] if role_sums["forget"][1] else None,
             retain_nll=role_sums["retain"][0] / role_sums["retain"][1] if role_sums["retain"][1] else None,
         )
@@ -415,9 +422,10 @@ class Trainer:
         from methods.engine.sharding import local_part
 
         bad = 0.0 if all_finite([local_part(p) for p in parameters]) else 1.0
-        return self._sum_over_processes([bad])[0] == 0.0
+        return self.sum_over_processes([bad])[0] == 0.0
 
-    def _sum_over_processes(self, values: list[float]) -> list[float]:
+    def sum_over_processes(self, values: list[float]) -> list[float]:
+        """Each value summed over the launch's processes (the values themselves when alone)."""
         local = torch.tensor(values, dtype=torch.float64, device=self.accelerator.device)
         return self.accelerator.reduce(local, reduction="sum").tolist()
 

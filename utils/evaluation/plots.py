@@ -361,3 +361,36 @@ def plot_run(run_dir: str | Path) -> list[Path]:
     """Write loss.png (every step) and phases.png (per chunk/phase scores and NLLs) when there is data."""
     run_dir = Path(run_dir)
     return [_save(fig, run_dir / name) for name, fig in run_figures(run_dir).items()]
+
+
+def selection_figure(selection: Mapping, run_name: str = "run") -> Figure:
+    """The selection score at every scored point (by optimiser step, the start model at step 0) with the
+    sample's forget and retain NLLs, and the chosen point marked."""
+    curve = selection["curve"]
+    steps = [point["step"] for point in curve]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(12.5, 4.4))
+    left.plot(steps, [_number(point["score"]) for point in curve], color="black", marker="o", label="selection score")
+    chosen = selection["chosen"]
+    chosen_score = selection["score"]
+    left.scatter([chosen["step"]], [_number(chosen_score)], s=160, facecolors="none", edgecolors="tab:green",
+                 linewidths=2, zorder=3, label=f"chosen ({chosen_score:.3f})" if chosen_score is not None else "chosen")
+    left.set_ylim(-0.02, 1.02)
+    left.set_xlabel("optimiser step")
+    left.set_ylabel("selection score (higher is better)")
+    left.set_title(f"{run_name}: checkpoint selection")
+    left.legend(loc="best", fontsize=8)
+    for key, label, colour in NLL_CURVES:
+        right.plot(steps, [_number(point[key]) for point in curve], color=colour, marker=".", label=label)
+    if selection.get("gold_forget_nll") is not None:
+        right.axhline(selection["gold_forget_nll"], color="tab:red", linestyle=":", label="gold standard forget NLL")
+    right.axvline(chosen["step"], color="tab:green", linestyle="--", linewidth=1)
+    right.set_xlabel("optimiser step")
+    right.set_ylabel("mean answer NLL of the selection sample")
+    right.legend(loc="best", fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def plot_selection(selection: Mapping, path: str | Path) -> Path:
+    """Write the selection curve (`selection_figure`) of a run's results.json `selection` record."""
+    return _save(selection_figure(selection, Path(path).parent.resolve().name), Path(path))

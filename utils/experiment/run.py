@@ -10,6 +10,8 @@ The run folder holds:
   checkpoint/        trainable weights + state after the last finished phase (atomic)
   model/             the final model (LoRA merged unless adapter.merge_at_end is false)
   results.json, *_generations.jsonl, mia_nll.json   the final evaluation (utils.evaluation.evaluate)
+  selection.json     with checkpoint selection on (training.select, patience, budget_minutes): the score's curve
+                     and the chosen point (utils.experiment.selection)
   *.png              plots
 A killed run restarted with `resume=True` reloads the checkpoint and continues with the next phase.
 Every phase is seeded by its index (weights at a phase boundary + the phase index determine the rest),
@@ -39,6 +41,7 @@ from methods.engine.checkpoint import (
     keep_earlier_checkpoint,
     load_checkpoint,
     phases_fingerprint,
+    read_checkpoint_file,
     restore_weights,
     save_checkpoint,
     verify_checkpoint,
@@ -50,11 +53,19 @@ from utils.data.lume import LumeData
 from utils.data.tokenization import collate
 from utils.errors import UserError
 from utils.evaluation.evaluate import Evaluation, subset_check, write_evaluation
-from utils.evaluation.plots import BEFORE_FILE, plot_run
+from utils.evaluation.plots import BEFORE_FILE, plot_run, plot_selection
 from utils.evaluation.sharding import ALONE, Shards
 from utils.experiment.inputs import build_run_phases, resolve_forget_loss_ceiling
 from utils.experiment.resolved import ResolvedConfig, claim_run_dir
 from utils.experiment.robustness import add_robustness
+from utils.experiment.selection import (
+    BEST_FILE,
+    SELECTION_FILE,
+    Selection,
+    gold_forget_nll,
+    selection_on,
+    selection_sample,
+)
 from utils.experiment.tracking import chosen_trackers, open_trackers
 from utils.folders import check_not_input, check_overwrite, clear_folder, experiment_inputs, folder_lock
 from utils.io import atomic_write_text, check_output_location, read_json
@@ -205,6 +216,9 @@ class Run:
     elapsed: float = 0.0
     stopped: bool = False  # by `stop_after_phases`: the run ends there, without `finish`
     shards: Shards = ALONE
+    # Checkpoint selection (training.select, patience, budget_minutes); None when off.
+    selection: Selection | None = None
+    gold_forget_nll: float | None = None
 
     @property
     def config(self) -> Config:
@@ -248,6 +262,9 @@ def open_folder(experiment: ResolvedConfig, *, resume: bool = False, overwrite: 
         # The saved config holds resolved values (a gold-standard ceiling as its number): compare like with like.
         config = resolve_forget_loss_ceiling(experiment.config)
         run = Run(experiment.with_config(config), accelerator, resume, overwrite, progress, evaluate, log)
+        if selection_on(config.training):
+            # Read from the config as written: resolved, its gold-standard ceiling is only a number.
+            run.gold_forget_nll = gold_forget_nll(experiment.config)
         run_dir = run.run_dir
         finished = run_dir / "results.json"
         if finished.is_file() and not overwrite:
@@ -308,6 +325,8 @@ def prepare_model(run: Run) -> None:
     run.trainer = Trainer(model, run.tokenizer, config.training, loss_fn, accelerator=accelerator,
                           log_path=run_dir / "log.jsonl", progress=run.progress, trackers=run.trackers)
     run.model = None  # the Trainer holds it now (trainer.plain_model())
+    if selection_on(config.training):
+        start_selection(run)
     if run.trainer.sharded and run.is_main:
         run.log(f"[run] training.sharding: fsdp: weights, gradients and optimiser state split over "
                 f"{accelerator.num_processes} processes")
@@ -328,6 +347,25 @@ def prepare_model(run: Run) -> None:
         if run.is_main:
             atomic_write_text(run_dir / BEFORE_FILE, json_line(before))
     accelerator.wait_for_everyone()
+
+
+def start_selection(run: Run) -> None:
+    """The run's Selection: restored from the checkpoint when resuming, else scored once before unlearning;
+    hooked into the Trainer's step loop."""
+    config, trainer = run.config, run.trainer
+    if trainer.sharded:
+        raise UserError("training.select, patience and budget_minutes keep weights from one process and do not "
+                        "support training.sharding: fsdp yet (set training.sharding: none)")
+    run.selection = Selection(config.training, selection_sample(run.lume, run.tokenizer, config),
+                              run.tokenizer.pad_token_id, config.evaluation.nll_batch_size, gold=run.gold_forget_nll)
+    saved = (run.state or {}).get("selection")
+    if saved is not None:
+        best = read_checkpoint_file(run.run_dir, BEST_FILE) if saved["best"] is not None and \
+            config.training.select.keep == "best" else None
+        run.selection.restore(saved, best)
+    else:
+        run.selection.begin(trainer)
+    trainer.step_hook = lambda phase: run.selection.after_step(trainer, phase)
 
 
 def start_folder(run: Run) -> None:
@@ -358,13 +396,19 @@ def record_phase(run: Run, index: int, result: PhaseResult) -> None:
     config, run_dir, trainer = run.config, run.run_dir, run.trainer
     phase = run.phases[index]
     check = subset_check(trainer.plain_model(), run.tokenizer, run.lume, config.evaluation, run.shards)
-    due = checkpoint_due(index + 1, len(run.phases), config.training.checkpoint_every)
+    selection = run.selection
+    score = selection.after_phase(trainer, index) if selection else None
+    # A run that stops early gets a checkpoint now: a resume must not train on.
+    due = checkpoint_due(index + 1, len(run.phases), config.training.checkpoint_every) or \
+        bool(selection and selection.stop_reason)
     # On every process: under sharding, gathering the weights is a collective.
     weights = trainer.trainable_state() if due else None
     if run.is_main:
         record = {"phase": index, "name": phase.name, **phase.info, "steps": result.steps,
                   "seconds": result.seconds, "loss": result.mean_loss,
                   "forget_nll": result.forget_nll, "retain_nll": result.retain_nll, **check}
+        if selection:
+            record["selection_score"] = score
         with (run_dir / "phases.jsonl").open("a", encoding="utf-8") as handle:
             handle.write(json_line(record))
         if run.trackers:
@@ -372,10 +416,12 @@ def record_phase(run: Run, index: int, result: PhaseResult) -> None:
                               if key not in ("phase", "steps")}, step=trainer.global_step)
         if due:
             keep_earlier_checkpoint(run_dir, config.training.keep_checkpoints)
+            extra = {BEST_FILE: selection.best_weights} if selection and selection.best_weights else None
             save_checkpoint(weights, run_dir, {
                 "phases_done": index + 1, "phases_total": len(run.phases), "global_step": trainer.global_step,
                 "log_lines": count_lines(run_dir / "log.jsonl"), "seconds": run.elapsed,
-                "method": config.method.name, "phases_sha256": run.fingerprint})
+                "method": config.method.name, "phases_sha256": run.fingerprint,
+                **({"selection": selection.state()} if selection else {})}, extra)
 
 
 def train_phases(run: Run, after_phase: AfterPhase = record_phase, stop_after_phases: int | None = None) -> dict:
@@ -387,12 +433,18 @@ def train_phases(run: Run, after_phase: AfterPhase = record_phase, stop_after_ph
         for index in tqdm(range(run.phases_done, len(run.phases)), desc=f"{config.method.name}: phases",
                           initial=run.phases_done, total=len(run.phases),
                           disable=not (run.progress and run.is_main), dynamic_ncols=True):
+            if run.selection and run.selection.stop_reason:
+                break
             started = time.perf_counter()
             result = run.trainer.train_phase(run.phases[index], index)
             run.elapsed += time.perf_counter() - started
             after_phase(run, index, result)
             run.accelerator.wait_for_everyone()
             run.phases_done = index + 1
+            if run.selection and run.selection.stop_reason:
+                run.log(f"[run] training stopped after phase {index} of {len(run.phases)} "
+                        f"({run.selection.stop_reason})")
+                break
             if stop_after_phases is not None and run.phases_done >= stop_after_phases:
                 if run.trackers:
                     run.trackers.finish()
@@ -406,7 +458,13 @@ def finish(run: Run, memory: dict | None = None) -> dict:
     evaluates, the trackers' last values, the model card and plots, and results.json last: it marks the run
     finished, so a kill before it leaves a run `resume` completes. Returns the results ({} without evaluation)."""
     config, run_dir, trainer = run.config, run.run_dir, run.trainer
-    final = finalise(trainer.plain_model(), config.adapter)
+    model = trainer.plain_model()
+    selected = None
+    if run.selection:
+        _point, weights, selected = run.selection.choose(trainer)
+        if weights:
+            model.load_state_dict(weights, strict=False)
+    final = finalise(model, config.adapter)
     results: dict = {}
     if run.is_main:
         save_model(final, run.tokenizer, run_dir / "model")
@@ -426,7 +484,12 @@ def finish(run: Run, memory: dict | None = None) -> dict:
         # model/README.md: with the scores when evaluated (results is empty otherwise).
         write_run_card(run_dir / "model", config, run.experiment.start_model, results, final)
         plot_run(run_dir)
+        if selected is not None:
+            atomic_write_text(run_dir / SELECTION_FILE, json_line(selected))
+            plot_selection(selected, run_dir / "selection.png")
         if run.evaluate:
+            if selected is not None:
+                evaluation.results["selection"] = selected
             write_evaluation(evaluation, run_dir)
     run.accelerator.wait_for_everyone()
     return results

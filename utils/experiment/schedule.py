@@ -20,6 +20,7 @@ from methods.registry import get_method
 from utils.config import Config
 from utils.errors import UserError
 from utils.experiment.inputs import build_run_phases, resolve_forget_loss_ceiling
+from utils.experiment.selection import describe_selection
 from utils.folders import check_not_input, real
 from utils.io import check_output_location, looks_like_local_path
 from utils.models.loading import holds_tokenizer, load_tokenizer
@@ -122,6 +123,7 @@ def plan_run(experiment) -> dict:
         "phases": [asdict(phase) for phase in schedule],
         "total_steps": sum(phase.steps for phase in schedule),
         "checkpoints": checkpoint_plan(len(schedule), config.training, run_dir),
+        "selection": describe_selection(config.training),
         "final_model": str(run_dir / "model"),
     }
 
@@ -167,6 +169,7 @@ def schedule_table(plan: dict) -> str:
         f"total: {plan['total_steps']} optimiser steps in {len(plan['phases'])} phase{'' if len(plan['phases']) == 1 else 's'}",
         (f"checkpoints: {checkpoints['count']} ({checkpoints['note']}) in {checkpoints['path']}/; "
          f"the final model in {plan['final_model']}/"),
+        plan["selection"],
     ]
     return "\n".join(lines)
 
