@@ -19,6 +19,14 @@ at a time with one torch thread each, which uses 2 cores better than one run wit
     python benchmarks/quality.py                                   # real split, all methods, 3 seeds
     python benchmarks/quality.py --data mini --out benchmarks/results/quality_mini
     python benchmarks/quality.py --methods sugd,gd --lrs 1e-4 --seeds 0   # a quick look
+    python benchmarks/quality.py --protocol heldout                # lr chosen on one half, reported on the other
+
+Every method's final score carries a 95% interval (documents resampled, combined with the seed spread;
+`utils.evaluation.intervals`) and a paired comparison with the best method. `--protocol heldout` splits the
+split's forget and retain documents into a tuning half and a reporting half (by document, stratified by split
+and task, a fixed seed): the learning rate is chosen on the tuning half's scores and the table reports the
+other half, both recomputed from each run's saved generations (the MIA documents and the utility are shared
+by the two halves).
 """
 
 from __future__ import annotations
@@ -26,10 +34,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import random
 import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -38,8 +48,12 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from benchmarks import common
+from utils.data.lume import SPLITS, parse_item_id
 from utils.entry import child_command, child_environment
-from utils.evaluation.leaderboard import COLUMNS, plot_leaderboard, row_from_results
+from utils.errors import UserError
+from utils.evaluation.intervals import bootstrap, headline, paired, read_evaluation, restrict
+from utils.evaluation.leaderboard import COLUMNS, INTERVAL_COLUMNS, plot_leaderboard, row_from_results
+from utils.evaluation.scoring import read_generations
 from utils.experiment.resolved import CHILD_MODULE
 from utils.experiment.sweep import SweepRun, run_sweep
 from utils.io import atomic_write_json, atomic_write_text
@@ -64,8 +78,11 @@ DEFAULT_EPOCHS = {"real": 1.0, "mini": None}
 STAT_COLUMNS = ["final_score", "task_aggregate", "mia_score", "utility", "mia_auc", "forget_regurgitation",
                 "retain_regurgitation", "forget_knowledge", "retain_knowledge", "robustness", "unlearning_seconds",
                 "wall_seconds", "peak_rss_mb"]
-TABLE_COLUMNS = COLUMNS + ["gold_mia_auc", "lr", "seeds", "forget_knowledge", "retain_knowledge", "wall_seconds",
-                           "peak_rss_mb", "final_score_min", "final_score_max", "final_by_lr"]
+TABLE_COLUMNS = [c for c in COLUMNS if c not in INTERVAL_COLUMNS] + [
+    "gold_mia_auc", "lr", "seeds", "forget_knowledge", "retain_knowledge", "wall_seconds", "peak_rss_mb",
+    "final_score_min", "final_score_max", "final_by_lr", *INTERVAL_COLUMNS]
+# The held-out protocol's split of the documents: fixed, so every call tunes and reports on the same halves.
+HELDOUT_SEED = 2025
 
 
 # --------------------------------------------------------------------------------------------
@@ -173,6 +190,55 @@ def gold_forget_nll(gold: Path, config: Path, base: list[str]) -> float:
 
 
 # --------------------------------------------------------------------------------------------
+# The held-out protocol
+
+
+def heldout_split(documents: Mapping[str, Sequence[str]], seed: int = HELDOUT_SEED) -> tuple[set[str], set[str]]:
+    """(tuning, reporting) halves of `documents` (stratum -> document ids): each stratum's ids, sorted, then
+    shuffled by a generator seeded with `seed` and the stratum's name, give their first half (rounded up) to
+    tuning and the rest to reporting."""
+    tuning: set[str] = set()
+    reporting: set[str] = set()
+    for stratum in sorted(documents):
+        ids = sorted(set(documents[stratum]))
+        random.Random(f"{seed}:{stratum}").shuffle(ids)
+        half = (len(ids) + 1) // 2
+        tuning.update(ids[:half])
+        reporting.update(ids[half:])
+    return tuning, reporting
+
+
+def documents_by_stratum(evaluation_dir: Path) -> dict[str, list[str]]:
+    """The document ids of an evaluation folder's generations per "split/task"."""
+    strata: dict[str, list[str]] = {}
+    for split in SPLITS:
+        for row in read_generations(evaluation_dir / f"{split}_generations.jsonl", split):
+            strata.setdefault(f"{split}/{row['task']}", []).append(parse_item_id(row["id"])[2])
+    return strata
+
+
+def saved_evaluation(folder: Path, documents: set[str] | None):
+    """A run's saved evaluation, on `documents` only when given."""
+    evaluation = read_evaluation(folder)
+    if evaluation is None:
+        raise UserError(f"{folder}: no saved generations, MIA losses and utility to score documents from")
+    return evaluation if documents is None else restrict(evaluation, documents)
+
+
+def results_on(results: dict, folder: Path, documents: set[str] | None) -> dict:
+    """`results` with its headline numbers recomputed on `documents` only (None: as they are)."""
+    if documents is None:
+        return results
+    return {**results, **headline(saved_evaluation(folder, documents))}
+
+
+def records_on(records: list[dict], runs: Path, documents: set[str] | None) -> list[dict]:
+    return [record if record.get("failed") or documents is None else
+            {**record, "results": results_on(record["results"], runs / record["run"], documents)}
+            for record in records]
+
+
+# --------------------------------------------------------------------------------------------
 # Summarising
 
 
@@ -239,6 +305,33 @@ def cell(row: dict, key: str, digits: int = 3, spread: bool = True) -> str:
     return text
 
 
+def final_cell(row: dict) -> str:
+    """The final score with its 95% interval, else with its range over seeds."""
+    if row.get("final_score") is not None and row.get("final_score_low") is not None:
+        return f"{row['final_score']:.3f} [{row['final_score_low']:.2f}, {row['final_score_high']:.2f}]"
+    return cell(row, "final_score")
+
+
+def add_intervals(rows: list[dict], evaluations: dict[str, list]) -> list[str]:
+    """Each method row's 95% interval, and a line per method: how often it is above the best in paired draws."""
+    for row in rows:
+        if evaluations.get(row["method"]):
+            interval = bootstrap(evaluations[row["method"]])
+            row["final_score_low"], row["final_score_high"] = interval.low, interval.high
+    methods = [row for row in rows if evaluations.get(row["method"]) and row.get("final_score") is not None]
+    if len(methods) < 2:
+        return []
+    best = max(methods, key=lambda row: row["final_score"])
+    lines = []
+    for row in methods:
+        if row is not best:
+            comparison = paired(evaluations[row["method"]], evaluations[best["method"]])
+            if comparison is not None:
+                lines.append(f"{row['method']}: above {best['method']} in {100 * comparison['above']:.0f}% of "
+                             "paired draws")
+    return lines
+
+
 def markdown_table(rows: list[dict], gold_auc: float | None) -> str:
     header = ["method", "lr", "seeds", "final", "task agg", "MIA score", "MIA AUC", "gold AUC", "utility",
               "robustness", "forget regurg.", "retain regurg.", "forget QA", "retain QA", "unlearning s",
@@ -249,7 +342,7 @@ def markdown_table(rows: list[dict], gold_auc: float | None) -> str:
         seconds = cell(row, "unlearning_seconds", 0) if row.get("unlearning_seconds") is not None else "-"
         rss = f"{row['peak_rss_mb']:.0f}" if row.get("peak_rss_mb") else "-"
         lines.append("| " + " | ".join([
-            row["method"], lr, str(row.get("seeds") or "-"), cell(row, "final_score"), cell(row, "task_aggregate"),
+            row["method"], lr, str(row.get("seeds") or "-"), final_cell(row), cell(row, "task_aggregate"),
             cell(row, "mia_score"), cell(row, "mia_auc"), f"{gold_auc:.3f}" if gold_auc is not None else "n/a",
             cell(row, "utility"), cell(row, "robustness") if row.get("robustness") is not None else "-",
             cell(row, "forget_regurgitation", 2), cell(row, "retain_regurgitation", 2),
@@ -307,6 +400,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--lrs", default=None, help="learning-rate grid, comma-separated")
     parser.add_argument("--seeds", default="0,1,2", help="the first seed runs the lr sweep")
     parser.add_argument("--full-sweep", action="store_true", help="every seed at every lr (slower)")
+    parser.add_argument("--protocol", choices=["seen", "heldout"], default="seen",
+                        help="seen: choose the lr on the documents it reports; heldout: choose it on a tuning "
+                             "half of the documents and report the other half")
     parser.add_argument("--epochs", type=float, default=None,
                         help="epoch budget of every method (default: 1 on the real split, else the configs')")
     parser.add_argument("--jobs", type=int, default=2, help="runs at once")
@@ -381,10 +477,14 @@ def main(argv: list[str] | None = None) -> int:
     work = Path(args.work or (out / "work" if args.out else REPO / "artifacts" / f"quality_{label}")).resolve()
 
     reference_config = setting.config(methods[0])
-    gold = checkpoint_row("gold_standard", evaluate_checkpoint("gold_standard", setting.gold, setting,
-                                                               reference_config, args.extra, work))
-    target = checkpoint_row("target", evaluate_checkpoint("target", setting.target, setting, reference_config,
-                                                          args.extra, work))
+    gold_results = evaluate_checkpoint("gold_standard", setting.gold, setting, reference_config, args.extra, work)
+    target_results = evaluate_checkpoint("target", setting.target, setting, reference_config, args.extra, work)
+    tuning = reporting = None
+    if args.protocol == "heldout":
+        tuning, reporting = heldout_split(documents_by_stratum(work / "gold_standard"))
+        log(f"[quality] held out: lr chosen on {len(tuning)} documents, reported on {len(reporting)}")
+    gold = checkpoint_row("gold_standard", results_on(gold_results, work / "gold_standard", reporting))
+    target = checkpoint_row("target", results_on(target_results, work / "target", reporting))
     log(f"[quality] gold standard: final {gold['final_score']:.3f}, MIA AUC {gold['mia_auc']:.3f}; "
         f"target: final {target['final_score']:.3f}, MIA AUC {target['mia_auc']:.3f}")
 
@@ -394,7 +494,7 @@ def main(argv: list[str] | None = None) -> int:
     log(f"[quality] sweep: {len(jobs)} runs ({len(methods)} methods x lrs {lrs} x seeds {sweep_seeds}), "
         f"{args.jobs} at once, {threads} thread(s) each")
     records = run_jobs(jobs, args.jobs, threads, setting, work, args.extra, log)
-    chosen = best_lr(records)
+    chosen = best_lr(records_on(records, work / "runs", tuning))
     # Stage 2: the remaining seeds at each method's best rate.
     extra_jobs = [{"method": m, "lr": chosen[m], "seed": s} for m in methods for s in seeds
                   if s not in sweep_seeds]
@@ -404,10 +504,16 @@ def main(argv: list[str] | None = None) -> int:
         records += run_jobs(extra_jobs, args.jobs, threads, setting, work, args.extra, log)
 
     rows = [gold]
+    tuned, reported = records_on(records, work / "runs", tuning), records_on(records, work / "runs", reporting)
+    evaluations = {}
     for method in methods:
-        finished = [r for r in records if r["method"] == method and r["lr"] == chosen[method] and not r.get("failed")]
+        finished = [r for r in reported if r["method"] == method and r["lr"] == chosen[method] and not r.get("failed")]
         if finished:
-            rows.append(summarise(method, finished, final_by_lr(records, method)))
+            rows.append(summarise(method, finished, final_by_lr(tuned, method)))
+            kept = [work / "runs" / r["run"] for r in finished]
+            if all(read_evaluation(folder) is not None for folder in kept):
+                evaluations[method] = [saved_evaluation(folder, reporting) for folder in kept]
+    comparisons = add_intervals(rows, evaluations)
     rows.append(target)
     gold_auc = gold["mia_auc"]
     table = markdown_table(rows, gold_auc)
@@ -419,6 +525,13 @@ def main(argv: list[str] | None = None) -> int:
     reused = sum(1 for r in records if r.get("reused"))
     if reused:
         notes.append(f"{reused} of the runs were finished by an earlier call and reused")
+    if args.protocol == "heldout":
+        notes.append(f"held-out protocol: lr chosen on {len(tuning)} documents (final by lr: that half), the "
+                     f"table on the other {len(reporting)}; the MIA documents and the utility serve both halves")
+    if evaluations:
+        notes.append("final [95% interval]: documents (forget, retain, MIA members and non-members) resampled, "
+                     "1000 draws, with the seed spread; utility held fixed")
+        notes.extend(comparisons)
     if report is not None:
         built = world_build_seconds(workdir, report)
         notes.append("world build, cold (cached afterwards; each stage's own record): "
@@ -439,11 +552,15 @@ def main(argv: list[str] | None = None) -> int:
     atomic_write_text(out / "quality.csv", csv_text(rows, gold_auc))
     atomic_write_json(out / "quality.json", {"rows": rows, "gold_mia_auc": gold_auc, "notes": notes,
                                              "prepare_report": report, "lrs": lrs, "seeds": seeds,
+                                             "protocol": args.protocol,
+                                             "documents": None if tuning is None else
+                                             {"tuning": sorted(tuning), "reporting": sorted(reporting)},
                                              "environment": common.environment(),
                                              "records": [{k: v for k, v in r.items() if k != "results"}
                                                          for r in records]})
     title = {"real": "the real LUME validation split", "mini": "the mini-LUME"}.get(label, str(data))
-    plot_leaderboard(rows[:-1], out / "quality.png", title=f"Quality on {title} (median over seeds, bars: range)",
+    bars = "95% interval" if evaluations else "range"
+    plot_leaderboard(rows[:-1], out / "quality.png", title=f"Quality on {title} (median over seeds, bars: {bars})",
                      reference=gold)
     log(f"[quality] wrote {out}/quality.md, quality.csv, quality.json, quality.png")
     return 1 if failed else 0

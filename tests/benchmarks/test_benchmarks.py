@@ -76,10 +76,47 @@ def test_quality_end_to_end_on_the_small_world(small_world, tmp_path):
     assert (out / "quality.png").stat().st_size > 0 and "| gd | 0.01 | 2 |" in (out / "quality.md").read_text()
     assert "| utility | robustness |" in (out / "quality.md").read_text()
 
+    for method in ("gd", "sugd"):  # the 95% interval of documents and seeds, in the last two columns
+        assert list(rows[method])[-2:] == ["final_score_low", "final_score_high"]
+        assert float(rows[method]["final_score_low"]) - 1e-9 <= float(rows[method]["final_score"]) \
+            <= float(rows[method]["final_score_high"]) + 1e-9
+    assert rows["gold_standard"]["final_score_low"] == ""  # a reference model, not a compared method
+    notes = (out / "quality.md").read_text()
+    assert "above sugd in" in notes or "above gd in" in notes
+
     # A second call resumes: every run is reused, nothing recomputed.
     stamps = {p: p.stat().st_mtime_ns for p in (out / "work" / "runs").glob("*/results.json")}
     assert quality.main(argv) == 0
     assert {p: p.stat().st_mtime_ns for p in (out / "work" / "runs").glob("*/results.json")} == stamps
+
+    # The held-out protocol on the same runs: the table is the reporting half's, scored from the saved files.
+    assert quality.main([*argv, "--protocol", "heldout"]) == 0
+    saved = json.loads((out / "quality.json").read_text())
+    halves = saved["documents"]
+    assert saved["protocol"] == "heldout" and not set(halves["tuning"]) & set(halves["reporting"])
+    with (out / "quality.csv").open() as handle:
+        heldout = {row["method"]: row for row in csv.DictReader(handle)}
+    from utils.evaluation.intervals import headline, read_evaluation, restrict
+
+    for method in ("gd", "sugd"):
+        finals = [headline(restrict(read_evaluation(out / "work" / "runs" / f"{method}_lr0.01_seed{seed}"),
+                                    set(halves["reporting"])))["final_score"] for seed in (0, 1)]
+        assert float(heldout[method]["final_score"]) == pytest.approx(statistics.median(finals))
+
+
+def test_heldout_split_is_disjoint_covering_stratified_and_deterministic():
+    strata = {f"{split}/Task{t}": [f"{split[0]}{t}doc{i:03d}" for i in range(n)]
+              for split in ("forget", "retain") for t, n in ((1, 10), (2, 7), (3, 1))}
+    tuning, reporting = quality.heldout_split(strata)
+    everything = {d for ids in strata.values() for d in ids}
+    assert not tuning & reporting and tuning | reporting == everything
+    for ids in strata.values():  # each stratum halved, the odd one out to tuning
+        assert sum(d in tuning for d in ids) == (len(ids) + 1) // 2
+    assert quality.heldout_split({k: list(reversed(v)) for k, v in strata.items()}) == (tuning, reporting)
+    other = quality.heldout_split(strata, seed=quality.HELDOUT_SEED + 1)
+    assert other != (tuning, reporting) and not other[0] & other[1]
+    # Not the first half in file order: the documents are shuffled within each stratum.
+    assert tuning & set(strata["forget/Task1"]) != set(strata["forget/Task1"][:5])
 
 
 def test_quality_checkpoint_mode_takes_models_from_the_configs_and_measures_the_ceiling(small_world, tmp_path):

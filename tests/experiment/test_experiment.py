@@ -71,6 +71,12 @@ def test_quickstart_evaluates_the_gold_standard_like_every_method(tmp_path, smal
     assert generation_ids(runs / "gold_standard") == generation_ids(runs / "ga")
     all_forget_items = len(load_lume(small_world.data).forget)
     assert len(generation_ids(runs / "ga")) < all_forget_items
+    # Every row's runs kept their per-item files: the final score's interval is filled and holds it.
+    table = (world / "leaderboard.csv").read_text().splitlines()
+    assert table[0].endswith(",final_score_low,final_score_high")
+    for line in table[1:]:
+        final, low, high = (float(line.split(",")[i]) for i in (1, -2, -1))
+        assert low - 1e-9 <= final <= high + 1e-9
 
 
 def test_quickstart_gives_each_method_only_the_method_keys_it_declares(tmp_path, small_world):

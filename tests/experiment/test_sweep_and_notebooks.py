@@ -65,6 +65,10 @@ def test_sweep_is_killed_and_resumed_without_redoing_finished_runs(tmp_path, sma
         resolved = yaml.safe_load((out / f"run_{number:03d}" / "config.yaml").read_text())
         assert resolved["method"]["positive_ratio"] == int(row["method.positive_ratio"])
         assert 0.0 <= float(row["final_score"]) <= 1.0
+        # Every run kept its per-item files: its document-bootstrap interval is filled, the last two columns.
+        assert list(row)[-2:] == ["final_score_low", "final_score_high"]
+        assert float(row["final_score_low"]) <= float(row["final_score_high"])
+        assert float(row["final_score_low"]) - 1e-9 <= float(row["final_score"]) <= float(row["final_score_high"]) + 1e-9
     assert (out / "run_summary.png").stat().st_size > 10_000
 
 

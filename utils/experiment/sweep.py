@@ -39,7 +39,8 @@ from typing import Any
 from utils.config import Config, load_config, read_yaml_mapping
 from utils.entry import child_command, child_environment
 from utils.errors import UserError
-from utils.evaluation.leaderboard import row_from_results
+from utils.evaluation.intervals import bootstrap, read_evaluation
+from utils.evaluation.leaderboard import row_from_results, with_error_bar
 from utils.evaluation.plots import score_bars
 from utils.experiment.resolved import CHILD_MODULE, ResolvedConfig
 from utils.experiment.run import holds_run, launch_run
@@ -48,6 +49,9 @@ from utils.io import atomic_write_json, atomic_write_text, read_json
 
 SCORE_COLUMNS = ["final_score", "task_aggregate", "mia_score", "mia_auc", "utility", "forget_regurgitation",
                  "retain_regurgitation", "seconds", "robustness"]
+# A run's 95% document-bootstrap interval of its final score, after the score columns (empty for a run that kept
+# no per-item evaluation files).
+INTERVAL_COLUMNS = ["final_score_low", "final_score_high"]
 RECORD_FILE = "sweep_record.json"  # wall time and peak memory of a finished run, kept for a resumed sweep
 EARLIER_RECORD_FILE = "bench.json"  # the same, as benchmarks/quality.py wrote it before the sweep engine
 
@@ -205,6 +209,7 @@ def _run_sweep(runs: list[SweepRun], out_dir: Path, progress: bool, log, num_pro
             record = _run_one(run, run_dir, progress, num_processes, in_subprocess, threads, log)
             if record.get("failed"):
                 log(f"[sweep] run {counter} failed: {record['error'].strip().splitlines()[-1:]}")
+        record.update(run_interval(run_dir, record))
         with summary_lock:
             records[run.name] = record
             write_summary([records[r.name] for r in runs if r.name in records], out_dir, list(runs[0].labels))
@@ -232,21 +237,31 @@ def read_record(run: SweepRun, run_dir: Path) -> dict:
 # The summary
 
 
+def run_interval(run_dir: Path, record: dict) -> dict:
+    """The run's interval columns, computed once when its record is made (the summary is rewritten often)."""
+    final = (record.get("results") or {}).get("final_score")
+    evaluation = read_evaluation(run_dir) if final is not None and run_dir.is_dir() else None
+    if evaluation is None:
+        return {}
+    interval = bootstrap([evaluation])
+    return {"final_score_low": interval.low, "final_score_high": interval.high}
+
+
 def summary_row(record: dict, keys: list[str]) -> dict:
     results = record.get("results") or {}
     scores = row_from_results(results.get("method", ""), results) if results else {}
     return {"run": record["run"], "method": scores.get("method", ""), **{k: record.get(k) for k in keys},
-            **{c: scores.get(c) for c in SCORE_COLUMNS}}
+            **{c: scores.get(c) for c in SCORE_COLUMNS}, **{c: record.get(c) for c in INTERVAL_COLUMNS}}
 
 
 def write_summary(records: list[dict], out_dir: Path, keys: list[str]) -> list[dict]:
     rows = [summary_row(record, keys) for record in records]
-    columns = ["run", "method", *keys, *SCORE_COLUMNS]
+    columns = ["run", "method", *keys, *SCORE_COLUMNS, *INTERVAL_COLUMNS]
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=columns, extrasaction="ignore", lineterminator="\n")
     writer.writeheader()
     writer.writerows(rows)
     atomic_write_text(out_dir / "run_summary.csv", buffer.getvalue())
     labels = ["\n".join(f"{k.split('.')[-1]}={row[k]}" for k in keys) or row["run"] for row in rows]
-    score_bars(rows, out_dir / "run_summary.png", labels, "Sweep: scores per configuration")
+    score_bars([with_error_bar(row) for row in rows], out_dir / "run_summary.png", labels, "Sweep: scores per configuration")
     return rows

@@ -62,7 +62,7 @@ def run(args) -> int:
 
 
 def run_in(world, configs: dict[str, Config], config_folder: Path, args) -> int:
-    from utils.evaluation.leaderboard import row_from_results, to_text, write_leaderboard
+    from utils.evaluation.leaderboard import add_intervals, row_from_results, to_text, write_leaderboard
 
     progress = not args.quiet
     started = time.perf_counter()
@@ -79,6 +79,8 @@ def run_in(world, configs: dict[str, Config], config_folder: Path, args) -> int:
         results = world.with_config(config, runs_dir / method, config_folder / f"{method}.yaml").run(progress=progress)
         rows.append(row_from_results(method, results))
 
+    # Each run kept its per-item evaluation files: the final score's 95% document-bootstrap interval.
+    add_intervals(rows, [[runs_dir / "gold_standard"], *([runs_dir / method] for method in configs)])
     title = "Leaderboard on the embedded default (tiny OLMo, mini-LUME)"
     write_leaderboard(rows, world.workdir, title=title)
     write_leaderboard(rows, runs_dir, title=title)
