@@ -10,6 +10,7 @@ tokenizer has not been fetched (`python scripts/olmo_assets.py`).
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 import textwrap
@@ -140,6 +141,7 @@ def test_strict_mode_under_two_processes_is_the_official_loop(stand_in, tmp_path
                  "evaluation.parity=strict", "model.dtype=bfloat16"]
     script = textwrap.dedent(f"""
         import os
+        import sys
 
         import torch
         from accelerate import notebook_launcher
@@ -150,7 +152,9 @@ def test_strict_mode_under_two_processes_is_the_official_loop(stand_in, tmp_path
         alone = generation.generate_one_at_a_time
 
         def counted(model, tokenizer, prompts, **kwargs):
-            print("RANK", os.environ["RANK"], "PROMPTS", len(prompts), flush=True)
+            # One write per line: the two processes share the pipe, and print's separate writes interleave.
+            sys.stdout.write(f"RANK {{os.environ['RANK']}} PROMPTS {{len(prompts)}}\\n")
+            sys.stdout.flush()
             return alone(model, tokenizer, prompts, **kwargs)
 
         def evaluate():
@@ -164,7 +168,7 @@ def test_strict_mode_under_two_processes_is_the_official_loop(stand_in, tmp_path
     completed = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True,
                                timeout=300, check=False)
     assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
-    assert sorted(completed.stdout.split("RANK")[1:]) == [" 0 PROMPTS 20\n", " 1 PROMPTS 20\n"]
+    assert sorted(re.findall(r"RANK (\d+) PROMPTS (\d+)", completed.stdout)) == [("0", "20"), ("1", "20")]
     rows = [json.loads(line) for split in ("forget", "retain")
             for line in (tmp_path / "two" / f"{split}_generations.jsonl").read_text().splitlines()]
     assert [row["model_output"] for row in rows] == official["outputs"]
