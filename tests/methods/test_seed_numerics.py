@@ -7,6 +7,7 @@ from __future__ import annotations
 import copy
 import json
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -81,11 +82,14 @@ def test_notebook_launcher_leaves_the_precision_to_the_config():
     not read: its processes see no ACCELERATE_MIXED_PRECISION, so make_accelerator gives them the config's."""
     script = textwrap.dedent("""
         import os
+        import sys
         from accelerate import notebook_launcher
 
         def report():
-            print("RANK", os.environ["RANK"], os.environ.get("ACCELERATE_MIXED_PRECISION"),
-                  os.environ.get("MIXED_PRECISION"), flush=True)
+            # One write per line: the two processes share the pipe, and print's separate writes interleave.
+            sys.stdout.write(f"RANK {os.environ['RANK']} {os.environ.get('ACCELERATE_MIXED_PRECISION')} "
+                             f"{os.environ.get('MIXED_PRECISION')}\\n")
+            sys.stdout.flush()
 
         notebook_launcher(report, num_processes=2, mixed_precision="fp16")
     """)
@@ -93,7 +97,7 @@ def test_notebook_launcher_leaves_the_precision_to_the_config():
     done = subprocess.run([sys.executable, "-c", script], cwd=REPO, env=env, capture_output=True, text=True,
                           timeout=300, check=False)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
-    lines = sorted(line for line in done.stdout.splitlines() if line.startswith("RANK"))
+    lines = sorted(re.findall(r"RANK \d+ \S+ \S+", done.stdout))
     assert lines == ["RANK 0 None fp16", "RANK 1 None fp16"]
     # What such a process's make_accelerator then chooses on a GPU: training.mixed_precision, with no note.
     assert launch_precision("bf16", {"MIXED_PRECISION": "fp16"}, cuda=True) == ("bf16", "")
