@@ -123,3 +123,18 @@ def test_training_options_added_later_leave_existing_cache_keys_alone():
     grouped = training_key(TrainingConfig(group_by_length=True))
     assert grouped["group_by_length"] is True and stable_hash(grouped) != stable_hash(plain)
     assert stable_hash(training_key(TrainingConfig(max_micro_batch_tokens=512))) != stable_hash(plain)
+
+
+def test_a_new_training_setting_at_its_neutral_value_keeps_cached_worlds_valid():
+    """The world's cache key holds the training settings worlds were first built with; every setting added
+    since must be listed in LATER_TRAINING_SETTINGS at its neutral value, or every cached world rebuilds."""
+    from dataclasses import asdict
+
+    from utils.config import TrainingConfig
+    from utils.experiment.world import LATER_TRAINING_SETTINGS, training_key
+
+    first = {"batch_size", "epochs", "gradient_accumulation_steps", "learning_rate", "loss_on", "lr_schedule",
+             "max_grad_norm", "max_length", "mixed_precision", "seed", "warmup_steps", "weight_decay"}
+    assert set(asdict(TrainingConfig())) - set(LATER_TRAINING_SETTINGS) == first
+    assert set(training_key(TrainingConfig())) == first
+    assert {key: asdict(TrainingConfig())[key] for key in LATER_TRAINING_SETTINGS} == LATER_TRAINING_SETTINGS

@@ -64,7 +64,8 @@ def fresh_log(path: Path) -> Path:
 LATER_TRAINING_SETTINGS = {"group_by_length": False, "max_micro_batch_tokens": None, "append_eos": None,
                            "master_weights": "auto", "checkpoint_every": 1, "keep_checkpoints": 1,
                            "report_to": "auto", "sharding": "none", "loss_reduction": "example",
-                           "gradient_checkpointing": False}
+                           "gradient_checkpointing": False, "select": {"every": "phase", "keep": "last"},
+                           "patience": None, "budget_minutes": None}
 
 
 def without_neutral(settings: dict, neutral: dict) -> dict:
