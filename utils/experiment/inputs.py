@@ -18,6 +18,17 @@ from utils.data.tokenization import Example, encode_item
 from utils.errors import UserError
 
 
+def gold_standard_forget(workdir, key: str, needed_by: str, alternative: str = "") -> float:
+    """The gold standard's forget-set `key` (output_nll: its answer NLL; text_nll: its whole-text NLL) that
+    `unlearn prepare` measured into <workdir>/prepare_report.json; a missing or unreadable report is one line."""
+    report_path = Path(workdir) / "prepare_report.json"
+    try:
+        return float(json.loads(report_path.read_text())["gold_standard"]["forget"][key])
+    except (OSError, KeyError, TypeError, ValueError):
+        raise UserError(f"{needed_by} needs {report_path} with the gold standard's forget {key} "
+                        f"(run `unlearn prepare`){alternative}") from None
+
+
 def resolve_forget_loss_ceiling(config: Config) -> Config:
     """Turn `forget_loss_ceiling: gold_standard` into the number `unlearn prepare` measured.
 
@@ -26,14 +37,9 @@ def resolve_forget_loss_ceiling(config: Config) -> Config:
     """
     if getattr(config.method, "forget_loss_ceiling", None) != "gold_standard":  # (only some methods have one)
         return config
-    report_path = Path(config.workdir) / "prepare_report.json"
     # The answer-level ceiling reads the gold standard's answer NLL; the document-level one its whole-text NLL.
     key = "text_nll" if config.method.forget_loss_ceiling_scope == "document" else "output_nll"
-    try:
-        level = json.loads(report_path.read_text())["gold_standard"]["forget"][key]
-    except (OSError, KeyError, json.JSONDecodeError):
-        raise UserError(f"method.forget_loss_ceiling=gold_standard needs {report_path} with the gold standard's "
-                        f"forget {key} (run `unlearn prepare`), or give a number") from None
+    level = gold_standard_forget(config.workdir, key, "method.forget_loss_ceiling=gold_standard", ", or give a number")
     return dataclasses.replace(config, method=dataclasses.replace(config.method, forget_loss_ceiling=float(level)))
 
 

@@ -21,12 +21,10 @@ point and a candidate like any other.
 
 from __future__ import annotations
 
-import json
 import math
 import random
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import torch
 
@@ -34,8 +32,7 @@ from methods.engine.trainer import nll_per_example
 from utils.config import Config, TrainingConfig
 from utils.data.lume import LumeData
 from utils.data.tokenization import Example, collate
-from utils.errors import UserError
-from utils.experiment.inputs import training_examples
+from utils.experiment.inputs import gold_standard_forget, training_examples
 
 SAMPLE_SIZE = 16
 BEST_FILE = "best.safetensors"  # the best-so-far trainable weights, beside the checkpoint's own
@@ -71,12 +68,7 @@ def gold_forget_nll(config: Config) -> float | None:
     """The gold standard's answer NLL on the forget set when the config names the gold standard, else None."""
     if getattr(config.method, "forget_loss_ceiling", None) != "gold_standard":
         return None
-    report_path = Path(config.workdir) / "prepare_report.json"
-    try:
-        return float(json.loads(report_path.read_text())["gold_standard"]["forget"]["output_nll"])
-    except (OSError, KeyError, TypeError, ValueError):
-        raise UserError(f"selection against the gold standard needs {report_path} with the gold standard's "
-                        "forget output_nll (run `unlearn prepare`)") from None
+    return gold_standard_forget(config.workdir, "output_nll", "selection against the gold standard")
 
 
 def selection_sample(lume: LumeData, tokenizer, config: Config, size: int = SAMPLE_SIZE) -> dict[str, list[Example]]:
