@@ -320,7 +320,11 @@ class Trainer:
         # The optimiser steps fp32 copies of bf16/fp16 trainable weights (see methods.engine.precision).
         master = MasterWeights(params) if wants_master_weights(self.config.master_weights, params) else None
         stepped = master.parameters if master else params
-        optimizer = torch.optim.AdamW(stepped, lr=self.config.learning_rate, weight_decay=self.config.weight_decay)
+        # On CPU the multi-tensor AdamW is the faster one and gives the same weights to the bit (on CUDA it is
+        # torch's default already).
+        on_cpu = all(p.device.type == "cpu" for p in stepped)
+        optimizer = torch.optim.AdamW(stepped, lr=self.config.learning_rate, weight_decay=self.config.weight_decay,
+                                      foreach=True if on_cpu else None)
         scheduler = torch.optim.lr_scheduler.LambdaLR(
             optimizer, lr_lambda(self.config.lr_schedule, self.config.warmup_steps, len(batches)))
         optimizer = self.accelerator.prepare_optimizer(optimizer)
@@ -474,9 +478,13 @@ def json_line(record: dict) -> str:
 
 
 def all_finite(parameters) -> bool:
-    """Whether every value of `parameters` is finite, with one device-to-host sync for all of them."""
-    flags = [torch.isfinite(p.detach()).all() for p in parameters]
-    return bool(torch.stack(flags).all()) if flags else True
+    """Whether every value of `parameters` is finite, with one device-to-host sync for all of them.
+
+    A NaN or an infinity makes its tensor's sum non-finite, so one fp32 sum per tensor answers (one pass, several
+    times faster than an element-wise test); only finite weights summing past 3e38 would be misread.
+    """
+    sums = [p.detach().sum(dtype=torch.float32) for p in parameters]
+    return bool(torch.isfinite(torch.stack(sums)).all()) if sums else True
 
 
 def nll_loss(model, batch: dict) -> LossOutput:

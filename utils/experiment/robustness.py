@@ -206,15 +206,28 @@ def target_scores(experiment, target: str, items: Sequence[Item], shards: Shards
              f"({str(exc).splitlines()[0] if str(exc) else exc.__class__.__name__})")
         return None
     scores = score_items(model, tokenizer, items, settings, progress=progress, shards=shards, warn=warn)
+    size = parameter_count(model)
     del model
-    _free_memory()
+    _free_memory(size)
     if shards.is_main:
         atomic_write_json(path, scores)
     return scores
 
 
-def _free_memory() -> None:
-    gc.collect()
+# A full garbage collection walks every object of the process (a noticeable pause late in a long in-process
+# session such as the quickstart); it is worth it only to give back a large model's copy, or a GPU's blocks.
+COLLECT_FROM_PARAMETERS = 50_000_000
+
+
+def parameter_count(model) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def _free_memory(parameters: int) -> None:
+    """After a model copy of `parameters` weights was dropped: collect its reference cycles now when it is
+    large (or on a GPU) instead of waiting for Python's next full collection."""
+    if parameters >= COLLECT_FROM_PARAMETERS or torch.cuda.is_available():
+        gc.collect()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
 
@@ -265,8 +278,9 @@ def _relearn(model, tokenizer, half_a: list[Item], half_b: list[Item], config, d
         "member": [d for d in documents["member"] if d not in trained], "nonmember": documents["nonmember"]}
     scores = score_items(relearned, tokenizer, half_b, settings, progress=progress, shards=shards, warn=warn)
     auc = mia_auc(relearned, tokenizer, members, settings, shards, progress, warn)
+    size = parameter_count(relearned)
     del relearned
-    _free_memory()
+    _free_memory(size)
     return _attack_entry(
         half_b, scores, target, unlearned, auc,
         {"steps": settings.relearn_steps, "learning_rate": settings.relearn_learning_rate,
@@ -313,8 +327,9 @@ def run_attacks(experiment, model, tokenizer, evaluation, shards: Shards = ALONE
                 items, scores, reference, unlearned, auc,
                 {"bits": bits, "scheme": "symmetric round-to-nearest per output channel, nn.Linear weights "
                                          "except the output head"})
+            size = parameter_count(quantized)
             del quantized
-            _free_memory()
+            _free_memory(size)
     block["mean_recovery"] = mean_recovery(block)
     block["target"] = target_name
     if notes:

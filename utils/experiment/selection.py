@@ -24,6 +24,7 @@ from __future__ import annotations
 import math
 import random
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -130,6 +131,8 @@ class Selection:
     stop_reason: str | None = None
     seconds: float = 0.0  # training time spent before this process started
     started: float = field(default_factory=lambda: clock())
+    # Called as observer(point, model) after each new point (benchmarks measure each checkpoint with it).
+    observer: Callable[[dict, object], None] | None = None
 
     @property
     def every(self) -> int | None:
@@ -154,6 +157,8 @@ class Selection:
         score = selection_score(nlls["forget"], nlls["retain"], self.start, self.gold)
         self.curve.append({"phase": phase, "step": trainer.global_step, "score": score,
                            "forget_nll": nlls["forget"], "retain_nll": nlls["retain"]})
+        if self.observer is not None:
+            self.observer(self.curve[-1], trainer.plain_model())
         if self.best is None or score > self.curve[self.best]["score"]:
             self.best, self.since_best = len(self.curve) - 1, 0
             if self.training.select.keep == "best":
