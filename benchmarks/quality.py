@@ -83,6 +83,19 @@ TABLE_COLUMNS = [c for c in COLUMNS if c not in INTERVAL_COLUMNS] + [
     "final_score_min", "final_score_max", "final_by_lr", *INTERVAL_COLUMNS]
 # The held-out protocol's split of the documents: fixed, so every call tunes and reports on the same halves.
 HELDOUT_SEED = 2025
+# `--selection on|both`: the variant "<method>+select" runs <method>.yaml keeping the best-scoring checkpoint
+# (utils.experiment.selection), scored every SELECT_EVERY optimiser steps.
+SELECT_SUFFIX = "+select"
+SELECT_EVERY = 10
+
+
+def base_method(method: str) -> str:
+    """The config a method label runs: "gd+select" runs gd.yaml."""
+    return method.removesuffix(SELECT_SUFFIX)
+
+
+def selection_overrides(every: int) -> list[str]:
+    return ["training.select.keep=best", f"training.select.every={every}"]
 
 
 # --------------------------------------------------------------------------------------------
@@ -106,7 +119,7 @@ class Setting:
     per_method: dict[str, list[str]] = field(default_factory=dict)  # extra items for one method
 
     def config(self, method: str) -> Path:
-        return self.configs / f"{method}.yaml"
+        return self.configs / f"{base_method(method)}.yaml"
 
 
 def prepare_world(workdir: Path, data: Path | None, world_config: Path | None, world_overrides: list[str],
@@ -128,7 +141,7 @@ def run_jobs(jobs: list[dict], jobs_at_once: int, threads: int, setting: Setting
     """The (method, lr, seed) runs through the sweep engine, each in a child process of its own,
     `jobs_at_once` at a time, the slowest methods first (a shorter tail); finished runs are reused."""
     cost = {"sugd": 0, "sugd_ceiling": 0, "sugd_simnpo": 0, "sugd_doc_ceiling": 0, "agad": 1}
-    ordered = sorted(jobs, key=lambda j: cost.get(j["method"], 2))
+    ordered = sorted(jobs, key=lambda j: cost.get(base_method(j["method"]), 2))
     runs = [SweepRun(f"{j['method']}_lr{j['lr']:g}_seed{j['seed']}", setting.config(j["method"]),
                      [*setting.base, *setting.per_method.get(j["method"], []), f"training.learning_rate={j['lr']}",
                       f"training.seed={j['seed']}", *extra], {"method": j["method"], "lr": j["lr"], "seed": j["seed"]})
@@ -405,6 +418,11 @@ def main(argv: list[str] | None = None) -> int:
                              "half of the documents and report the other half")
     parser.add_argument("--epochs", type=float, default=None,
                         help="epoch budget of every method (default: 1 on the real split, else the configs')")
+    parser.add_argument("--selection", choices=["off", "on", "both"], default="off",
+                        help="on: every method keeps its best-scoring checkpoint (rows <method>+select); both: each "
+                             "method with and without (default: off)")
+    parser.add_argument("--select-every", type=int, default=SELECT_EVERY, metavar="N",
+                        help="with --selection: score the checkpoint every N optimiser steps (default: %(default)s)")
     parser.add_argument("--jobs", type=int, default=2, help="runs at once")
     parser.add_argument("--threads", type=int, default=None, help="torch threads per run (default: cores/jobs)")
     parser.add_argument("--out", default=None, help="output folder (default: benchmarks/results/quality_<data>)")
@@ -426,6 +444,10 @@ def main(argv: list[str] | None = None) -> int:
     for method in methods:
         if not (configs / f"{method}.yaml").is_file():
             parser.error(f"no config for method '{method}' ({configs / method}.yaml)")
+    if args.select_every < 1:
+        parser.error(f"--select-every must be at least 1, got {args.select_every}")
+    variants = {"off": [""], "on": [SELECT_SUFFIX], "both": ["", SELECT_SUFFIX]}[args.selection]
+    methods = [f"{m}{suffix}" for m in methods for suffix in variants]
     seeds = [int(x) for x in args.seeds.split(",")]
     threads = args.threads or max(1, (os.cpu_count() or 2) // args.jobs)
     started = time.perf_counter()
@@ -437,7 +459,7 @@ def main(argv: list[str] | None = None) -> int:
         from utils.config import load_config
 
         label, report, target_report = "checkpoint", None, None
-        first = load_config(configs / f"{methods[0]}.yaml", args.extra)
+        first = load_config(configs / f"{base_method(methods[0])}.yaml", args.extra)
         data = Path(first.data.path).resolve() if args.data is None else Path(args.data).resolve()
         base = [f"data.path={data}"]
         setting = Setting(configs, base, first.model.name_or_path or "", Path(args.gold).resolve())
@@ -465,6 +487,10 @@ def main(argv: list[str] | None = None) -> int:
         kind = "mini" if label == "mini" else "real"
         args.epochs = DEFAULT_EPOCHS[kind] if args.epochs is None else args.epochs
         args.extra = RUN_DEFAULTS[kind] + args.extra
+    for method in methods:
+        if method.endswith(SELECT_SUFFIX):
+            setting.per_method[method] = [*setting.per_method.get(base_method(method), []),
+                                          *selection_overrides(args.select_every)]
     if args.epochs is not None:
         args.extra = [f"training.epochs={args.epochs:g}", *args.extra]
     from utils.experiment.robustness import parse_attacks
