@@ -154,3 +154,33 @@ def test_the_gold_standard_is_compared_but_never_the_best(tmp_path):
     assert rows[0]["above_best"]["best"] == "m" and rows[0]["above_best"]["above"] > 0.99
     assert "above_best" not in rows[1] and rows[2]["above_best"]["best"] == "m"
     assert comparison_lines(rows)[0] == "gold_standard: above m in 100% of draws"
+
+
+def test_a_sweep_over_seeds_gets_one_row_per_setting_with_median_range_and_interval(tmp_path):
+    """Two learning rates x two seeds: one row per rate, its median and range over the two seeds, its interval
+    holding the median, and the weaker rate above the better one in few paired draws."""
+    from utils.experiment.sweep import GROUPED_FILE, write_grouped_summary
+
+    utilities = {("run_000", 0): 0.9, ("run_001", 1): 0.7, ("run_002", 0): 0.2, ("run_003", 1): 0.25}
+    records = []
+    for (name, seed), utility in utilities.items():
+        lr = 1e-3 if name in ("run_000", "run_001") else 1e-4
+        folder = finished_run(tmp_path / name, "gd", seed, utility)
+        records.append({"run": name, "training.learning_rate": lr, "training.seed": seed,
+                        "results": json.loads((folder / "results.json").read_text())})
+    records.append({"run": "run_004", "training.learning_rate": 1e-5, "training.seed": 0, "failed": True,
+                    "error": "boom"})
+    rows = write_grouped_summary(records, tmp_path, ["training.learning_rate", "training.seed"])
+    assert [row["training.learning_rate"] for row in rows] == [1e-3, 1e-4]  # the failed setting has no row
+    finals = {name: record["results"]["final_score"] for name, record in zip(utilities, records)}
+    strong, weak = rows
+    assert strong["seeds"] == "0,1"
+    assert strong["final_score"] == pytest.approx((finals["run_000", 0] + finals["run_001", 1]) / 2, abs=1e-12)
+    assert strong["final_score_min"] == pytest.approx(min(finals["run_000", 0], finals["run_001", 1]))
+    assert strong["final_score_max"] == pytest.approx(max(finals["run_000", 0], finals["run_001", 1]))
+    for row in rows:
+        assert row["final_score_low"] <= row["final_score"] <= row["final_score_high"]
+    assert strong["above_best_share"] is None and weak["above_best_share"] < 0.1
+    header = (tmp_path / GROUPED_FILE).read_text().splitlines()[0].split(",")
+    assert header[:2] == ["training.learning_rate", "seeds"] and header[-1] == "above_best_share"
+    assert (tmp_path / GROUPED_FILE).with_suffix(".png").is_file()

@@ -28,6 +28,7 @@ import itertools
 import json
 import os
 import shutil
+import statistics
 import subprocess
 import threading
 import time
@@ -39,7 +40,7 @@ from typing import Any
 from utils.config import Config, load_config, read_yaml_mapping
 from utils.entry import child_command, child_environment
 from utils.errors import UserError
-from utils.evaluation.intervals import bootstrap, read_evaluation
+from utils.evaluation.intervals import bootstrap, paired, read_evaluation
 from utils.evaluation.leaderboard import row_from_results, with_error_bar
 from utils.evaluation.plots import score_bars
 from utils.experiment.resolved import CHILD_MODULE, ResolvedConfig
@@ -52,6 +53,10 @@ SCORE_COLUMNS = ["final_score", "task_aggregate", "mia_score", "mia_auc", "utili
 # A run's 95% document-bootstrap interval of its final score, after the score columns (empty for a run that kept
 # no per-item evaluation files).
 INTERVAL_COLUMNS = ["final_score_low", "final_score_high"]
+# A grid over training.seed also gets one row per setting of its other keys: the median over seeds, the range and
+# the interval of the seeds' runs together, and how often the setting is above the best one.
+SEED_KEY = "training.seed"
+GROUPED_FILE = "run_summary_by_setting.csv"
 RECORD_FILE = "sweep_record.json"  # wall time and peak memory of a finished run, kept for a resumed sweep
 EARLIER_RECORD_FILE = "bench.json"  # the same, as benchmarks/quality.py wrote it before the sweep engine
 
@@ -221,6 +226,9 @@ def _run_sweep(runs: list[SweepRun], out_dir: Path, progress: bool, log, num_pro
     else:
         for position, run in enumerate(runs):
             one(position, run)
+    keys = list(runs[0].labels) if runs else []
+    if SEED_KEY in keys:
+        write_grouped_summary([records[run.name] for run in runs], out_dir, keys)
     return [records[run.name] for run in runs]
 
 
@@ -264,4 +272,59 @@ def write_summary(records: list[dict], out_dir: Path, keys: list[str]) -> list[d
     atomic_write_text(out_dir / "run_summary.csv", buffer.getvalue())
     labels = ["\n".join(f"{k.split('.')[-1]}={row[k]}" for k in keys) or row["run"] for row in rows]
     score_bars([with_error_bar(row) for row in rows], out_dir / "run_summary.png", labels, "Sweep: scores per configuration")
+    return rows
+
+
+def grouped_rows(records: list[dict], out_dir: Path, keys: list[str]) -> list[dict]:
+    """One row per setting of the grid keys other than the seed, over its finished runs: the median over seeds of
+    every score column, the final score's range (`final_score_min`/`_max`), its 95% interval (each draw picks a
+    seed's run, then resamples its documents) and `above_best_share`, the share of paired draws in which the
+    setting's final score is above the best setting's (by median; empty for the best itself)."""
+    others = [key for key in keys if key != SEED_KEY]
+    groups: dict[str, list[dict]] = {}
+    for record in records:
+        if record.get("failed") or not record.get("results"):
+            continue
+        groups.setdefault(json.dumps([record.get(key) for key in others], default=str), []).append(record)
+    rows, saved = [], []
+    for members in groups.values():
+        finished = [summary_row(record, keys) for record in members]
+        row: dict[str, Any] = {key: members[0].get(key) for key in others}
+        row["seeds"] = ",".join(str(record.get(SEED_KEY)) for record in members)
+        for column in SCORE_COLUMNS:
+            values = [r[column] for r in finished if r.get(column) is not None]
+            row[column] = statistics.median(values) if values else None
+        finals = [r["final_score"] for r in finished if r.get("final_score") is not None]
+        row["final_score_min"], row["final_score_max"] = (min(finals), max(finals)) if finals else (None, None)
+        evaluations = [read_evaluation(out_dir / record["run"]) for record in members]
+        evaluations = evaluations if evaluations and all(e is not None for e in evaluations) else None
+        if evaluations:
+            interval = bootstrap(evaluations)
+            row["final_score_low"], row["final_score_high"] = interval.low, interval.high
+        rows.append(row)
+        saved.append(evaluations)
+    ranked = [i for i, row in enumerate(rows) if row.get("final_score") is not None]
+    if ranked:
+        best = max(ranked, key=lambda i: rows[i]["final_score"])
+        for i, row in enumerate(rows):
+            comparison = paired(saved[i], saved[best]) if i != best and saved[i] and saved[best] else None
+            row["above_best_share"] = None if comparison is None else comparison["above"]
+    return rows
+
+
+def write_grouped_summary(records: list[dict], out_dir: Path, keys: list[str]) -> list[dict]:
+    """`run_summary_by_setting.csv` and `.png` from `grouped_rows`."""
+    rows = grouped_rows(records, out_dir, keys)
+    others = [key for key in keys if key != SEED_KEY]
+    columns = [*others, "seeds", *SCORE_COLUMNS, "final_score_min", "final_score_max", *INTERVAL_COLUMNS,
+               "above_best_share"]
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=columns, extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write_text(out_dir / GROUPED_FILE, buffer.getvalue())
+    if rows:
+        labels = ["\n".join(f"{k.split('.')[-1]}={row[k]}" for k in others) or "all" for row in rows]
+        score_bars([with_error_bar(row) for row in rows], out_dir / Path(GROUPED_FILE).with_suffix(".png").name,
+                   labels, "Sweep: median over seeds, bars: 95% interval")
     return rows
