@@ -20,6 +20,7 @@ from utils.config import DEFAULT_MMLU_THRESHOLD, EvaluationConfig
 from utils.data.lume import TASKS, Item, LumeData
 from utils.environment import describe_environment
 from utils.evaluation.generation import generate
+from utils.evaluation.memorisation import memorisation_block
 from utils.evaluation.metrics import build_results, compute_terms, knowledge_score, regurgitation_score
 from utils.evaluation.mia import run_mia
 from utils.evaluation.mmlu import evaluate_utility
@@ -160,6 +161,11 @@ def evaluate_model(model, tokenizer, lume: LumeData, *, mia_documents: dict[str,
                for i, o in zip(items, outputs)]
     scores = compute_terms(records)
 
+    # Beside the official terms, never in the final score (utils.evaluation.memorisation).
+    started = time.perf_counter()
+    memorisation = memorisation_block(model, tokenizer, items, nll_batch_size, shards, notes.append)
+    timings["memorisation"] = time.perf_counter() - started
+
     mia = None
     if mia_documents is not None:
         started = time.perf_counter()
@@ -190,6 +196,7 @@ def evaluate_model(model, tokenizer, lume: LumeData, *, mia_documents: dict[str,
     )
     if utility is not None and utility.get("details") is not None:
         results["utility"]["details"] = utility["details"]
+    results["memorisation"] = memorisation
     results["environment"] = describe_environment(model)
     generations = {
         split: [{k: r[k] for k in ("id", "task", "expected_output", "model_output")}

@@ -351,6 +351,9 @@ def summary_text(results: Mapping[str, Any]) -> str:
     lines.append("utility: not measured" if utility is None
                  else f"utility ({utility['benchmark']}): {utility['score']:.4f}")
     lines.append(f"final score: {show(results['final_score'])}")
+    for split, entry in (results.get("memorisation") or {}).items():
+        lines.append(f"{split:<7} memorisation (not in the final score): exact {show(entry['exact_memorisation'])}  "
+                     f"extraction strength {show(entry['extraction_strength'])}")
     for warning in results.get("warnings", []):
         lines.append(f"warning: {warning}")
     return "\n".join(lines)
