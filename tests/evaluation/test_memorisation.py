@@ -7,8 +7,12 @@ import pytest
 import torch
 
 from utils.data.lume import Item
-from utils.evaluation.memorisation import (answer_predictions, exact_memorisation, extraction_strength,
-                                           memorisation_block)
+from utils.evaluation.memorisation import (
+    answer_predictions,
+    exact_memorisation,
+    extraction_strength,
+    memorisation_block,
+)
 
 from ..conftest import SENTENCES
 

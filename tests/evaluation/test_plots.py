@@ -260,3 +260,24 @@ def test_attacked_rows_get_a_fifth_hatched_robustness_bar_and_unattacked_ones_sa
     # Without any robustness the chart keeps its four bars.
     plain = score_bars_figure(BOARD, [row["method"] for row in BOARD], "Leaderboard").axes[0]
     assert len([c for c in plain.containers if isinstance(c, BarContainer)]) == 4
+
+
+def test_score_against_time_draws_each_timed_method_with_its_interval():
+    """One point per method with a time and a score, its interval as the error bar, the gold standard as a line;
+    a method without a time is named, not drawn at zero."""
+    from utils.evaluation.plots import score_time_figure
+
+    rows = [{"method": "gold_standard", "final_score": 0.86, "seconds": 30.0},
+            {"method": "gd", "final_score": 0.57, "seconds": 3.3, "final_score_low": 0.38, "final_score_high": 0.62},
+            {"method": "sugd", "final_score": 0.72, "seconds": 13.4},
+            {"method": "merged", "final_score": 0.5, "seconds": None}]
+    fig = score_time_figure(rows)
+    axis = fig.axes[0]
+    points = {line.get_gid(): line for line in axis.get_lines() if line.get_gid()}
+    assert set(points) == {"point:gd", "point:sugd", "reference:final_score"}
+    assert list(points["point:gd"].get_xdata()) == [3.3] and list(points["point:gd"].get_ydata()) == [0.57]
+    bars = next(c for c in axis.containers if c.lines[0].get_gid() == "point:gd")
+    low, high = bars.lines[2][0].get_segments()[0][:, 1]
+    assert (low, high) == pytest.approx((0.38, 0.62))
+    assert list(points["reference:final_score"].get_ydata()) == [0.86, 0.86]
+    assert any("merged" in text.get_text() for text in fig.texts)

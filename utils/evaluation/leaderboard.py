@@ -207,3 +207,6 @@ def write_leaderboard(rows: list[dict], out_dir: str | Path, title: str = "Leade
     atomic_write_text(out_dir / "leaderboard.csv", to_csv(rows))
     atomic_write_text(out_dir / "leaderboard.md", to_markdown(rows))
     plot_leaderboard(rows, out_dir / "leaderboard.png", title)
+    from utils.evaluation.plots import plot_score_time  # matplotlib only when a chart is drawn
+
+    plot_score_time(rows, out_dir / "leaderboard_time.png", f"{title}: final score against unlearning time")

@@ -394,3 +394,48 @@ def selection_figure(selection: Mapping, run_name: str = "run") -> Figure:
 def plot_selection(selection: Mapping, path: str | Path) -> Path:
     """Write the selection curve (`selection_figure`) of a run's results.json `selection` record."""
     return _save(selection_figure(selection, Path(path).parent.resolve().name), Path(path))
+
+
+# --------------------------------------------------------------------------------------------
+# Score against compute
+
+
+def score_time_figure(rows: Sequence[Mapping], title: str = "Final score against unlearning time") -> Figure:
+    """Each row's final score (with its interval as an error bar when it has one) against its unlearning
+    seconds, labelled by method: a compute-normalised comparison. Rows without both numbers are left out and
+    named under the axes; a gold standard (trained, not unlearned) is a horizontal line."""
+    fig, axis = plt.subplots(figsize=(8.5, 5.2))
+    reference = _reference_row(rows, None)
+    drawn, skipped = [], []
+    for row in rows:
+        if row is reference:
+            continue
+        seconds, score = row.get("seconds"), row.get("final_score")
+        if seconds is None or score is None or not math.isfinite(float(seconds)) or float(seconds) <= 0:
+            skipped.append(str(row.get("method")))
+            continue
+        low, high = row.get("final_score_low"), row.get("final_score_high")
+        error = None if low is None or high is None else [[max(0.0, score - low)], [max(0.0, high - score)]]
+        points = axis.errorbar([seconds], [score], yerr=error, fmt="o", capsize=3)
+        points.lines[0].set_gid(f"point:{row.get('method')}")
+        axis.annotate(str(row.get("method")), (seconds, score), textcoords="offset points", xytext=(5, 4),
+                      fontsize=8)
+        drawn.append(float(seconds))
+    if reference is not None and reference.get("final_score") is not None:
+        axis.axhline(reference["final_score"], color="black", linestyle="--", linewidth=1,
+                     label=f"gold standard ({reference['final_score']:.3f})", gid="reference:final_score")
+        axis.legend(loc="best", fontsize=8)
+    if drawn and max(drawn) / min(drawn) > LOG_SCALE_RATIO:
+        axis.set_xscale("log")
+    axis.set_ylim(-0.02, 1.02)
+    axis.set_xlabel("unlearning seconds")
+    axis.set_ylabel("final score (higher is better; bars: 95% interval)")
+    axis.set_title(title)
+    if skipped:
+        fig.text(0.01, 0.01, "no time or score: " + ", ".join(skipped), fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def plot_score_time(rows: Sequence[Mapping], path: str | Path, title: str = "Final score against unlearning time") -> Path:
+    return _save(score_time_figure(rows, title), Path(path))

@@ -100,7 +100,8 @@ def run_in(world, configs: dict[str, Config], config_folder: Path, args) -> int:
     print(to_text(rows))
     print("utility = synthetic multiple-choice accuracy (not MMLU); see README 'Reading the scores'")
     workdir = world.workdir
-    print(f"leaderboard: {workdir / 'leaderboard.csv'}, {workdir / 'leaderboard.md'}, {workdir / 'leaderboard.png'}")
+    print(f"leaderboard: {workdir / 'leaderboard.csv'}, {workdir / 'leaderboard.md'}, {workdir / 'leaderboard.png'}, "
+          f"{workdir / 'leaderboard_time.png'}")
     timings["total"] = time.perf_counter() - started
     atomic_write_json(runs_dir / TIMINGS_FILE, timings)
     print(f"runs: {runs_dir}; total {timings['total']:.0f} s")
