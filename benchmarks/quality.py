@@ -345,6 +345,24 @@ def add_intervals(rows: list[dict], evaluations: dict[str, list]) -> list[str]:
     return lines
 
 
+def selection_table(rows: list[dict], evaluations: dict[str, list]) -> str:
+    """With `--selection both`: one line per method, its final score [95% interval] and chosen lr without and with
+    checkpoint selection, and how often selection is above the plain run in paired draws; "" otherwise."""
+    by_method = {row["method"]: row for row in rows}
+    pairs = [(m, m + SELECT_SUFFIX) for m in by_method if not m.endswith(SELECT_SUFFIX) and m + SELECT_SUFFIX in by_method]
+    if not pairs:
+        return ""
+    lines = ["| method | final, last weights | lr | final, best checkpoint kept | lr | selection above last |",
+             "|---|---|---|---|---|---|"]
+    for plain, selected in pairs:
+        comparison = paired(evaluations[selected], evaluations[plain]) \
+            if evaluations.get(plain) and evaluations.get(selected) else None
+        share = "n/a" if comparison is None else f"{100 * comparison['above']:.0f}% of draws"
+        lines.append(f"| {plain} | {final_cell(by_method[plain])} | {by_method[plain]['lr']:g} | "
+                     f"{final_cell(by_method[selected])} | {by_method[selected]['lr']:g} | {share} |")
+    return "\n".join(lines) + "\n"
+
+
 def markdown_table(rows: list[dict], gold_auc: float | None) -> str:
     header = ["method", "lr", "seeds", "final", "task agg", "MIA score", "MIA AUC", "gold AUC", "utility",
               "robustness", "forget regurg.", "retain regurg.", "forget QA", "retain QA", "unlearning s",
@@ -575,6 +593,10 @@ def main(argv: list[str] | None = None) -> int:
     print("\n".join(notes))
 
     atomic_write_text(out / "quality.md", table + "\n" + "\n".join(f"- {n}" for n in notes) + "\n")
+    with_and_without = selection_table(rows, evaluations)
+    if with_and_without:
+        print(with_and_without)
+        atomic_write_text(out / "quality_selection.md", with_and_without + "\n" + "\n".join(f"- {n}" for n in notes) + "\n")
     atomic_write_text(out / "quality.csv", csv_text(rows, gold_auc))
     atomic_write_json(out / "quality.json", {"rows": rows, "gold_mia_auc": gold_auc, "notes": notes,
                                              "prepare_report": report, "lrs": lrs, "seeds": seeds,

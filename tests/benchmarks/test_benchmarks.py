@@ -151,3 +151,21 @@ def test_quality_checkpoint_mode_takes_models_from_the_configs_and_measures_the_
     assert ran["method"]["forget_loss_ceiling"] == pytest.approx(expected, rel=1e-5)
     gd = yaml.safe_load((out / "work" / "runs" / "gd_lr0.01_seed0" / "config.yaml").read_text())
     assert gd["method"]["forget_loss_ceiling"] is None
+
+
+def test_selection_variants_run_the_plain_config_with_selection_on_and_pair_up_in_one_table():
+    """`--selection both`: "gd+select" runs gd.yaml with the best checkpoint kept; the with-and-without table
+    pairs each method with its variant, each with its own chosen lr."""
+    assert quality.base_method("gd+select") == "gd" and quality.base_method("sugd_select") == "sugd_select"
+    setting = quality.Setting(quality.REPO / "configs", [], "target", quality.REPO / "gold")
+    assert setting.config("gd+select") == quality.REPO / "configs" / "gd.yaml"
+    assert quality.selection_overrides(7) == ["training.select.keep=best", "training.select.every=7"]
+    rows = [{"method": "gold_standard", "final_score": 0.86, "lr": None},
+            {"method": "gd", "final_score": 0.566, "final_score_low": 0.38, "final_score_high": 0.62, "lr": 1e-3},
+            {"method": "gd+select", "final_score": 0.523, "final_score_low": 0.33, "final_score_high": 0.57,
+             "lr": 3e-4},
+            {"method": "npo", "final_score": 0.4, "lr": 3e-4}]
+    table = quality.selection_table(rows, {}).splitlines()
+    assert len(table) == 3  # header, rule, gd only (npo has no variant)
+    assert table[2] == "| gd | 0.566 [0.38, 0.62] | 0.001 | 0.523 [0.33, 0.57] | 0.0003 | n/a |"
+    assert quality.selection_table(rows[:2], {}) == ""
