@@ -229,6 +229,11 @@ class TrainingConfig:
     budget_minutes: float | None = ranged(
         None, Bound(low=0, low_open=True, nullable=True),
         help="wall-clock minutes of training; when spent, training stops between steps (null: no budget)")
+    stop_chunk_at: float | Literal["gold_standard"] | None = ranged(
+        None, Bound(low=0, low_open=True, nullable=True, text="gold_standard or an answer NLL level > 0 (or null)"),
+        help="end a phase with forget examples (a SUGD/AGAD chunk) after the first epoch whose mean forget answer "
+             "NLL reaches this level, then go on to the next phase (null: every phase trains all its epochs); "
+             "gold_standard: the gold standard's forget answer NLL from the workdir's prepare_report.json")
 
 
 @dataclass

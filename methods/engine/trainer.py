@@ -74,6 +74,8 @@ class PhaseResult:
     mean_loss: float
     forget_nll: float | None
     retain_nll: float | None
+    # With training.stop_chunk_at: {"epoch", "forget_nll", "level"} when the phase ended before its last epoch.
+    stopped_early: dict | None = None
 
 
 class TrainingDiverged(UserError):
@@ -314,6 +316,15 @@ class Trainer:
             raise UserError(f"phase '{phase.name}' has no examples to train on")
         torch.manual_seed(self.config.seed + phase_index)
         batches = self.batches_for(phase, phase_index)
+        level = self.config.stop_chunk_at
+        if isinstance(level, str):
+            raise UserError("training.stop_chunk_at: gold_standard reaches the Trainer as the gold standard's "
+                            "forget NLL (utils.experiment.run resolves it); give the Trainer a number")
+        # Every epoch holds ceil(examples / batch_size) global batches (global_batches), so its end is known.
+        watch = level is not None and any(e.role == "forget" for e in phase.examples)
+        per_epoch = math.ceil(len(phase.examples) / self.config.batch_size)
+        epoch_forget = [0.0, 0]
+        stopped_early = None
         params = [p for p in self.model.parameters() if p.requires_grad]
         if not params:
             raise UserError("the model has no trainable parameters (check the adapter settings)")
@@ -376,6 +387,9 @@ class Trainer:
                     chosen = nll[selector & (tensors["weight"] != 0)]
                     role_sums[role][0] += float(chosen.sum())
                     role_sums[role][1] += int(chosen.numel())
+                    if role == "forget" and watch:
+                        epoch_forget[0] += float(chosen.sum())
+                        epoch_forget[1] += int(chosen.numel())
             if world > 1:
                 # Each process holds its share of the global batch: the step's loss is the sum of the shares,
                 # and every process must see it (a NaN share would otherwise stop its own process only).
@@ -404,7 +418,14 @@ class Trainer:
                        "loss": step_loss, "lr": scheduler.get_last_lr()[0],
                        "seconds": time.perf_counter() - started, **phase.info})
             steps_done += 1
-            if self.step_hook is not None and self.step_hook(phase_index):
+            hook_stops = self.step_hook is not None and self.step_hook(phase_index)
+            if watch and steps_done % per_epoch == 0 and steps_done < len(batches):
+                # The NLLs measured before each step of the epoch, over every process's share: no extra pass.
+                total, count = self.sum_over_processes(epoch_forget) if world > 1 else epoch_forget
+                if count and total / count >= level:
+                    stopped_early = {"epoch": steps_done // per_epoch, "forget_nll": total / count, "level": level}
+                epoch_forget = [0.0, 0]
+            if hook_stops or stopped_early:
                 break
         bar.close()
         if world > 1:
@@ -417,6 +438,7 @@ class Trainer:
             mean_loss=loss_sum / max(1, steps_done),
             forget_nll=role_sums["forget"][0] / role_sums["forget"][1] if role_sums["forget"][1] else None,
             retain_nll=role_sums["retain"][0] / role_sums["retain"][1] if role_sums["retain"][1] else None,
+            stopped_early=stopped_early,
         )
 
     def _all_finite(self, parameters) -> bool:

@@ -19,7 +19,7 @@ from methods.engine.trainer import Phase, global_batches
 from methods.registry import get_method
 from utils.config import Config
 from utils.errors import UserError
-from utils.experiment.inputs import build_run_phases, resolve_forget_loss_ceiling
+from utils.experiment.inputs import build_run_phases, gold_standard_forget, resolve_forget_loss_ceiling
 from utils.experiment.selection import describe_selection
 from utils.folders import check_not_input, real
 from utils.io import check_output_location, looks_like_local_path
@@ -97,11 +97,31 @@ def schedule_phase(phase: Phase, index: int, config: Config, measured: bool) -> 
         tokens_per_step=Spread.of([sum(e.token_count for e in batch) for batch in batches]) if measured else None)
 
 
+def chunk_stop_level(config: Config) -> float | None:
+    """The forget answer NLL at which a phase ends early (training.stop_chunk_at), gold_standard read from the
+    prepare report; None when off."""
+    value = config.training.stop_chunk_at
+    if value == "gold_standard":
+        return gold_standard_forget(config.workdir, "output_nll", "training.stop_chunk_at: gold_standard",
+                                    ", or give a level")
+    return value
+
+
+def describe_chunk_stop(level: float | None, setting) -> str | None:
+    """One line on early chunk stops for the dry run (None when off)."""
+    if level is None:
+        return None
+    source = " (the gold standard's forget answer NLL)" if setting == "gold_standard" else ""
+    return (f"chunk stop: a phase with forget examples ends after the first epoch whose mean forget answer NLL "
+            f"reaches {level:.4g}{source} (training.stop_chunk_at); the steps above are the most it trains")
+
+
 def plan_run(experiment) -> dict:
     """The schedule of the experiment's run, as a JSON-ready dict; reads only the data files and a local
     tokenizer."""
     # As in a run: a gold-standard ceiling that cannot be resolved stops here, before anything else.
     config = resolve_forget_loss_ceiling(experiment.config)
+    stop_level = chunk_stop_level(config)
     method = get_method(config.method.name)
     model_name, data_dir, run_dir = experiment.start_model, experiment.data_dir, experiment.run_dir
     lume = experiment.lume()
@@ -124,6 +144,7 @@ def plan_run(experiment) -> dict:
         "total_steps": sum(phase.steps for phase in schedule),
         "checkpoints": checkpoint_plan(len(schedule), config.training, run_dir),
         "selection": describe_selection(config.training),
+        "chunk_stop": describe_chunk_stop(stop_level, config.training.stop_chunk_at),
         "final_model": str(run_dir / "model"),
     }
 
@@ -171,6 +192,8 @@ def schedule_table(plan: dict) -> str:
          f"the final model in {plan['final_model']}/"),
         plan["selection"],
     ]
+    if plan.get("chunk_stop"):
+        lines.append(plan["chunk_stop"])
     return "\n".join(lines)
 
 

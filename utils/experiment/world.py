@@ -65,7 +65,7 @@ LATER_TRAINING_SETTINGS = {"group_by_length": False, "max_micro_batch_tokens": N
                            "master_weights": "auto", "checkpoint_every": 1, "keep_checkpoints": 1,
                            "report_to": "auto", "sharding": "none", "loss_reduction": "example",
                            "gradient_checkpointing": False, "select": {"every": "phase", "keep": "last"},
-                           "patience": None, "budget_minutes": None}
+                           "patience": None, "budget_minutes": None, "stop_chunk_at": None}
 
 
 def without_neutral(settings: dict, neutral: dict) -> dict:
