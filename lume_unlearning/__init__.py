@@ -18,7 +18,8 @@ this list, and no import circle runs among the project's modules (function-level
     experiment:       utils.experiment
     interfaces:       utils.cli lume_unlearning
 
-Inside the experiment layer: resolved (a config's places and inputs) and inputs (examples, phases) at the
-bottom; robustness, then run (the run's steps); schedule, doctor and sweep over those; experiment
-(`Experiment`, the front door), merge and child (the library's entry point for child processes) on top.
+Inside the experiment layer: resolved (a config's places and inputs), inputs (examples, phases) and
+fingerprints (the bytes of every input) at the bottom; robustness, then run (the run's steps); schedule, doctor
+and sweep over those; experiment (`Experiment`, the front door), merge, reproduce and child (the library's entry
+point for child processes) on top.
 """

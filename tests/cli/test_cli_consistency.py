@@ -30,7 +30,7 @@ from .test_hostile_inputs import write_generations, write_lume, write_mia
 SWEEP = REPO / "configs" / "experiments" / "sugd_grid.yaml"
 TAKES_CONFIG = {"data", "prepare", "score", "evaluate", "quickstart", "sweep"}  # as --config FILE
 TAKES_SET = TAKES_CONFIG | {"run", "merge"}  # run's config is its positional CONFIG.yaml; merge reads its runs'
-NO_CONFIG = {"leaderboard"}  # no config key changes what it does
+NO_CONFIG = {"leaderboard", "reproduce"}  # no config key changes what they do (reproduce reruns the run's own)
 
 
 # --------------------------------------------------------------------------------------------
@@ -110,7 +110,8 @@ def test_out_is_a_folder_everywhere_but_score(monkeypatch, capsys):
     """One meaning of --out per kind: DIR for the commands that write a folder, FILE for `score` (its
     help says it differs)."""
     kinds = {}
-    for command in ("data", "prepare", "score", "evaluate", "run", "quickstart", "leaderboard", "sweep", "merge"):
+    for command in ("data", "prepare", "score", "evaluate", "run", "quickstart", "leaderboard", "sweep", "merge",
+                    "reproduce"):
         arguments = arguments_in_help(help_of([command], monkeypatch, capsys))
         outs = {name: text for name, text in arguments.items() if name.startswith("--out ")}
         if outs:
@@ -119,7 +120,7 @@ def test_out_is_a_folder_everywhere_but_score(monkeypatch, capsys):
             if command == "score":
                 assert "FILE, not a folder" in text
     assert kinds == {"prepare": "DIR", "score": "FILE", "evaluate": "DIR", "run": "DIR", "quickstart": "DIR",
-                     "leaderboard": "DIR", "sweep": "DIR", "merge": "DIR"}
+                     "leaderboard": "DIR", "sweep": "DIR", "merge": "DIR", "reproduce": "DIR"}
 
 
 def test_config_and_set_are_where_a_config_key_matters(monkeypatch, capsys):

@@ -30,6 +30,7 @@ COMMAND_MODULES = [
     "utils.cli.commands.sweep",
     "utils.cli.commands.merge",
     "utils.cli.commands.doctor",
+    "utils.cli.commands.reproduce",
 ]
 
 

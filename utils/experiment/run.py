@@ -5,7 +5,8 @@ call these steps (`run_experiment` in order; `benchmarks/rehearsal.py` one by on
 The run folder holds:
   config.yaml        the resolved config (what actually ran)
   log.jsonl          one line per optimiser step
-  phases.jsonl       one line per finished chunk/phase: losses and a quick forget/retain check
+  phases.jsonl       one line per finished chunk/phase: losses and a quick forget/retain check (and, with
+                     training.stop_chunk_at, `stopped_early`: the epoch a phase stopped after, or null)
   before.json        the same check (and NLLs) of the model before unlearning: the plots' first point
   checkpoint/        trainable weights + state after the last finished phase (atomic)
   model/             the final model (LoRA merged unless adapter.merge_at_end is false)
@@ -21,6 +22,7 @@ so a resumed run ends with the same weights as an uninterrupted one.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import shutil
 import time
@@ -55,9 +57,11 @@ from utils.errors import UserError
 from utils.evaluation.evaluate import Evaluation, subset_check, write_evaluation
 from utils.evaluation.plots import BEFORE_FILE, plot_run, plot_selection
 from utils.evaluation.sharding import ALONE, Shards
+from utils.experiment.fingerprints import INPUTS_KEY, input_fingerprints
 from utils.experiment.inputs import build_run_phases, resolve_forget_loss_ceiling
 from utils.experiment.resolved import ResolvedConfig, claim_run_dir
 from utils.experiment.robustness import add_robustness
+from utils.experiment.schedule import chunk_stop_level
 from utils.experiment.selection import (
     BEST_FILE,
     SELECTION_FILE,
@@ -219,6 +223,8 @@ class Run:
     # Checkpoint selection (training.select, patience, budget_minutes); None when off.
     selection: Selection | None = None
     gold_forget_nll: float | None = None
+    # training.stop_chunk_at as a number (gold_standard read from the prepare report); None when off.
+    chunk_stop_level: float | None = None
 
     @property
     def config(self) -> Config:
@@ -265,6 +271,7 @@ def open_folder(experiment: ResolvedConfig, *, resume: bool = False, overwrite: 
         if selection_on(config.training):
             # Read from the config as written: resolved, its gold-standard ceiling is only a number.
             run.gold_forget_nll = gold_forget_nll(experiment.config)
+        run.chunk_stop_level = chunk_stop_level(config)
         run_dir = run.run_dir
         finished = run_dir / "results.json"
         if finished.is_file() and not overwrite:
@@ -322,7 +329,10 @@ def prepare_model(run: Run) -> None:
     if run.state is not None:
         # Into the whole model, before the Trainer wraps or shards it.
         restore_weights(model, run_dir)
-    run.trainer = Trainer(model, run.tokenizer, config.training, loss_fn, accelerator=accelerator,
+    # The Trainer takes the chunk-stop level as a number; the saved config keeps it as written.
+    training = config.training if run.chunk_stop_level is None else \
+        dataclasses.replace(config.training, stop_chunk_at=run.chunk_stop_level)
+    run.trainer = Trainer(model, run.tokenizer, training, loss_fn, accelerator=accelerator,
                           log_path=run_dir / "log.jsonl", progress=run.progress, trackers=run.trackers)
     run.model = None  # the Trainer holds it now (trainer.plain_model())
     if selection_on(config.training):
@@ -409,6 +419,8 @@ def record_phase(run: Run, index: int, result: PhaseResult) -> None:
                   "forget_nll": result.forget_nll, "retain_nll": result.retain_nll, **check}
         if selection:
             record["selection_score"] = score
+        if config.training.stop_chunk_at is not None:
+            record["stopped_early"] = result.stopped_early
         with (run_dir / "phases.jsonl").open("a", encoding="utf-8") as handle:
             handle.write(json_line(record))
         if run.trackers:
@@ -438,6 +450,10 @@ def train_phases(run: Run, after_phase: AfterPhase = record_phase, stop_after_ph
             started = time.perf_counter()
             result = run.trainer.train_phase(run.phases[index], index)
             run.elapsed += time.perf_counter() - started
+            if result.stopped_early and run.is_main:
+                stop = result.stopped_early
+                run.log(f"[run] {result.name}: forget NLL {stop['forget_nll']:.3f} reached {stop['level']:.3f} "
+                        f"after epoch {stop['epoch']} of {run.phases[index].epochs:g}; next phase")
             after_phase(run, index, result)
             run.accelerator.wait_for_everyone()
             run.phases_done = index + 1
@@ -575,6 +591,8 @@ def evaluate_run(experiment: ResolvedConfig, model, tokenizer, train_seconds: fl
                    "method": config.method.name, "config": to_dict(config)})
     evaluation.results["method"] = config.method.name
     evaluation.results["name"] = experiment.name
+    # What `unlearn reproduce` checks before it reruns the run: the bytes of every input.
+    evaluation.results[INPUTS_KEY] = input_fingerprints(experiment)
     evaluation.results["timings"]["unlearning"] = train_seconds
     # Measured over the unlearning phases only (not loading, not this evaluation).
     evaluation.results["memory"] = dict(memory or {})
