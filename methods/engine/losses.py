@@ -348,7 +348,9 @@ def unlearning_loss(forget: LossTerm | None, retain: LossTerm | None, reference:
         # backpropagate through the model (DDP synchronises gradients in backward on every process).
         zeros = mean_nll * 0.0
         per_example = zeros
-        for term, rows in ((forget, batch["is_forget"] & active), (retain, ~batch["is_forget"] & active)):
+        parts = {}
+        for role, term, rows in (("forget", forget, batch["is_forget"] & active),
+                                 ("retain", retain, ~batch["is_forget"] & active)):
             if term is None or not bool(rows.any()):
                 continue
             keep = rows
@@ -358,7 +360,10 @@ def unlearning_loss(forget: LossTerm | None, retain: LossTerm | None, reference:
                     with torch.no_grad():
                         level = token_nll_from_logits(logits.detach(), text_labels(batch))[0]
                 keep = keep & (level < ceiling)
-            per_example = per_example + torch.where(keep, term.per_example(view, rows), zeros)
-        return LossOutput(per_example=per_example * weight, nll=mean_nll, tokens=counts if token_mean else None)
+            values = term.per_example(view, rows)
+            per_example = per_example + torch.where(keep, values, zeros)
+            parts[f"{role}_{term.loss}"] = (values.detach(), keep)
+        return LossOutput(per_example=per_example * weight, nll=mean_nll, tokens=counts if token_mean else None,
+                          terms=parts)
 
     return loss_fn

@@ -49,6 +49,9 @@ class LossOutput:
     per_example: torch.Tensor
     nll: torch.Tensor
     tokens: torch.Tensor | None = None
+    # Each loss term's own per-example value (before weights, detached) and the rows it was applied to, by name
+    # ("forget_npo", "retain_nll"): logged per step beside the total. None: a loss with no separate terms.
+    terms: dict[str, tuple[torch.Tensor, torch.Tensor]] | None = None
 
 
 LossFunction = Callable[[torch.nn.Module, dict], LossOutput]
@@ -357,6 +360,9 @@ class Trainer:
             # holds the whole global batch, so each counts them all alike, with no communication).
             divisor = sum(answer_tokens(e) for e in batch) if by_token else len(batch)
             step_loss = 0.0
+            # This process's sums of each loss term and each role's weight over the step (for the log only).
+            term_sums: dict[str, list[float]] = {}
+            weight_sums = {"forget": [0.0, 0], "retain": [0.0, 0]}
             for micro_index, micro in enumerate(micro_batches):
                 tensors = {k: v.to(device) for k, v in collate(micro, pad_id).items()}
                 last = micro_index == len(micro_batches) - 1
@@ -387,6 +393,13 @@ class Trainer:
                     chosen = nll[selector & (tensors["weight"] != 0)]
                     role_sums[role][0] += float(chosen.sum())
                     role_sums[role][1] += int(chosen.numel())
+                    weights = tensors["weight"][selector & (tensors["weight"] != 0)]
+                    weight_sums[role][0] += float(weights.sum())
+                    weight_sums[role][1] += int(weights.numel())
+                for name, (values, rows) in (output.terms or {}).items():
+                    totals = term_sums.setdefault(name, [0.0, 0])
+                    totals[0] += float(values[rows].sum())
+                    totals[1] += int(rows.sum())
                     if role == "forget" and watch:
                         epoch_forget[0] += float(chosen.sum())
                         epoch_forget[1] += int(chosen.numel())
@@ -414,9 +427,13 @@ class Trainer:
             loss_sum += step_loss
             self.global_step += 1
             bar.set_postfix(loss=f"{step_loss:.3f}")
-            self._log({"phase": phase_index, "phase_name": phase.name, "step": step + 1, "global_step": self.global_step,
-                       "loss": step_loss, "lr": scheduler.get_last_lr()[0],
-                       "seconds": time.perf_counter() - started, **phase.info})
+            record = {"phase": phase_index, "phase_name": phase.name, "step": step + 1,
+                      "global_step": self.global_step, "loss": step_loss, "lr": scheduler.get_last_lr()[0],
+                      "seconds": time.perf_counter() - started, **phase.info}
+            if term_sums:
+                record["terms"] = {name: total / count for name, (total, count) in term_sums.items() if count}
+            record["weights"] = {role: total / count for role, (total, count) in weight_sums.items() if count}
+            self._log(record)
             steps_done += 1
             hook_stops = self.step_hook is not None and self.step_hook(phase_index)
             if watch and steps_done % per_epoch == 0 and steps_done < len(batches):
@@ -459,7 +476,10 @@ class Trainer:
         if not self.accelerator.is_main_process:
             return
         if self.trackers is not None:
-            self.trackers.log({"train/loss": record["loss"], "train/lr": record["lr"]}, step=record["global_step"])
+            values = {"train/loss": record["loss"], "train/lr": record["lr"],
+                      **{f"train/term/{name}": value for name, value in record.get("terms", {}).items()},
+                      **{f"train/weight/{role}": value for role, value in record.get("weights", {}).items()}}
+            self.trackers.log(values, step=record["global_step"])
         if self.log_path is None:
             return
         self.log_path.parent.mkdir(parents=True, exist_ok=True)

@@ -19,7 +19,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 def refuse_to_load_models(monkeypatch) -> None:
     """Any attempt to load a model fails the test."""
-    import utils.experiment.resolved as resolved  # imported before the patch, so it never binds the refusal
+    from utils.experiment import resolved  # imported before the patch, so it never binds the refusal
 
     def refuse(*args, **kwargs):
         raise AssertionError("a dry run loaded a model")

@@ -37,6 +37,14 @@ def test_a_runs_tensorboard_events_hold_its_losses_checks_and_scores(small_world
     steps = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
     assert [step for step, _ in logged["train/loss"]] == list(range(1, STEPS + 1))
     assert [value for _, value in logged["train/loss"]] == pytest.approx([s["loss"] for s in steps], rel=1e-6)
+    # SUGD's two terms and their weights beside the total (1 on forget, whose ascent term is minus its NLL, and
+    # positive_factor on retain).
+    for name in ("forget_ascent", "retain_nll"):
+        assert [value for _, value in logged[f"train/term/{name}"]] == \
+            pytest.approx([s["terms"][name] for s in steps], rel=1e-6)
+    assert [value for _, value in logged["train/weight/forget"]] == pytest.approx([1.0] * STEPS)
+    assert [value for _, value in logged["train/weight/retain"]] == \
+        pytest.approx([experiment.config.method.positive_factor] * STEPS)
     phases = [json.loads(line) for line in (out / "phases.jsonl").read_text().splitlines()]
     assert [value for _, value in logged["phase/forget_nll"]] == pytest.approx([p["forget_nll"] for p in phases],
                                                                              rel=1e-6)

@@ -118,3 +118,27 @@ def test_micro_batches_by_padded_tokens_give_the_same_weights_with_less_padding(
         results.append(trainer.unwrapped_model.state_dict())
     for name, tensor in results[0].items():
         assert torch.allclose(tensor, results[1][name], atol=1e-5), name
+
+
+def test_each_loss_term_and_role_weight_is_logged_beside_the_total(model, tiny_tokenizer, data, tmp_path):
+    """One step over 3 forget (weight 1) and 3 retain (weight 0.5) examples of gradient difference: the log has
+    each term's mean (ascent = minus the forget NLL) and each role's weight, and they add up to the total."""
+    import dataclasses
+
+    from methods.engine.losses import unlearning_loss
+    from methods.losses.ascent import Ascent
+    from methods.losses.nll import NLL
+
+    forget, retain = data
+    batch = [*forget, *(dataclasses.replace(example, weight=0.5) for example in retain)]
+    config = TrainingConfig(epochs=1, learning_rate=1e-3, batch_size=6)
+    trainer = Trainer(model, tiny_tokenizer, config, unlearning_loss(Ascent(), NLL()), log_path=tmp_path / "log.jsonl",
+                      progress=False)
+    result = trainer.train_phase(Phase("gd", batch, epochs=1))
+    record, = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
+    assert set(record["terms"]) == {"forget_ascent", "retain_nll"}
+    assert record["weights"] == {"forget": 1.0, "retain": 0.5}
+    assert record["terms"]["forget_ascent"] == pytest.approx(-result.forget_nll, rel=1e-5)
+    assert record["terms"]["retain_nll"] == pytest.approx(result.retain_nll, rel=1e-5)
+    total = (3 * 1.0 * record["terms"]["forget_ascent"] + 3 * 0.5 * record["terms"]["retain_nll"]) / 6
+    assert record["loss"] == pytest.approx(total, rel=1e-5)
