@@ -318,8 +318,10 @@ class EvaluationConfig:
     # scorer ran, in the model's loaded precision.
     parity: Literal["batched", "strict"] = "batched"
     # Robustness attacks on the evaluated model, run after its evaluation (utils/experiment/robustness.py):
-    # "relearn" (fine-tune a copy on half the forget documents, score the other half) and "quantize".
-    attacks: list[Literal["relearn", "quantize"]] = field(default_factory=list)
+    # "relearn" (fine-tune a copy on half the forget documents, score the other half), "quantize" (per output
+    # channel at each of quantize_bits), "quantize_group" (group-wise, as deployed 4-bit formats are) and "nf4"
+    # (bitsandbytes' 4-bit NormalFloat; needs a CUDA GPU and bitsandbytes, else skipped with one line).
+    attacks: list[Literal["relearn", "quantize", "quantize_group", "nf4"]] = field(default_factory=list)
     # Relearning: a few optimiser steps with the run's adapter kind. The defaults suit the tiny default world
     # (trained at lr 2e-3..5e-3): there a GA run stopped early gets most of its forget scores back and the gold
     # standard almost nothing. On 7B the literature relearns with lr 1e-5..1e-4 (full) for tens of steps.
@@ -328,6 +330,9 @@ class EvaluationConfig:
     relearn_batch_size: int = ranged(4, up_to(BATCH))
     # Round-to-nearest weight quantisation: one scoring per bit width.
     quantize_bits: list[Literal[2, 3, 4, 5, 6, 7, 8]] = field(default_factory=lambda: [8, 4])
+    # Group-wise round-to-nearest: one scale per `quantize_group_size` consecutive input weights of a row.
+    quantize_group_bits: Literal[2, 3, 4, 5, 6, 7, 8] = 4
+    quantize_group_size: int = ranged(128, up_to(MANY))
 
 
 @dataclass

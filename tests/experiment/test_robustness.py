@@ -19,6 +19,7 @@ from utils.experiment.robustness import (
     mean_recovery,
     parse_attacks,
     quantize_rtn,
+    quantize_rtn_groups,
     quantized_copy,
     recovery,
 )
@@ -47,6 +48,22 @@ WEIGHT = torch.tensor([[1.0, -0.4, 0.2, 0.0],
 ])
 def test_round_to_nearest_per_output_channel_matches_hand_computed_values(bits, expected):
     assert torch.allclose(quantize_rtn(WEIGHT, bits), torch.tensor(expected), atol=1e-6)
+
+
+@pytest.mark.parametrize(("size", "expected"), [
+    # Groups of 2, 4 bits (7 levels a side). Row 1: [1.0, -0.4] scale 1/7 -> 7, -2.8 -> -3; [0.2, 0.0] scale
+    # 0.2/7 -> 7, 0. Row 3: [-2.0, 0.5] scale 2/7 -> -7, 1.75 -> 2; [1.1, 0.3] scale 1.1/7 -> 7, 1.909 -> 2.
+    (2, [[1.0, -3 / 7, 0.2, 0.0], [0.0] * 4, [-2.0, 4 / 7, 1.1, 2.2 / 7]]),
+    # Groups of 3: the last group of each row is one weight, kept exactly (its own scale).
+    (3, [[1.0, -3 / 7, 1 / 7, 0.0], [0.0] * 4, [-2.0, 4 / 7, 8 / 7, 0.3]]),
+])
+def test_group_wise_round_to_nearest_matches_hand_computed_values(size, expected):
+    assert torch.allclose(quantize_rtn_groups(WEIGHT, 4, size), torch.tensor(expected), atol=1e-6)
+
+
+def test_a_group_as_wide_as_the_row_is_per_channel_quantisation():
+    assert torch.equal(quantize_rtn_groups(WEIGHT, 4, 4), quantize_rtn(WEIGHT, 4))
+    assert torch.equal(quantize_rtn_groups(WEIGHT, 8, 1000), quantize_rtn(WEIGHT, 8))
 
 
 def test_quantized_copy_changes_linear_weights_only_and_leaves_the_model_alone(tiny_model):
@@ -138,7 +155,7 @@ def test_an_unknown_attack_on_the_command_line_is_one_line_and_writes_nothing(tm
 
 # GA stopped after one epoch at a high lr: the forget scores dropped while the weights still hold the answers.
 GA_EARLY = ["method.name=ga", "training.epochs=1", "training.learning_rate=1e-2", "adapter.kind=lora",
-            "evaluation.attacks=[relearn, quantize]"]
+            "evaluation.attacks=[relearn, quantize, quantize_group, nf4]", "evaluation.quantize_group_size=16"]
 
 
 @pytest.fixture(scope="module")
@@ -168,9 +185,13 @@ def test_results_json_has_the_robustness_block(ga_run, small_world):
     assert relearn["items"] == 10 and relearn["settings"]["trained_documents"] == 3  # one document per task
     assert set(relearn["terms"]) == {"forget"}
     assert 0.0 <= relearn["mia_auc"] <= 1.0 and relearn["mia_members"] == 1
-    for name in ("quantize_8bit", "quantize_4bit"):
+    for name in ("quantize_8bit", "quantize_4bit", "quantize_group_4bit_g16"):
         assert block[name]["items"] == 40 and set(block[name]["terms"]) == {"forget", "retain"}
-    measured = [block[n]["recovery"] for n in ("relearn", "quantize_8bit", "quantize_4bit")
+    assert block["quantize_group_4bit_g16"]["settings"]["group_size"] == 16
+    if not torch.cuda.is_available():  # NF4 needs a GPU: skipped with one line, not counted
+        assert block["nf4"]["recovery"] is None and "needs a CUDA GPU" in block["nf4"]["skipped"]
+        assert any("nf4 needs a CUDA GPU" in note for note in block["warnings"])
+    measured = [block[n]["recovery"] for n in ("relearn", "quantize_8bit", "quantize_4bit", "quantize_group_4bit_g16")
                 if block[n]["recovery"] is not None]
     assert block["mean_recovery"] == pytest.approx(sum(measured) / len(measured))
     assert ga_run["timings"]["robustness"] > 0

@@ -44,7 +44,7 @@ from utils.experiment.inputs import training_examples
 from utils.io import atomic_write_json
 from utils.models.adapters import is_lora
 
-ATTACKS = ("relearn", "quantize")
+ATTACKS = ("relearn", "quantize", "quantize_group", "nf4")
 # Below this drop a term is noise (one exact-match answer of a hundred, a word of ROUGE-L): no ratio of it.
 MIN_FORGOTTEN = 0.01
 KIND_OF = {"sc": "regurgitation", "qa": "knowledge"}
@@ -62,6 +62,16 @@ def parse_attacks(text: str) -> list[str]:
 
 # --------------------------------------------------------------------------------------------
 # Quantisation
+
+
+def quantize_rtn_groups(weight: torch.Tensor, bits: int, group_size: int) -> torch.Tensor:
+    """`weight` ([out, in]) rounded as `quantize_rtn` does, but with one scale per `group_size` consecutive
+    weights of each row (the last group of a row may be shorter), the way group-wise 4-bit formats store it."""
+    if group_size < 1:
+        raise UserError(f"the quantisation group size must be at least 1, got {group_size}")
+    columns = weight.shape[-1]
+    return torch.cat([quantize_rtn(weight[..., start:start + group_size], bits)
+                      for start in range(0, columns, group_size)], dim=-1) if columns else weight.clone()
 
 
 def quantize_rtn(weight: torch.Tensor, bits: int) -> torch.Tensor:
@@ -85,14 +95,47 @@ def plain_copy(model):
     return duplicate.merge_and_unload() if is_lora(duplicate) else duplicate
 
 
-def quantized_copy(model, bits: int):
-    """A deep copy of `model` with every nn.Linear weight but the output head's quantised to `bits`."""
+def quantized_copy(model, bits: int, group_size: int | None = None):
+    """A deep copy of `model` with every nn.Linear weight but the output head's quantised to `bits`, per output
+    channel, or per group of `group_size` input weights of each channel."""
     quantized = plain_copy(model)
     head = quantized.get_output_embeddings() if hasattr(quantized, "get_output_embeddings") else None
     with torch.no_grad():
         for module in quantized.modules():
             if isinstance(module, torch.nn.Linear) and module is not head:
-                module.weight.copy_(quantize_rtn(module.weight, bits))
+                module.weight.copy_(quantize_rtn(module.weight, bits) if group_size is None
+                                    else quantize_rtn_groups(module.weight, bits, group_size))
+    quantized.eval()
+    return quantized
+
+
+def nf4_unavailable() -> str | None:
+    """Why the NF4 attack cannot run here (None when it can): bitsandbytes' 4-bit kernels need a CUDA GPU."""
+    if not torch.cuda.is_available():
+        return "nf4 needs a CUDA GPU (bitsandbytes' 4-bit kernels); skipped on this machine"
+    try:
+        import bitsandbytes  # noqa: F401
+    except ImportError:
+        return "nf4 needs bitsandbytes (pip install bitsandbytes); skipped"
+    return None
+
+
+def nf4_copy(model):
+    """A copy of `model` whose nn.Linear layers but the output head are bitsandbytes NF4 layers (weights stored in
+    4-bit NormalFloat, computing in the model's dtype), on the GPU."""
+    import bitsandbytes as bnb
+
+    quantized = plain_copy(model).cuda()
+    head = quantized.get_output_embeddings() if hasattr(quantized, "get_output_embeddings") else None
+    for parent in list(quantized.modules()):
+        for name, child in list(parent.named_children()):
+            if isinstance(child, torch.nn.Linear) and child is not head:
+                layer = bnb.nn.Linear4bit(child.in_features, child.out_features, bias=child.bias is not None,
+                                          compute_dtype=child.weight.dtype, quant_type="nf4")
+                layer.weight = bnb.nn.Params4bit(child.weight.data.cpu(), requires_grad=False, quant_type="nf4")
+                if child.bias is not None:
+                    layer.bias = torch.nn.Parameter(child.bias.data, requires_grad=False)
+                setattr(parent, name, layer.cuda())
     quantized.eval()
     return quantized
 
@@ -289,6 +332,21 @@ def _relearn(model, tokenizer, half_a: list[Item], half_b: list[Item], config, d
         {"mia_members": None if members is None else len(members["member"])})
 
 
+def _scored_copy(make_copy, experiment, tokenizer, forget, retain, documents, reference, unlearned, shards,
+                 progress, warn, settings: dict) -> dict:
+    """A changed copy of the model (`make_copy()`) scored on the whole forget and retain sets and the MIA, then
+    dropped (made here, so nothing else holds it when its memory is given back)."""
+    copy_model = make_copy()
+    items = [*forget, *retain]
+    scores = score_items(copy_model, tokenizer, items, experiment.config.evaluation, progress=progress, shards=shards,
+                         warn=warn)
+    auc = mia_auc(copy_model, tokenizer, documents, experiment.config.evaluation, shards, progress, warn)
+    size = parameter_count(copy_model)
+    del copy_model
+    _free_memory(size)
+    return _attack_entry(items, scores, reference, unlearned, auc, settings)
+
+
 def run_attacks(experiment, model, tokenizer, evaluation, shards: Shards = ALONE, progress: bool = True,
                 target: str | None = None) -> dict:
     """Run the configured attacks on copies of `model` (evaluated into `evaluation`) and return results.json's
@@ -330,6 +388,22 @@ def run_attacks(experiment, model, tokenizer, evaluation, shards: Shards = ALONE
             size = parameter_count(quantized)
             del quantized
             _free_memory(size)
+    if "quantize_group" in settings.attacks:
+        bits, size = settings.quantize_group_bits, settings.quantize_group_size
+        block[f"quantize_group_{bits}bit_g{size}"] = _scored_copy(
+            lambda: quantized_copy(model, bits, size), experiment, tokenizer, forget, retain, documents, reference, unlearned,
+            shards, progress, notes.append,
+            {"bits": bits, "group_size": size, "scheme": "symmetric round-to-nearest, one scale per group of "
+                                                          f"{size} input weights of each output channel"})
+    if "nf4" in settings.attacks:
+        why = nf4_unavailable()
+        if why is not None:
+            notes.append(why)
+            block["nf4"] = {"recovery": None, "skipped": why}
+        else:
+            block["nf4"] = _scored_copy(lambda: nf4_copy(model), experiment, tokenizer, forget, retain, documents, reference,
+                                        unlearned, shards, progress, notes.append,
+                                        {"scheme": "bitsandbytes 4-bit NormalFloat, nn.Linear but the output head"})
     block["mean_recovery"] = mean_recovery(block)
     block["target"] = target_name
     if notes:

@@ -70,8 +70,9 @@ def register(subparsers) -> None:
                              f"(default: config evaluation.parity, {EVALUATION.parity})")
     parser.add_argument("--attacks", default=None, metavar="LIST",
                         help="robustness attacks after the evaluation, comma-separated: relearn (fine-tune a copy on "
-                             "half the forget documents, score the other half), quantize (8- and 4-bit weights), or "
-                             "none; results.json gets a robustness block with the share of forgotten scores that came "
+                             "half the forget documents, score the other half), quantize (8- and 4-bit weights per "
+                             "channel), quantize_group (4-bit, one scale per 128 weights), nf4 (bitsandbytes, GPU), "
+                             "or none; results.json gets a robustness block with the share of forgotten scores that came "
                              "back, measured against the config's model or the prepared target (default: config "
                              "evaluation.attacks, none)")
     parser.add_argument("--overwrite", action="store_true",
