@@ -281,3 +281,26 @@ def test_score_against_time_draws_each_timed_method_with_its_interval():
     assert (low, high) == pytest.approx((0.38, 0.62))
     assert list(points["reference:final_score"].get_ydata()) == [0.86, 0.86]
     assert any("merged" in text.get_text() for text in fig.texts)
+
+
+def test_the_robustness_matrix_has_one_column_per_attack_after_the_fixed_ones():
+    """Per-attack recoveries become CSV columns after every fixed one (the contract), and the heat map labels
+    each cell, an attack a method was not given as n/a, never 0."""
+    from utils.evaluation.leaderboard import COLUMNS, row_from_results, to_csv, to_markdown
+    from utils.evaluation.plots import recovery_matrix_figure
+
+    def results(final, blocks):
+        return {"final_score": final, "robustness": {**blocks, "mean_recovery": 0.1, "target": "t"}}
+
+    rows = [row_from_results("sugd", results(0.8, {"relearn": {"recovery": 0.05}, "quantize_4bit": {"recovery": 0.2}})),
+            row_from_results("npo", results(0.4, {"relearn": {"recovery": 0.9},
+                                                   "nf4": {"recovery": None, "skipped": "no GPU"}}))]
+    header = to_csv(rows).splitlines()[0].split(",")
+    assert header[:len(COLUMNS)] == COLUMNS
+    assert header[len(COLUMNS):] == ["recovery_relearn", "recovery_quantize_4bit", "recovery_nf4"]
+    assert "| recovery_relearn | recovery_quantize_4bit | recovery_nf4 |" in to_markdown(rows)
+    columns = header[len(COLUMNS):]
+    fig = recovery_matrix_figure(rows, columns)
+    cells = {text.get_gid(): text.get_text() for text in fig.axes[0].texts}
+    assert cells == {"cell:0:0": "0.05", "cell:0:1": "0.20", "cell:0:2": "n/a",
+                     "cell:1:0": "0.90", "cell:1:1": "n/a", "cell:1:2": "n/a"}

@@ -212,9 +212,14 @@ def test_leaderboard_has_a_robustness_column(ga_run, gold_evaluation):
             row_from_results("plain", {k: v for k, v in ga_run.items() if k != "robustness"})]
     assert rows[0]["robustness"] == ga_run["robustness"]["mean_recovery"]
     header, *lines = to_csv(rows).splitlines()
-    assert header.endswith(",utility_benchmark,robustness,final_score_low,final_score_high")
+    # The fixed columns (a contract), then one recovery column per attack (the robustness matrix).
+    fixed = ",utility_benchmark,robustness,final_score_low,final_score_high"
+    attacks = ["relearn", "quantize_8bit", "quantize_4bit", "quantize_group_4bit_g16", "nf4"]
+    assert header.endswith(fixed + "," + ",".join(f"recovery_{a}" for a in attacks))
     assert header.startswith("method,final_score,task_aggregate,mia_score,utility,seconds,")  # the contract
-    assert lines[2].endswith(",,,")  # robustness not measured, no interval (no run folder): blank
+    assert lines[2].endswith(",,," + "," * len(attacks))  # robustness not measured, no interval: blank
+    cells = dict(zip(header.split(","), lines[0].split(",")))
+    assert float(cells["recovery_relearn"]) == pytest.approx(ga_run["robustness"]["relearn"]["recovery"])
     assert "robustness" in to_text(rows).splitlines()[0]
 
 

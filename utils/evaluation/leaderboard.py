@@ -26,6 +26,14 @@ REFERENCES = ("gold_standard", "target")  # rows of reference models: compared w
 # The terminal and markdown tables: the headline scores, then robustness (mean recovery under attack, lower is
 # better): blank in the CSV and terminal table, n/a in markdown (as every unmeasured score) when no attack ran.
 TABLE_COLUMNS = [*COLUMNS[:7], "robustness"]
+# The robustness matrix: one column per attack that some row measured ("recovery_relearn",
+# "recovery_quantize_4bit", ...), after every fixed column; `robustness` is their mean.
+RECOVERY_PREFIX = "recovery_"
+
+
+def attack_columns(rows: list[dict]) -> list[str]:
+    """The per-attack recovery columns any row has, in the order they first appear."""
+    return list(dict.fromkeys(key for row in rows for key in row if key.startswith(RECOVERY_PREFIX)))
 
 
 def row_from_results(method: str, results: dict, seconds: float | None = None) -> dict:
@@ -46,6 +54,9 @@ def row_from_results(method: str, results: dict, seconds: float | None = None) -
         "utility_benchmark": utility.get("benchmark"),
         "robustness": (results.get("robustness") or {}).get("mean_recovery"),
     }
+    for attack, entry in (results.get("robustness") or {}).items():
+        if isinstance(entry, dict) and "recovery" in entry:
+            row[f"{RECOVERY_PREFIX}{attack}"] = entry["recovery"]
     # A NaN or infinite score (a hand-edited or damaged results.json) is no measurement: shown as unmeasured
     # (n/a in markdown, blank in the CSV and terminal table), never as "nan" or ranked in a chart.
     return {key: None if isinstance(value, float) and not math.isfinite(value) else value
@@ -125,11 +136,12 @@ def add_intervals(rows: list[dict], run_folders: list[list[Path]], draws: int = 
 
 
 def to_csv(rows: list[dict]) -> str:
+    columns = [*COLUMNS, *attack_columns(rows)]
     buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=COLUMNS, lineterminator="\n")
+    writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")
     writer.writeheader()
     for row in rows:
-        writer.writerow({k: ("" if row.get(k) is None else row.get(k)) for k in COLUMNS})
+        writer.writerow({k: ("" if row.get(k) is None else row.get(k)) for k in columns})
     return buffer.getvalue()
 
 
@@ -156,7 +168,7 @@ def comparison_lines(rows: list[dict]) -> list[str]:
 
 
 def to_markdown(rows: list[dict]) -> str:
-    columns = TABLE_COLUMNS
+    columns = [*TABLE_COLUMNS, *attack_columns(rows)]
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     for row in rows:
         lines.append("| " + " | ".join(_final_cell(row) if c == "final_score" else _cell(row.get(c))
@@ -210,3 +222,8 @@ def write_leaderboard(rows: list[dict], out_dir: str | Path, title: str = "Leade
     from utils.evaluation.plots import plot_score_time  # matplotlib only when a chart is drawn
 
     plot_score_time(rows, out_dir / "leaderboard_time.png", f"{title}: final score against unlearning time")
+    if attack_columns(rows):
+        from utils.evaluation.plots import plot_recovery_matrix
+
+        plot_recovery_matrix(rows, attack_columns(rows), out_dir / "leaderboard_robustness.png",
+                             f"{title}: recovery under each attack")

@@ -439,3 +439,35 @@ def score_time_figure(rows: Sequence[Mapping], title: str = "Final score against
 
 def plot_score_time(rows: Sequence[Mapping], path: str | Path, title: str = "Final score against unlearning time") -> Path:
     return _save(score_time_figure(rows, title), Path(path))
+
+
+# --------------------------------------------------------------------------------------------
+# The robustness matrix
+
+
+def recovery_matrix_figure(rows: Sequence[Mapping], columns: Sequence[str],
+                           title: str = "Recovery under each attack") -> Figure:
+    """Methods (rows) x attacks (columns) coloured by recovery, the share of what was forgotten that the attack
+    brought back (0 white to 1 dark red; lower is better), every cell labelled; an attack not measured on a
+    method is a grey "n/a" cell, never a 0."""
+    values = [[_number(row.get(column)) for column in columns] for row in rows]
+    fig, axis = plt.subplots(figsize=(1.6 + 1.35 * len(columns), 1.2 + 0.42 * len(rows)))
+    image = axis.imshow(values, cmap="Reds", vmin=0.0, vmax=1.0, aspect="auto")
+    axis.set_facecolor("#d9d9d9")  # a NaN cell is transparent: the grey behind it shows
+    for i, row_values in enumerate(values):
+        for j, value in enumerate(row_values):
+            text = "n/a" if math.isnan(value) else f"{value:.2f}"
+            axis.text(j, i, text, ha="center", va="center", fontsize=8, gid=f"cell:{i}:{j}",
+                      color="white" if not math.isnan(value) and value > 0.6 else "black")
+    axis.set_xticks(range(len(columns)), [c.removeprefix("recovery_").replace("_", " ") for c in columns],
+                    rotation=30, ha="right", fontsize=8)
+    axis.set_yticks(range(len(rows)), [str(row.get("method")) for row in rows], fontsize=8)
+    fig.colorbar(image, ax=axis, label="recovery (lower is better)")
+    axis.set_title(title, fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def plot_recovery_matrix(rows: Sequence[Mapping], columns: Sequence[str], path: str | Path,
+                         title: str = "Recovery under each attack") -> Path:
+    return _save(recovery_matrix_figure(rows, columns, title), Path(path))
