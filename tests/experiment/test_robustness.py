@@ -155,7 +155,8 @@ def test_an_unknown_attack_on_the_command_line_is_one_line_and_writes_nothing(tm
 
 # GA stopped after one epoch at a high lr: the forget scores dropped while the weights still hold the answers.
 GA_EARLY = ["method.name=ga", "training.epochs=1", "training.learning_rate=1e-2", "adapter.kind=lora",
-            "evaluation.attacks=[relearn, quantize, quantize_group, nf4]", "evaluation.quantize_group_size=16"]
+            "evaluation.attacks=[relearn, quantize, quantize_group, nf4, prefix, roleplay, paraphrase, incontext]",
+            "evaluation.quantize_group_size=16", "evaluation.incontext_examples=2"]
 
 
 @pytest.fixture(scope="module")
@@ -191,7 +192,12 @@ def test_results_json_has_the_robustness_block(ga_run, small_world):
     if not torch.cuda.is_available():  # NF4 needs a GPU: skipped with one line, not counted
         assert block["nf4"]["recovery"] is None and "needs a CUDA GPU" in block["nf4"]["skipped"]
         assert any("nf4 needs a CUDA GPU" in note for note in block["warnings"])
-    measured = [block[n]["recovery"] for n in ("relearn", "quantize_8bit", "quantize_4bit", "quantize_group_4bit_g16")
+    for name in ("prefix", "roleplay", "paraphrase"):
+        assert block[name]["items"] == 20 and set(block[name]["terms"]) == {"forget"}
+    assert block["incontext"]["items"] == 10 and block["incontext"]["settings"]["shown_per_prompt"] == 2
+    assert block["incontext"]["settings"]["example_prompt"].count("\n") == 2
+    measured = [block[n]["recovery"] for n in ("relearn", "quantize_8bit", "quantize_4bit", "quantize_group_4bit_g16",
+                                               "prefix", "roleplay", "paraphrase", "incontext")
                 if block[n]["recovery"] is not None]
     assert block["mean_recovery"] == pytest.approx(sum(measured) / len(measured))
     assert ga_run["timings"]["robustness"] > 0
@@ -214,7 +220,8 @@ def test_leaderboard_has_a_robustness_column(ga_run, gold_evaluation):
     header, *lines = to_csv(rows).splitlines()
     # The fixed columns (a contract), then one recovery column per attack (the robustness matrix).
     fixed = ",utility_benchmark,robustness,final_score_low,final_score_high"
-    attacks = ["relearn", "quantize_8bit", "quantize_4bit", "quantize_group_4bit_g16", "nf4"]
+    attacks = ["relearn", "quantize_8bit", "quantize_4bit", "quantize_group_4bit_g16", "nf4", "prefix", "roleplay",
+               "paraphrase", "incontext"]
     assert header.endswith(fixed + "," + ",".join(f"recovery_{a}" for a in attacks))
     assert header.startswith("method,final_score,task_aggregate,mia_score,utility,seconds,")  # the contract
     assert lines[2].endswith(",,," + "," * len(attacks))  # robustness not measured, no interval: blank

@@ -11,6 +11,11 @@ literature do that, each on a copy (the model being evaluated is never modified)
   per output channel, at each configured bit width; embeddings, norms and the output head keep full precision
   (as the int8/int4 loaders leave them). The whole forget set and the retain set are scored.
 
+* **quantize_group** and **nf4**: group-wise round-to-nearest (one scale per group of input weights) and
+  bitsandbytes' 4-bit NormalFloat (GPU only), the formats models are deployed in.
+* the **prompt attacks** of utils.experiment.prompt_attacks (prefix, roleplay, paraphrase, incontext): the
+  weights untouched, the forget prompts rewritten.
+
 `recovery` is the share of what was forgotten that came back: for every forget term (task x regurgitation /
 knowledge, on the items the attack scores), forgotten = target - unlearned and came_back = attacked -
 unlearned; recovery is the mean over terms with forgotten > MIN_FORGOTTEN of clip(came_back / forgotten, 0, 1).
@@ -41,10 +46,11 @@ from utils.evaluation.metrics import summary_text
 from utils.evaluation.mia import run_mia
 from utils.evaluation.sharding import ALONE, Shards
 from utils.experiment.inputs import training_examples
+from utils.experiment.prompt_attacks import PROMPT_ATTACKS, attacked_items
 from utils.io import atomic_write_json
 from utils.models.adapters import is_lora
 
-ATTACKS = ("relearn", "quantize", "quantize_group", "nf4")
+ATTACKS = ("relearn", "quantize", "quantize_group", "nf4", *PROMPT_ATTACKS)
 # Below this drop a term is noise (one exact-match answer of a hundred, a word of ROUGE-L): no ratio of it.
 MIN_FORGOTTEN = 0.01
 KIND_OF = {"sc": "regurgitation", "qa": "knowledge"}
@@ -404,6 +410,21 @@ def run_attacks(experiment, model, tokenizer, evaluation, shards: Shards = ALONE
             block["nf4"] = _scored_copy(lambda: nf4_copy(model), experiment, tokenizer, forget, retain, documents, reference,
                                         unlearned, shards, progress, notes.append,
                                         {"scheme": "bitsandbytes 4-bit NormalFloat, nn.Linear but the output head"})
+    for name in PROMPT_ATTACKS:
+        if name not in settings.attacks:
+            continue
+        half_a, half_b = document_halves(forget)
+        if name == "incontext" and (not half_a or not half_b):
+            block[name] = {"recovery": None, "skipped": "incontext needs two forget documents in a task (one shown, "
+                                                       "one asked)"}
+            continue
+        asked = attacked_items(name, forget, half_a, half_b, settings.incontext_examples)
+        scores = score_items(model, tokenizer, asked, settings, progress=progress, shards=shards, warn=notes.append)
+        extra = {"shown_per_prompt": settings.incontext_examples, "asked_documents": len({i.document_id for i in asked})} \
+            if name == "incontext" else {}
+        block[name] = _attack_entry(asked, scores, reference, unlearned, None,
+                                    {"prompt": "rewritten from a template; answers unchanged", **extra,
+                                     "example_prompt": asked[0].input if asked else None})
     block["mean_recovery"] = mean_recovery(block)
     block["target"] = target_name
     if notes:
