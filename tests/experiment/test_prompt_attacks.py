@@ -51,3 +51,26 @@ def test_in_context_shows_the_other_half_same_task_and_kind_first():
         assert shown[0] == f"{same.input} {same.output}"  # the matching example first
         assert all(original.document_id not in line for line in shown)  # never its own document
     assert in_context(half_a, half_b, count=0) == half_b
+
+
+def test_reverse_asks_for_the_prompt_given_the_answer():
+    from utils.experiment.prompt_attacks import reversed_items
+
+    sc, qa = FORGET[0], FORGET[1]
+    backwards = reversed_items([sc, qa])
+    assert backwards[0].input == f"{sc.output}\nThe text before this was:" and backwards[0].output == sc.input
+    assert backwards[1].input == f"{qa.output}\nIt is the answer to the question:" and backwards[1].output == qa.input
+    assert [b.id for b in backwards] == [sc.id, qa.id] and [b.kind for b in backwards] == ["sc", "qa"]
+
+
+def test_reverse_recovery_is_the_share_of_the_targets_reverse_recall_still_there():
+    from utils.experiment.robustness import reverse_recovery
+
+    target = {"Task1": {"regurgitation": 0.8, "knowledge": 0.0}, "Task2": {"regurgitation": 0.4, "knowledge": None}}
+    unlearned = {"Task1": {"regurgitation": 0.2, "knowledge": 0.0}, "Task2": {"regurgitation": 0.6, "knowledge": None}}
+    mean, terms = reverse_recovery(target, unlearned)
+    # Task1: 0.2 / 0.8 = 0.25; Task2: 0.6 / 0.4 clipped to 1; knowledge the target never recalls: not counted.
+    assert terms["Task1/regurgitation"] == pytest.approx(0.25) and terms["Task2/regurgitation"] == 1.0
+    assert terms["Task1/knowledge"] is None and terms["Task3/regurgitation"] is None
+    assert mean == pytest.approx((0.25 + 1.0) / 2)
+    assert reverse_recovery({"Task1": {"regurgitation": 0.0}}, {"Task1": {"regurgitation": 0.0}})[0] is None

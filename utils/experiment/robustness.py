@@ -13,8 +13,8 @@ literature do that, each on a copy (the model being evaluated is never modified)
 
 * **quantize_group** and **nf4**: group-wise round-to-nearest (one scale per group of input weights) and
   bitsandbytes' 4-bit NormalFloat (GPU only), the formats models are deployed in.
-* the **prompt attacks** of utils.experiment.prompt_attacks (prefix, roleplay, paraphrase, incontext): the
-  weights untouched, the forget prompts rewritten.
+* the **prompt attacks** of utils.experiment.prompt_attacks (prefix, roleplay, paraphrase, reverse, incontext):
+  the weights untouched, the forget prompts rewritten.
 
 `recovery` is the share of what was forgotten that came back: for every forget term (task x regurgitation /
 knowledge, on the items the attack scores), forgotten = target - unlearned and came_back = attacked -
@@ -194,6 +194,20 @@ def recovery(target: dict, unlearned: dict, attacked: dict) -> tuple[float | Non
             forgotten = before - after
             per_term[f"{task}/{kind}"] = (min(1.0, max(0.0, (attacked_value - after) / forgotten))
                                           if forgotten > MIN_FORGOTTEN else None)
+    counted = [value for value in per_term.values() if value is not None]
+    return (math.fsum(counted) / len(counted) if counted else None), per_term
+
+
+def reverse_recovery(target: dict, unlearned: dict) -> tuple[float | None, dict[str, float | None]]:
+    """(mean, per forget term) for the reverse attack, each argument one split's {task: {kind: mean}} on the
+    reversed prompts: clip(unlearned / target, 0, 1) over the terms the target recalls (above MIN_FORGOTTEN),
+    the share of the target's reverse recall still there; None when the target recalls none."""
+    per_term: dict[str, float | None] = {}
+    for task in TASKS:
+        for kind in KIND_OF.values():
+            before, after = ((side.get(task) or {}).get(kind) for side in (target, unlearned))
+            per_term[f"{task}/{kind}"] = None if before is None or after is None or before <= MIN_FORGOTTEN \
+                else min(1.0, max(0.0, after / before))
     counted = [value for value in per_term.values() if value is not None]
     return (math.fsum(counted) / len(counted) if counted else None), per_term
 
@@ -420,6 +434,17 @@ def run_attacks(experiment, model, tokenizer, evaluation, shards: Shards = ALONE
             continue
         asked = attacked_items(name, forget, half_a, half_b, settings.incontext_examples)
         scores = score_items(model, tokenizer, asked, settings, progress=progress, shards=shards, warn=notes.append)
+        if name == "reverse":
+            # Other expected outputs: the target is read on the same reversed prompts (cached like its own).
+            backwards = target_scores(experiment, target_name, asked, shards, progress, notes.append)
+            entry = _attack_entry(asked, scores, None, unlearned, None,
+                                  {"prompt": "the answer given, the prompt asked for", "example_prompt": asked[0].input})
+            if backwards is not None:
+                entry["recovery"], entry["recovery_terms"] = reverse_recovery(
+                    term_means(asked, backwards)["forget"], term_means(asked, scores)["forget"])
+                entry["target_terms"] = term_means(asked, backwards)
+            block[name] = entry
+            continue
         extra = {"shown_per_prompt": settings.incontext_examples, "asked_documents": len({i.document_id for i in asked})} \
             if name == "incontext" else {}
         block[name] = _attack_entry(asked, scores, reference, unlearned, None,
