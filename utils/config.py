@@ -321,9 +321,13 @@ class EvaluationConfig:
     # "relearn" (fine-tune a copy on half the forget documents, score the other half), "quantize" (per output
     # channel at each of quantize_bits), "quantize_group" (group-wise, as deployed 4-bit formats are) and "nf4"
     # (bitsandbytes' 4-bit NormalFloat; needs a CUDA GPU and bitsandbytes, else skipped with one line); and the
-    # prompt attacks "prefix", "roleplay", "paraphrase", "reverse", "incontext" (utils/experiment/prompt_attacks.py).
+    # prompt attacks "prefix", "roleplay", "paraphrase", "reverse", "incontext" (utils/experiment/prompt_attacks.py);
+    # "probe", a linear probe and the logit lens on a layer's hidden states (utils/experiment/probe.py).
     attacks: list[Literal["relearn", "quantize", "quantize_group", "nf4", "prefix", "roleplay", "paraphrase",
-                          "reverse", "incontext"]] = field(default_factory=list)
+                          "reverse", "incontext", "probe"]] = field(default_factory=list)
+    # The white-box probe ("probe", utils/experiment/probe.py): the decoder layer whose output it reads (0 = the
+    # first); null: the middle one.
+    probe_layer: int | None = ranged(None, up_to(MANY, low=0, nullable=True))
     # In-context relearning: how many answered forget items of the other documents go before each prompt.
     incontext_examples: int = ranged(3, up_to(64))
     # Relearning: a few optimiser steps with the run's adapter kind. The defaults suit the tiny default world

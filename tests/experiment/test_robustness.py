@@ -156,7 +156,7 @@ def test_an_unknown_attack_on_the_command_line_is_one_line_and_writes_nothing(tm
 # GA stopped after one epoch at a high lr: the forget scores dropped while the weights still hold the answers.
 GA_EARLY = ["method.name=ga", "training.epochs=1", "training.learning_rate=1e-2", "adapter.kind=lora",
             ("evaluation.attacks=[relearn, quantize, quantize_group, nf4, prefix, roleplay, paraphrase, reverse, "
-             "incontext]"),
+             "incontext, probe]"),
             "evaluation.quantize_group_size=16", "evaluation.incontext_examples=2"]
 
 
@@ -198,10 +198,17 @@ def test_results_json_has_the_robustness_block(ga_run, small_world):
     reverse = block["reverse"]
     assert reverse["items"] == 20 and set(reverse["target_terms"]) == {"forget"}
     assert reverse["recovery"] is None or 0.0 <= reverse["recovery"] <= 1.0
+    probe = block["probe"]
+    assert probe["layer"] == 0 and set(probe["readings"]) == {"unlearned", "target", "gold_standard"}
+    readings = probe["readings"]
+    # The target's first layer encodes the held-out forget answers, the gold standard's does not (measured: 0.42
+    # against 0.03); a GA run stopped after one epoch still holds nearly all of it (0.96) though it no longer says it.
+    assert readings["target"]["probe"] > readings["gold_standard"]["probe"] + 0.2
+    assert probe["recovery"] > 0.5 and 0.0 <= probe["logit_lens_recovery"] <= 1.0
     assert block["incontext"]["items"] == 10 and block["incontext"]["settings"]["shown_per_prompt"] == 2
     assert block["incontext"]["settings"]["example_prompt"].count("\n") == 2
     measured = [block[n]["recovery"] for n in ("relearn", "quantize_8bit", "quantize_4bit", "quantize_group_4bit_g16",
-                                               "prefix", "roleplay", "paraphrase", "reverse", "incontext")
+                                               "prefix", "roleplay", "paraphrase", "reverse", "incontext", "probe")
                 if block[n]["recovery"] is not None]
     assert block["mean_recovery"] == pytest.approx(sum(measured) / len(measured))
     assert ga_run["timings"]["robustness"] > 0
@@ -225,7 +232,7 @@ def test_leaderboard_has_a_robustness_column(ga_run, gold_evaluation):
     # The fixed columns (a contract), then one recovery column per attack (the robustness matrix).
     fixed = ",utility_benchmark,robustness,final_score_low,final_score_high"
     attacks = ["relearn", "quantize_8bit", "quantize_4bit", "quantize_group_4bit_g16", "nf4", "prefix", "roleplay",
-               "paraphrase", "reverse", "incontext"]
+               "paraphrase", "reverse", "incontext", "probe"]
     assert header.endswith(fixed + "," + ",".join(f"recovery_{a}" for a in attacks))
     assert header.startswith("method,final_score,task_aggregate,mia_score,utility,seconds,")  # the contract
     assert lines[2].endswith(",,," + "," * len(attacks))  # robustness not measured, no interval: blank

@@ -15,6 +15,8 @@ literature do that, each on a copy (the model being evaluated is never modified)
   bitsandbytes' 4-bit NormalFloat (GPU only), the formats models are deployed in.
 * the **prompt attacks** of utils.experiment.prompt_attacks (prefix, roleplay, paraphrase, reverse, incontext):
   the weights untouched, the forget prompts rewritten.
+* **probe** (utils.experiment.probe): a linear probe and the logit lens on a layer's hidden states, against the
+  target and the gold standard: latent recovery, what the layer still holds that the output no longer says.
 
 `recovery` is the share of what was forgotten that came back: for every forget term (task x regurgitation /
 knowledge, on the items the attack scores), forgotten = target - unlearned and came_back = attacked -
@@ -46,11 +48,12 @@ from utils.evaluation.metrics import summary_text
 from utils.evaluation.mia import run_mia
 from utils.evaluation.sharding import ALONE, Shards
 from utils.experiment.inputs import training_examples
+from utils.experiment.probe import default_layer, latent_recovery, model_probe
 from utils.experiment.prompt_attacks import PROMPT_ATTACKS, attacked_items
 from utils.io import atomic_write_json
 from utils.models.adapters import is_lora
 
-ATTACKS = ("relearn", "quantize", "quantize_group", "nf4", *PROMPT_ATTACKS)
+ATTACKS = ("relearn", "quantize", "quantize_group", "nf4", *PROMPT_ATTACKS, "probe")
 # Below this drop a term is noise (one exact-match answer of a hundred, a word of ROUGE-L): no ratio of it.
 MIN_FORGOTTEN = 0.01
 KIND_OF = {"sc": "regurgitation", "qa": "knowledge"}
@@ -367,6 +370,43 @@ def _scored_copy(make_copy, experiment, tokenizer, forget, retain, documents, re
     return _attack_entry(items, scores, reference, unlearned, auc, settings)
 
 
+def _probe(experiment, model, tokenizer, forget: Sequence[Item], target: str, warn) -> dict:
+    """The white-box probe on the evaluated model, the target and the gold standard (utils.experiment.probe)."""
+    settings = experiment.config.evaluation
+    half_a, half_b = document_halves(forget)
+    if not half_a or not half_b:
+        return {"recovery": None, "skipped": "probe needs two forget documents in a task (one to fit, one to test)"}
+    plain = plain_copy(model) if is_lora(model) else model
+    layers = getattr(plain.config, "num_hidden_layers", None)
+    layer = default_layer(plain) if settings.probe_layer is None else settings.probe_layer
+    if layers is not None and layer >= layers:
+        raise UserError(f"evaluation.probe_layer: the model has {layers} layers (0 to {layers - 1}), got {layer}")
+    readings = {"unlearned": model_probe(plain, tokenizer, half_a, half_b, layer, settings.nll_batch_size)}
+    for name, path in (("target", target), ("gold_standard", experiment.gold_standard)):
+        try:
+            reference, reference_tokenizer = experiment.load(path)
+        except (UserError, OSError, ValueError) as exc:
+            warn(f"probe: the {name} {path} could not be loaded, so latent recovery is not measured "
+                 f"({str(exc).splitlines()[0] if str(exc) else exc.__class__.__name__})")
+            readings[name] = None
+            continue
+        readings[name] = model_probe(reference, reference_tokenizer, half_a, half_b, layer, settings.nll_batch_size)
+        size = parameter_count(reference)
+        del reference
+        _free_memory(size)
+
+    def value(name: str, key: str) -> float | None:
+        return (readings.get(name) or {}).get(key)
+
+    return {"layer": layer, "readings": readings,
+            "recovery": latent_recovery(value("unlearned", "probe"), value("target", "probe"),
+                                        value("gold_standard", "probe")),
+            "logit_lens_recovery": latent_recovery(value("unlearned", "logit_lens"), value("target", "logit_lens"),
+                                                   value("gold_standard", "logit_lens")),
+            "settings": {"fit_on_documents": len({i.document_id for i in half_a}),
+                         "tested_on_documents": len({i.document_id for i in half_b})}}
+
+
 def run_attacks(experiment, model, tokenizer, evaluation, shards: Shards = ALONE, progress: bool = True,
                 target: str | None = None) -> dict:
     """Run the configured attacks on copies of `model` (evaluated into `evaluation`) and return results.json's
@@ -450,6 +490,8 @@ def run_attacks(experiment, model, tokenizer, evaluation, shards: Shards = ALONE
         block[name] = _attack_entry(asked, scores, reference, unlearned, None,
                                     {"prompt": "rewritten from a template; answers unchanged", **extra,
                                      "example_prompt": asked[0].input if asked else None})
+    if "probe" in settings.attacks:
+        block["probe"] = _probe(experiment, model, tokenizer, forget, target_name, notes.append)
     block["mean_recovery"] = mean_recovery(block)
     block["target"] = target_name
     if notes:
@@ -481,9 +523,14 @@ def robustness_text(block: dict) -> str:
         if "skipped" in entry:
             lines.append(f"robustness {name}: skipped ({entry['skipped']})")
             continue
+        if "readings" in entry:  # the probe: accuracies, not scores
+            unlearned = (entry["readings"].get("unlearned") or {}).get("probe")
+            lines.append(f"robustness {name} (layer {entry['layer']}): probe accuracy {show(unlearned)}  "
+                         f"latent recovery {show(entry['recovery'])}")
+            continue
         forget = [value for task in entry["terms"]["forget"].values() for value in task.values() if value is not None]
         lines.append(f"robustness {name}: forget mean {show(math.fsum(forget) / len(forget) if forget else None)}  "
-                     f"MIA AUC {show(entry['mia_auc'])}  recovery {show(entry['recovery'])}")
+                     f"MIA AUC {show(entry.get('mia_auc'))}  recovery {show(entry['recovery'])}")
     lines.append(f"robustness (mean recovery, lower is better): {show(block.get('mean_recovery'))}")
     lines.extend(f"warning: {note}" for note in block.get("warnings", []))
     return "\n".join(lines)

@@ -72,7 +72,7 @@ def register(subparsers) -> None:
                         help="robustness attacks after the evaluation, comma-separated: relearn (fine-tune a copy on "
                              "half the forget documents, score the other half), quantize (8- and 4-bit weights per "
                              "channel), quantize_group (4-bit, one scale per 128 weights), nf4 (bitsandbytes, GPU), the "
-                             "prompt attacks prefix, roleplay, paraphrase, reverse, incontext, or none; results.json gets a robustness block with the share of forgotten scores that came "
+                             "prompt attacks prefix, roleplay, paraphrase, reverse, incontext, probe, or none; results.json gets a robustness block with the share of forgotten scores that came "
                              "back, measured against the config's model or the prepared target (default: config "
                              "evaluation.attacks, none)")
     parser.add_argument("--overwrite", action="store_true",

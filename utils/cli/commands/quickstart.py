@@ -37,7 +37,7 @@ def register(subparsers) -> None:
                              "(default: %(default)s)")
     parser.add_argument("--attacks", default=DEFAULT_ATTACKS, metavar="LIST",
                         help="robustness attacks on the gold standard and every run, comma-separated (relearn, "
-                             "quantize, quantize_group, nf4, prefix, roleplay, paraphrase, reverse, incontext), or none; the leaderboard's robustness column (default: %(default)s)")
+                             "quantize, quantize_group, nf4, prefix, roleplay, paraphrase, reverse, incontext, probe), or none; the leaderboard's robustness column (default: %(default)s)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     add_config_arguments(parser)
     parser.set_defaults(func=run)
