@@ -36,6 +36,10 @@ def register(subparsers) -> None:
                              "checkpoints) without loading a model or writing the run folder")
     parser.add_argument("--schedule-out", default=None, metavar="FILE",
                         help="with --dry-run: also write the schedule as JSON to FILE")
+    parser.add_argument("--requests", type=int, default=None, metavar="K",
+                        help="unlearn the forget set as K successive deletion requests (by document), each from the "
+                             "model the previous one left; after each, every request's forget terms and retain are "
+                             "scored (requests_summary.csv/.md, requests.png); resumable per request")
     parser.set_defaults(func=run)
 
 
@@ -50,7 +54,18 @@ def run(args) -> int:
                             f"runs/{experiment.name}-<start time>); name the run folder with --out")
         experiment = experiment.with_config(experiment.config, run_dir=latest)
     if args.dry_run:
+        if args.requests is not None:
+            raise UserError("--dry-run plans one run; drop --requests to see the schedule of each request's run")
         return dry_run(experiment, args)
+    if args.requests is not None:
+        from utils.experiment.requests import run_requests
+
+        if args.schedule_out:
+            raise UserError("--schedule-out writes the schedule of a dry run: pass it with --dry-run")
+        run_requests(experiment, args.requests, resume=args.resume, overwrite=args.overwrite,
+                     progress=not args.quiet)
+        print(f"run folder: {experiment.run_dir}")
+        return 0
     if args.schedule_out:
         raise UserError("--schedule-out writes the schedule of a dry run: pass it with --dry-run")
     if args.resume:
