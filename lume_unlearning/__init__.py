@@ -19,7 +19,7 @@ this list, and no import circle runs among the project's modules (function-level
     interfaces:       utils.cli lume_unlearning
 
 Inside the experiment layer: resolved (a config's places and inputs), inputs (examples, phases) and
-fingerprints (the bytes of every input) at the bottom; robustness, then run (the run's steps); schedule, doctor
-and sweep over those; experiment (`Experiment`, the front door), merge, reproduce and child (the library's entry
-point for child processes) on top.
+fingerprints (the bytes of every input) at the bottom; prompt_attacks and probe, robustness over them, then run
+(the run's steps); schedule, doctor and sweep over those; experiment (`Experiment`, the front door), merge,
+reproduce, requests and child (the library's entry point for child processes) on top.
 """
