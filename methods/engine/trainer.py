@@ -396,13 +396,13 @@ class Trainer:
                     weights = tensors["weight"][selector & (tensors["weight"] != 0)]
                     weight_sums[role][0] += float(weights.sum())
                     weight_sums[role][1] += int(weights.numel())
+                    if role == "forget" and watch:
+                        epoch_forget[0] += float(chosen.sum())
+                        epoch_forget[1] += int(chosen.numel())
                 for name, (values, rows) in (output.terms or {}).items():
                     totals = term_sums.setdefault(name, [0.0, 0])
                     totals[0] += float(values[rows].sum())
                     totals[1] += int(rows.sum())
-                    if role == "forget" and watch:
-                        epoch_forget[0] += float(chosen.sum())
-                        epoch_forget[1] += int(chosen.numel())
             if world > 1:
                 # Each process holds its share of the global batch: the step's loss is the sum of the shares,
                 # and every process must see it (a NaN share would otherwise stop its own process only).
