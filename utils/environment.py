@@ -7,6 +7,7 @@ threads that made it, and the project's version and git commit when there is one
 
 from __future__ import annotations
 
+import os
 import platform
 import subprocess
 import sys
@@ -65,6 +66,8 @@ def describe_environment(model=None, device: str | None = None, dtype: str | Non
         "device_name": None,
         "dtype": dtype or model_dtype,
         "torch_threads": torch.get_num_threads(),
+        # Processes of the launch (accelerate, torchrun set WORLD_SIZE): sharded results can differ from one's.
+        "processes": int(os.environ.get("WORLD_SIZE", "1") or 1),
         "cuda": torch.version.cuda,
         "platform": f"{platform.system()}-{platform.machine()}",
         "project_version": _version(DISTRIBUTION),
