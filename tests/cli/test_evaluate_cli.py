@@ -5,6 +5,7 @@ forget set, LoRA adapter folders, the real validation files, and bad input that 
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -36,7 +37,7 @@ def assert_environment(environment: dict, device: str | None, dtype: str | None)
     assert environment["python"] == platform.python_version()
     assert environment["device"] == device and environment["dtype"] == dtype
     assert environment["torch_threads"] >= 1
-    assert environment["processes"] == int(__import__("os").environ.get("WORLD_SIZE", "1"))
+    assert environment["processes"] == int(os.environ.get("WORLD_SIZE", "1"))
     assert environment["project_version"] == metadata.version("lume-unlearning")
 
 
