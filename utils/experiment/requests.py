@@ -18,6 +18,7 @@ import csv
 import io
 from pathlib import Path
 
+from utils.config import replace_keys
 from utils.data.lume import TASKS, LumeData
 from utils.errors import UserError
 from utils.evaluation.evaluate import kind_means, score_items
@@ -159,10 +160,12 @@ def run_requests(experiment, count: int, resume: bool = False, overwrite: bool =
     for number, documents in enumerate(plan, start=1):
         folder = out / f"request_{number}"
         data = write_request_data(lume, documents, out / "data" / f"request_{number}")
-        overrides = [f"data.path={data}", f"model.name_or_path={start_model}",
-                     f"data.mia_path={mia_folder if mia_folder is not None else 'none'}",
-                     f"model.gold_standard={experiment.gold_standard}"]
-        request = experiment.with_config(_overridden(experiment, overrides), run_dir=folder)
+        # The request's data and start model; the MIA documents and gold standard stay the config's.
+        config = replace_keys(experiment.config, {
+            "data.path": str(data), "model.name_or_path": start_model,
+            "data.mia_path": str(mia_folder) if mia_folder is not None else "none",
+            "model.gold_standard": experiment.gold_standard})
+        request = experiment.with_config(config, run_dir=folder)
         finished = (folder / "results.json").is_file() and not overwrite
         log(f"[requests] request {number} of {count}: {len(documents)} documents"
             + (" (finished earlier, read back)" if finished else ""))
@@ -181,18 +184,3 @@ def run_requests(experiment, count: int, resume: bool = False, overwrite: bool =
     log(summary_markdown(rows, count))
     log(f"[requests] {out / SUMMARY_FILE}, requests_summary.md, requests.png")
     return records
-
-
-def _overridden(experiment, overrides: list[str]):
-    """The experiment's config with `overrides` (key=value) applied, validated as a new config."""
-    from methods.registry import typed
-    from utils.config import load_config, save_config
-
-    scratch = Path(experiment.run_dir) / ".requests_base.yaml"
-    scratch.parent.mkdir(parents=True, exist_ok=True)
-    save_config(experiment.config, scratch)
-    try:
-        return typed(load_config(scratch, overrides))
-    finally:
-        scratch.unlink(missing_ok=True)
-

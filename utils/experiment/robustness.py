@@ -370,10 +370,10 @@ def _scored_copy(make_copy, experiment, tokenizer, forget, retain, documents, re
     return _attack_entry(items, scores, reference, unlearned, auc, settings)
 
 
-def _probe(experiment, model, tokenizer, forget: Sequence[Item], target: str, warn) -> dict:
-    """The white-box probe on the evaluated model, the target and the gold standard (utils.experiment.probe)."""
+def _probe(experiment, model, tokenizer, half_a: Sequence[Item], half_b: Sequence[Item], target: str, warn) -> dict:
+    """The white-box probe on the evaluated model, the target and the gold standard (utils.experiment.probe), fitted
+    on the forget documents of `half_a` and tested on those of `half_b`."""
     settings = experiment.config.evaluation
-    half_a, half_b = document_halves(forget)
     if not half_a or not half_b:
         return {"recovery": None, "skipped": "probe needs two forget documents in a task (one to fit, one to test)"}
     plain = plain_copy(model) if is_lora(model) else model
@@ -425,8 +425,9 @@ def run_attacks(experiment, model, tokenizer, evaluation, shards: Shards = ALONE
     reference = target_scores(experiment, target_name, forget, shards, progress, notes.append)
     _, documents, _ = experiment.mia()
     block: dict = {}
+    # Relearning, in-context prompts and the probe use one side of the documents and score the other.
+    half_a, half_b = document_halves(forget)
     if "relearn" in settings.attacks:
-        half_a, half_b = document_halves(forget)
         if not half_a or not half_b:
             # Refused when the config is read would be kinder, but the subset decides it: say why, run the rest.
             block["relearn"] = {"recovery": None, "skipped": "relearn needs two forget documents in a task "
@@ -436,23 +437,16 @@ def run_attacks(experiment, model, tokenizer, evaluation, shards: Shards = ALONE
                                         shards, progress, notes.append)
     if "quantize" in settings.attacks:
         for bits in dict.fromkeys(settings.quantize_bits):
-            quantized = quantized_copy(model, bits)
-            items = [*forget, *retain]
-            scores = score_items(quantized, tokenizer, items, settings, progress=progress, shards=shards,
-                                 warn=notes.append)
-            auc = mia_auc(quantized, tokenizer, documents, settings, shards, progress, notes.append)
-            block[f"quantize_{bits}bit"] = _attack_entry(
-                items, scores, reference, unlearned, auc,
+            block[f"quantize_{bits}bit"] = _scored_copy(
+                lambda bits=bits: quantized_copy(model, bits), experiment, tokenizer, forget, retain, documents,
+                reference, unlearned, shards, progress, notes.append,
                 {"bits": bits, "scheme": "symmetric round-to-nearest per output channel, nn.Linear weights "
                                          "except the output head"})
-            size = parameter_count(quantized)
-            del quantized
-            _free_memory(size)
     if "quantize_group" in settings.attacks:
         bits, size = settings.quantize_group_bits, settings.quantize_group_size
         block[f"quantize_group_{bits}bit_g{size}"] = _scored_copy(
-            lambda: quantized_copy(model, bits, size), experiment, tokenizer, forget, retain, documents, reference, unlearned,
-            shards, progress, notes.append,
+            lambda: quantized_copy(model, bits, size), experiment, tokenizer, forget, retain, documents, reference,
+            unlearned, shards, progress, notes.append,
             {"bits": bits, "group_size": size, "scheme": "symmetric round-to-nearest, one scale per group of "
                                                           f"{size} input weights of each output channel"})
     if "nf4" in settings.attacks:
@@ -467,7 +461,6 @@ def run_attacks(experiment, model, tokenizer, evaluation, shards: Shards = ALONE
     for name in PROMPT_ATTACKS:
         if name not in settings.attacks:
             continue
-        half_a, half_b = document_halves(forget)
         if name == "incontext" and (not half_a or not half_b):
             block[name] = {"recovery": None, "skipped": "incontext needs two forget documents in a task (one shown, "
                                                        "one asked)"}
@@ -491,7 +484,7 @@ def run_attacks(experiment, model, tokenizer, evaluation, shards: Shards = ALONE
                                     {"prompt": "rewritten from a template; answers unchanged", **extra,
                                      "example_prompt": asked[0].input if asked else None})
     if "probe" in settings.attacks:
-        block["probe"] = _probe(experiment, model, tokenizer, forget, target_name, notes.append)
+        block["probe"] = _probe(experiment, model, tokenizer, half_a, half_b, target_name, notes.append)
     block["mean_recovery"] = mean_recovery(block)
     block["target"] = target_name
     if notes:
